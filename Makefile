@@ -1,0 +1,41 @@
+# image-cri-shim: `make test` sets up everything it needs on a fresh Debian machine (as root).
+
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+APT_PKGS := containerd docker-registry skopeo apache2-utils openssl
+STAMP    := $(VENV)/.installed
+
+.PHONY: test lint typecheck unit protos system-deps venv clean
+
+test: system-deps venv lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy -p image_cri_shim tests
+
+# Regenerate the CRI message code from protos/cri.proto (a test fails when it is stale).
+protos: venv
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos protos/cri.proto
+
+system-deps:
+	@missing=""; \
+	for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""CRI messages the shim reads or changes, generated from cri.proto."""

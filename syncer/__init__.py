@@ -1,0 +1,1 @@
+"""The ConfigMap syncer process: the only importer of kubernetes."""

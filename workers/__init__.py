@@ -1,0 +1,1 @@
+"""The CRI proxy worker process."""
