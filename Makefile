@@ -13,9 +13,10 @@ test: system-deps venv lint typecheck
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy -p image_cri_shim tests
+	$(BIN)/mypy image_cri_shim tests
 
 # Regenerate the CRI message code from protos/cri.proto (a test fails when it is stale).
 protos: venv

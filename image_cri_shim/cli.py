@@ -1,0 +1,65 @@
+"""Command line: the service, --version, --dry-run, --resolve, and the internal subcommands
+with which the master starts its children (CONTRACT §4).
+
+Imports of grpc and kubernetes stay inside the branches that need them: the master process
+must load neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from image_cri_shim import __version__
+from image_cri_shim.config import DEFAULT_PATH
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="image-cri-shim",
+        description="CRI image-service proxy: pulls each image from the configured registry that holds it.",
+    )
+    parser.add_argument("-f", "--file", default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run", action="store_true", help="validate the config, check the CRI and registries"
+    )
+    mode.add_argument("--resolve", metavar="IMAGE", help="print where IMAGE would be pulled from now")
+    sub = parser.add_subparsers(dest="command", metavar="")
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("-f", "--file", default=DEFAULT_PATH)
+    worker.add_argument("--generation", type=int, default=1)
+    worker.add_argument("--ready-fd", type=int, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"image-cri-shim {__version__}")
+        return 0
+    try:
+        if args.command == "worker":
+            from image_cri_shim.workers.process import run
+
+            return run(args.file, args.generation, args.ready_fd)
+        if args.dry_run:
+            from image_cri_shim.workers.diagnose import dry_run
+
+            return dry_run(args.file)
+        if args.resolve is not None:
+            from image_cri_shim.workers.diagnose import resolve
+
+            return resolve(args.file, args.resolve)
+        # The service. Until the master process takes over its lifecycle, one worker serves
+        # in the foreground.
+        from image_cri_shim.workers.process import run
+
+        return run(args.file)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Fixtures that give tests real parts: containerd, docker-registry, OCI images, CRI clients, shims.
+
+A part that cannot start fails the test with the reason and its log tail; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import (
+    Blackhole,
+    CertAuthority,
+    CertsDir,
+    Containerd,
+    CriClientFactory,
+    ImageBuilder,
+    RegistryFactory,
+    ShimFactory,
+)
+
+# Tests using any of these fixtures are marked `integration` (deselect with -m "not integration").
+REAL_PARTS = {"containerd", "registry_factory", "image_factory", "cri_client", "shim_factory", "blackhole"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "integration: uses real parts (containerd, docker-registry, skopeo, child processes)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_PARTS.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def certs_d(tmp_path_factory: pytest.TempPathFactory) -> CertsDir:
+    """containerd's registry config_path; registry fixtures write hosts.toml files into it."""
+    return CertsDir(tmp_path_factory.mktemp("certs.d"))
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory: pytest.TempPathFactory, certs_d: CertsDir) -> Iterator[Containerd]:
+    """One private containerd for the session (image service only; CNI is not configured)."""
+    daemon = Containerd(tmp_path_factory.mktemp("containerd"), certs_d)
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def cert_authority(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    return CertAuthority.create(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture
+def registry_factory(
+    tmp_path: Path, cert_authority: CertAuthority, certs_d: CertsDir
+) -> Iterator[RegistryFactory]:
+    """`registry_factory(auth=False, tls=False, trusted=True, port=None) -> Registry`, all stopped after."""
+    factory = RegistryFactory(tmp_path / "registries", cert_authority, certs_d)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="session")
+def image_builder(tmp_path_factory: pytest.TempPathFactory) -> ImageBuilder:
+    return ImageBuilder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture
+def image_factory(image_builder: ImageBuilder) -> ImageBuilder:
+    """`image_factory(registry, repo, tag, content=None, platforms=None) -> PushedImage` (layouts cached)."""
+    return image_builder
+
+
+@pytest.fixture
+def cri_client(request: pytest.FixtureRequest) -> Iterator[CriClientFactory]:
+    """`cri_client(socket_path=None, version="v1") -> CriClient`; default socket: the test containerd."""
+
+    def containerd_socket() -> Path:
+        daemon: Containerd = request.getfixturevalue("containerd")
+        return daemon.socket
+
+    factory = CriClientFactory(containerd_socket)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def shim_factory() -> Iterator[ShimFactory]:
+    """`shim_factory(config_path, socket_path) -> ShimProcess`, stopped after the test."""
+    factory = ShimFactory()
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[Blackhole]:
+    with Blackhole() as hole:
+        yield hole

@@ -1,0 +1,188 @@
+"""A private containerd for image-only CRI tests: own root, state, socket and certs.d; no CNI needed.
+
+Findings on containerd 1.6.20 with `registry.config_path` set (checked by tests/test_harness.py):
+- A loopback registry host (`127.0.0.1:PORT`, `localhost:PORT`) without a hosts.toml is pulled
+  over plain http: containerd defaults loopback hosts to http. Plain registries need no file.
+- A TLS registry on a loopback host needs `certs.d/<host:port>/hosts.toml` with
+  `server = "https://<host:port>"` and a `[host."https://<host:port>"]` table carrying `ca = ...`
+  (or `skip_verify = true`). Without it containerd speaks http to it and gets "400 Bad Request";
+  with `server` alone it tries https, rejects the unknown CA, then falls back to http (again 400).
+  Docker's `certs.d/<host:port>/ca.crt` pattern alone does not switch a loopback host to https.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import grpc
+from cri_api.v1 import api_pb2 as v1
+from cri_api.v1 import api_pb2_grpc as v1_grpc
+
+from .processes import HarnessError, ManagedProcess, check_socket_path, wait_for
+
+# Snapshotters that cannot work or are not wanted here; "native" needs no kernel support.
+_DISABLED_PLUGINS = [
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.snapshotter.v1.overlayfs",
+]
+
+
+def _toml_str(value: str | Path) -> str:
+    """A TOML basic string (paths here have no control characters)."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def hosts_toml(host: str, *, scheme: str = "https", ca: Path | None = None, skip_verify: bool = False) -> str:
+    """The hosts.toml that makes containerd reach `host` ("127.0.0.1:PORT") over `scheme`."""
+    url = f"{scheme}://{host}"
+    lines = [
+        f"server = {_toml_str(url)}",
+        "",
+        f"[host.{_toml_str(url)}]",
+        '  capabilities = ["pull", "resolve"]',
+    ]
+    if ca is not None:
+        lines.append(f"  ca = {_toml_str(ca)}")
+    if skip_verify:
+        lines.append("  skip_verify = true")
+    return "\n".join(lines) + "\n"
+
+
+class CertsDir:
+    """containerd's registry `config_path`; files in it are read per pull, no restart needed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+
+    def host_dir(self, host: str) -> Path:
+        return self.path / host
+
+    def add_host(
+        self, host: str, *, scheme: str = "https", ca: Path | None = None, skip_verify: bool = False
+    ) -> Path:
+        """Write certs.d/<host>/hosts.toml; returns its path."""
+        directory = self.host_dir(host)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "hosts.toml"
+        path.write_text(hosts_toml(host, scheme=scheme, ca=ca, skip_verify=skip_verify))
+        return path
+
+    def remove_host(self, host: str) -> None:
+        shutil.rmtree(self.host_dir(host), ignore_errors=True)
+
+
+class Containerd:
+    """One containerd daemon under `workdir`, reachable at `self.socket`."""
+
+    def __init__(self, workdir: Path, certs_d: CertsDir | None = None, extra_config: str = "") -> None:
+        """`extra_config` is TOML appended to the generated config."""
+        self.workdir = workdir
+        self.extra_config = extra_config
+        self.socket = check_socket_path(workdir / "containerd.sock")
+        self.certs_d = certs_d or CertsDir(workdir / "certs.d")
+        self.config_path = workdir / "config.toml"
+        self.log_path = workdir / "containerd.log"
+        self.process: ManagedProcess | None = None
+        self.start_seconds = 0.0
+
+    @property
+    def address(self) -> str:
+        """The gRPC target for this containerd."""
+        return f"unix://{self.socket}"
+
+    def write_config(self) -> None:
+        w = self.workdir
+        for sub in ("root", "state", "tmp", "opt", "cni/bin", "cni/net.d"):
+            (w / sub).mkdir(parents=True, exist_ok=True)
+        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        disabled = ", ".join(_toml_str(p) for p in _DISABLED_PLUGINS)
+        self.config_path.write_text(f"""\
+version = 2
+root = {_toml_str(w / "root")}
+state = {_toml_str(w / "state")}
+temp = {_toml_str(w / "tmp")}
+disabled_plugins = [{disabled}]
+
+[grpc]
+  address = {_toml_str(self.socket)}
+  max_recv_message_size = 16777216
+  max_send_message_size = 16777216
+
+[ttrpc]
+  address = {_toml_str(str(self.socket) + ".ttrpc")}
+
+[debug]
+  level = "info"
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = {_toml_str(w / "opt")}
+  [{cri}]
+    disable_tcp_service = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    [{cri}.cni]
+      # Empty private dirs: the node's CNI setup must not matter; image service needs none.
+      bin_dir = {_toml_str(w / "cni/bin")}
+      conf_dir = {_toml_str(w / "cni/net.d")}
+    [{cri}.containerd]
+      snapshotter = "native"
+    [{cri}.registry]
+      config_path = {_toml_str(self.certs_d.path)}
+{self.extra_config}""")
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start containerd and wait until CRI `Version` answers on the socket."""
+        binary = shutil.which("containerd")
+        if binary is None:
+            raise HarnessError("containerd is not on PATH (Debian: apt-get install containerd)")
+        if self.process is not None and self.process.alive():
+            return
+        self.write_config()
+        self.socket.unlink(missing_ok=True)
+        started = time.monotonic()
+        self.process = ManagedProcess(
+            [binary, "--config", self.config_path], self.log_path, name="containerd"
+        )
+        process = self.process
+
+        def version_answers() -> bool:
+            if not process.alive():
+                raise HarnessError(f"containerd exited during start-up\n{process.describe()}")
+            self.version(timeout=1.0)
+            return True
+
+        try:
+            wait_for(
+                version_answers, timeout, f"containerd CRI Version on {self.socket}", detail=process.describe
+            )
+        except BaseException:
+            process.stop()
+            raise
+        self.start_seconds = time.monotonic() - started
+
+    def version(self, timeout: float = 5.0) -> v1.VersionResponse:
+        """CRI v1 `Version`, on a throw-away channel."""
+        if not self.socket.exists():
+            raise FileNotFoundError(f"{self.socket} does not exist")
+        with grpc.insecure_channel(self.address) as channel:
+            stub = v1_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
+            response: v1.VersionResponse = stub.Version(v1.VersionRequest(), timeout=timeout)
+            return response
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None:
+            self.process.stop(timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.process.log_tail(lines) if self.process is not None else ""
+
+    def describe(self) -> str:
+        return self.process.describe() if self.process is not None else "containerd not started"

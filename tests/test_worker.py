@@ -1,0 +1,547 @@
+"""The proxy worker through its socket, with a real containerd, real registries and a CRI client.
+
+Every scenario starts `python -m image_cri_shim worker` as a child process and talks to it
+the way kubelet does. Repositories are unique per test so the session's containerd never
+answers one test with another's image.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from tests.harness import Blackhole, Containerd, CriClientFactory, ImageBuilder, RegistryFactory, ShimFactory
+from tests.harness.cri import VERSIONS, CriClient, CriVersion
+from tests.harness.registry import Registry, free_port
+from tests.harness.streaming_runtime import EVENTS, UNKNOWN_METHOD, StreamingRuntime
+from tests.harness.tcpproxy import Gate, TcpProxy
+
+PROBE_TIMEOUT = 5.0
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="shim-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def repo() -> str:
+    return f"library/t{uuid.uuid4().hex[:10]}"
+
+
+def entry(registry: Registry | str, priority: int | None = None, **extra: Any) -> dict[str, Any]:
+    """A `registries[]` entry for a harness registry (its credentials and CA included) or a URL."""
+    if isinstance(registry, str):
+        item: dict[str, Any] = {"address": registry}
+    else:
+        item = {"address": registry.url}
+        if registry.auth:
+            item["auth"] = registry.auth
+        if registry.ca_path:
+            item["ca"] = str(registry.ca_path)
+    if priority is not None:
+        item["priority"] = priority
+    item.update(extra)
+    return item
+
+
+class Shim:
+    """A started worker plus what tests need around it."""
+
+    def __init__(self, directory: Path, process: Any, socket: Path, config: Path) -> None:
+        self.directory = directory
+        self.process = process
+        self.socket = socket
+        self.config = config
+
+    def log(self) -> str:
+        text: str = self.process.log_text()
+        return text
+
+
+def start(
+    shim_factory: ShimFactory,
+    directory: Path,
+    cri: str,
+    registries: Sequence[dict[str, Any]],
+    address: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Shim:
+    config: dict[str, Any] = {
+        "shim": str(directory / "shim.sock"),
+        "cri": cri,
+        "stateDir": str(directory / "state"),
+        "registries": list(registries),
+        "debug": True,
+        **settings,
+    }
+    if address is not None:
+        config["address"] = address["address"]
+        for key in ("auth", "ca", "insecureSkipVerify"):
+            if key in address:
+                config[key] = address[key]
+        if "priority" in address:
+            config["offlinePriority"] = address["priority"]
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    socket = directory / "shim.sock"
+    process = shim_factory(path, socket, log_path=directory / f"shim-{uuid.uuid4().hex[:6]}.log")
+    return Shim(directory, process, socket, path)
+
+
+def failure(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    """The status code and message of a call that must fail."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details() or ""
+
+
+def tags(client: CriClient, image: str) -> list[str]:
+    status = client.status(image)
+    return list(status.repo_tags) if status is not None else []
+
+
+# -- rewriting ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_pull_goes_to_the_highest_priority_registry_that_holds_it(
+    version: CriVersion,
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    top, tied_address, tied_other = registry_factory(), registry_factory(), registry_factory()
+    name = repo()
+    # `top` (priority 900) does not hold it; the address and another registry tie at 500.
+    content = uuid.uuid4().hex
+    image_factory(tied_address, name, "1", content=content)
+    image_factory(tied_other, name, "1", content=content)
+    shim = start(
+        shim_factory,
+        short_dir,
+        containerd.address,
+        [entry(top, 900), entry(tied_other, 500)],
+        address=entry(tied_address, 500),
+    )
+    client = cri_client(shim.socket, version)
+    short = name.removeprefix("library/")
+    client.pull(f"{short}:1")
+    expected = f"{tied_address.host}/{name}:1"
+    assert sorted(tags(client, f"{short}:1")) == sorted([f"docker.io/{name}:1", expected])
+    direct = cri_client(containerd.socket, version)
+    assert tags(direct, expected) == [expected], "containerd itself knows only the rewritten name"
+    assert direct.status(f"docker.io/{name}:1") is None
+    assert f"target={expected}" in shim.log()
+
+
+def test_short_names_are_normalized_like_docker_io(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    registry = registry_factory()
+    name = repo()
+    image_factory(registry, name, "latest")
+    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
+    client = cri_client(shim.socket)
+    short = name.removeprefix("library/")
+    client.pull(short)
+    for spelling in (short, f"{short}:latest", name, f"docker.io/{name}", f"docker.io/{name}:latest"):
+        assert f"docker.io/{name}:latest" in tags(client, spelling), spelling
+
+
+def test_digest_pull_keeps_the_digest(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    registry = registry_factory()
+    name = repo()
+    pushed = image_factory(registry, name, "1")
+    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
+    client = cri_client(shim.socket)
+    caller = f"{name}@{pushed.digest}"
+    client.pull(caller)
+    status = client.status(caller)
+    assert status is not None
+    assert f"{registry.host}/{name}@{pushed.digest}" in status.repo_digests
+    assert f"docker.io/{name}@{pushed.digest}" in status.repo_digests
+    # tag and digest together keep both
+    client.pull(f"{name}:1@{pushed.digest}")
+    assert client.status(f"{name}:1@{pushed.digest}") is not None
+
+
+def test_image_held_nowhere_goes_upstream_unchanged_and_fails_as_upstream_fails(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    registry = registry_factory()
+    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
+    image = f"127.0.0.1:{free_port()}/{repo()}:1"
+    direct_code, _ = failure(lambda: cri_client(containerd.socket).pull(image))
+    code, message = failure(lambda: cri_client(shim.socket).pull(image))
+    assert code == direct_code
+    assert image in message
+    assert "target=unchanged" in shim.log()
+
+
+# -- credentials -------------------------------------------------------------------------------
+
+
+def test_registry_credentials_are_attached_and_caller_credentials_never_travel(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    private = registry_factory(auth=True)
+    assert private.username is not None and private.password is not None
+    name = repo()
+    image_factory(private, name, "1")
+    shim = start(shim_factory, short_dir, containerd.address, [entry(private)])
+    direct = cri_client(containerd.socket)
+    _, denied = failure(lambda: direct.pull(f"{private.host}/{name}:1"))
+    assert "401" in denied or "unauthorized" in denied.lower()
+
+    client = cri_client(shim.socket)
+    # The caller's credentials are for docker.io; they must not reach the private registry.
+    client.pull(f"{name}:1", username="caller", password="caller-password")
+    assert f"{private.host}/{name}:1" in tags(client, f"{name}:1")
+    # Pulled by its own name without credentials, the configured ones are attached.
+    client.pull(f"{private.host}/{name}:1")
+
+    log = shim.log()
+    secret_forms = [
+        private.password,
+        private.password.split(":", 1)[1],
+        base64.b64encode(f"{private.username}:{private.password}".encode()).decode(),
+        "caller-password",
+    ]
+    for secret in secret_forms:
+        assert secret not in log, "a secret reached the log at debug level"
+    assert "level=debug" in log, "the shim ran at debug level"
+
+
+# -- ImageStatus / RemoveImage / ListImages for the caller's name -------------------------------
+
+
+def test_status_list_and_remove_answer_for_the_caller_name(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    registry = registry_factory()
+    name = repo()
+    image_factory(registry, name, "1")
+    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
+    client = cri_client(shim.socket)
+    caller = f"docker.io/{name}:1"
+    client.pull(caller)
+    # containerd 1.6 ignores ListImages filters (others honour them): either way the image is there.
+    assert any(caller in image.repo_tags for image in client.list(caller))
+    assert any(caller in image.repo_tags for image in client.list())
+    client.remove(caller)
+    assert client.status(caller) is None
+    assert cri_client(containerd.socket).status(f"{registry.host}/{name}:1") is None
+
+
+def test_caller_names_survive_a_restart_with_every_registry_down(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    registry = registry_factory()
+    name = repo()
+    image_factory(registry, name, "1")
+    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
+    caller = f"docker.io/{name}:1"
+    cri_client(shim.socket).pull(caller)
+    shim.process.stop()
+    registry.stop()
+
+    again = start(shim_factory, short_dir, containerd.address, [entry(registry)])
+    client = cri_client(again.socket)
+    assert caller in tags(client, caller)
+    assert any(caller in image.repo_tags for image in client.list())
+    assert any(caller in i.repo_tags for i in client.list(caller)), "a filter by the caller's name finds it"
+
+    # Even without the remembered names the image is found on the node, with no registry asked.
+    again.process.stop()
+    shutil.rmtree(short_dir / "state")
+    third = start(shim_factory, short_dir, containerd.address, [entry(registry)])
+    assert caller in tags(cri_client(third.socket), caller)
+    assert "rewrite decision" not in third.log()
+
+
+def test_image_ids_pass_through(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    registry = registry_factory()
+    name = repo()
+    image_factory(registry, name, "1")
+    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
+    client = cri_client(shim.socket)
+    image_id = client.pull(f"{name}:1")
+    for spelling in (image_id, image_id.removeprefix("sha256:")):
+        status = client.status(spelling)
+        assert status is not None and status.id == image_id
+        assert f"docker.io/{name}:1" in status.repo_tags
+    client.remove(image_id)
+    assert client.status(f"{name}:1") is None
+
+
+# -- RuntimeService and other methods pass through -------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_runtime_service_and_image_fs_info_pass_through(
+    version: CriVersion,
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    shim = start(shim_factory, short_dir, containerd.address, [entry(registry_factory())])
+    direct, through = cri_client(containerd.socket, version), cri_client(shim.socket, version)
+    assert through.version() == direct.version()
+    pb = through.pb
+    request = pb.ListContainersRequest()
+    assert through.runtime.ListContainers(request, timeout=5) == direct.runtime.ListContainers(
+        request, timeout=5
+    )
+    assert through.runtime.Status(pb.StatusRequest(), timeout=5).status.conditions
+    assert [f.fs_id.mountpoint for f in through.fs_info()] == [f.fs_id.mountpoint for f in direct.fs_info()]
+
+
+def test_streaming_and_unknown_methods_are_forwarded(
+    registry_factory: RegistryFactory,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    runtime = StreamingRuntime(short_dir / "runtime.sock")
+    try:
+        shim = start(shim_factory, short_dir, str(short_dir / "runtime.sock"), [entry(registry_factory())])
+        client = cri_client(shim.socket)
+        events = client.runtime.GetContainerEvents(client.pb.GetEventsRequest(), timeout=5)
+        assert [e.container_id for e in events] == list(EVENTS)
+        echo: grpc.StreamStreamMultiCallable[bytes, bytes] = client.channel.stream_stream(UNKNOWN_METHOD)
+        assert list(echo(iter([b"a", b"b"]), timeout=5)) == [b"echo:a", b"echo:b"]
+    finally:
+        runtime.stop()
+
+
+def test_unreachable_runtime_is_unavailable_with_a_readable_message(
+    registry_factory: RegistryFactory,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    missing = short_dir / "no-runtime.sock"
+    shim = start(shim_factory, short_dir, str(missing), [entry(registry_factory())], force=True)
+    code, message = failure(lambda: cri_client(shim.socket).version(timeout=5))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert str(missing) in message
+
+
+# -- registries that are down -------------------------------------------------------------------
+
+
+def test_refused_registry_is_skipped_and_used_again_after_it_recovers(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    preferred, fallback = registry_factory(), registry_factory()
+    name = repo()
+    content = uuid.uuid4().hex
+    for registry in (preferred, fallback):
+        image_factory(registry, name, "1", content=content)
+    shim = start(
+        shim_factory,
+        short_dir,
+        containerd.address,
+        [entry(preferred, 900), entry(fallback, 100)],
+        cache={"negativeCacheTTL": "1s"},
+    )
+    client = cri_client(shim.socket)
+    preferred.stop()
+    started = time.monotonic()
+    client.pull(f"{name}:1")
+    assert time.monotonic() - started < PROBE_TIMEOUT, "a refused connection fails over at once"
+    assert f"{fallback.host}/{name}:1" in tags(client, f"{name}:1")
+
+    preferred.start()
+    deadline = time.monotonic() + 30
+    while f"{preferred.host}/{name}:1" not in tags(client, f"{name}:1"):
+        assert time.monotonic() < deadline, f"traffic never returned to the recovered registry\n{shim.log()}"
+        time.sleep(1)
+        client.pull(f"{name}:1")
+    assert "registry is reachable again" in shim.log()
+
+
+def test_silent_registry_costs_its_timeout_once(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    blackhole: Blackhole,
+    short_dir: Path,
+) -> None:
+    fallback = registry_factory()
+    first, second = repo(), repo()
+    image_factory(fallback, first, "1")
+    image_factory(fallback, second, "1")
+    shim = start(
+        shim_factory, short_dir, containerd.address, [entry(blackhole.url, 900), entry(fallback, 100)]
+    )
+    client = cri_client(shim.socket)
+    started = time.monotonic()
+    client.pull(f"{first}:1")
+    assert time.monotonic() - started < PROBE_TIMEOUT + 5
+    accepted = blackhole.accepted
+    client.pull(f"{second}:1")
+    assert blackhole.accepted == accepted, "during its backoff the silent registry is not contacted"
+    assert f"{fallback.host}/{second}:1" in tags(client, f"{second}:1")
+
+
+def test_tls_registry_with_a_private_ca(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    secure = registry_factory(tls=True)
+    name = repo()
+    image_factory(secure, name, "1")
+    shim = start(shim_factory, short_dir, containerd.address, [entry(secure)])
+    client = cri_client(shim.socket)
+    client.pull(f"{name}:1")
+    assert f"{secure.host}/{name}:1" in tags(client, f"{name}:1")
+    shim.process.stop()
+
+    # Without the CA the certificate is not trusted: the registry is no candidate.
+    untrusted = dict(entry(secure))
+    untrusted.pop("ca")
+    other = repo()
+    image_factory(secure, other, "1")
+    shim = start(shim_factory, short_dir, containerd.address, [untrusted])
+    with pytest.raises(grpc.RpcError):
+        cri_client(shim.socket).pull(f"{other}:1")
+    assert "certificate" in shim.log().lower()
+
+
+# -- load and bad input ---------------------------------------------------------------------------
+
+
+def test_32_pulls_run_at_once(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    registry = registry_factory()
+    names = [repo() for _ in range(32)]
+    for name in names:
+        image_factory(registry, name, "1")
+    gate = Gate(count=32, timeout=30)
+    proxy = TcpProxy(registry.port, gate=gate)
+    try:
+        shim = start(shim_factory, short_dir, containerd.address, [entry(f"http://{proxy.host}")])
+        client = cri_client(shim.socket)
+        failures: list[BaseException] = []
+
+        def pull(name: str) -> None:
+            try:
+                client.pull(f"{name}:1", timeout=90)
+            except BaseException as err:
+                failures.append(err)
+
+        threads = [threading.Thread(target=pull, args=(n,)) for n in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not failures, failures[:3]
+        assert gate.opened, f"only {gate.arrived} of 32 pulls reached the registry at the same time"
+    finally:
+        proxy.stop()
+
+
+def test_malformed_payloads_and_odd_names_get_an_error_and_the_worker_keeps_serving(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    shim = start(shim_factory, short_dir, containerd.address, [entry(registry_factory())])
+    client = cri_client(shim.socket)
+    garbage = b"\xff\xff\xff\xff\x0f garbage"
+    for version in VERSIONS:
+        for method in ("PullImage", "ImageStatus", "RemoveImage", "ListImages"):
+            call: grpc.UnaryUnaryMultiCallable[bytes, bytes]
+            call = client.channel.unary_unary(f"/runtime.{version}.ImageService/{method}")
+            code, message = failure(lambda: call(garbage, timeout=5))  # noqa: B023
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert "malformed" in message
+    passthrough: grpc.UnaryUnaryMultiCallable[bytes, bytes]
+    passthrough = client.channel.unary_unary("/runtime.v1.RuntimeService/ListContainers")
+    failure(lambda: passthrough(garbage, timeout=5))
+    for odd in ("UPPER/Case:1", "a b", "::", "x" * 300, "nginx:", "@sha256:abc", "\x00"):
+        code, message = failure(lambda: client.pull(odd, timeout=10))  # noqa: B023
+        assert "Unexpected <class" not in message, "an exception inside the shim"
+        with contextlib.suppress(grpc.RpcError):
+            client.status(odd)
+    assert shim.process.alive()
+    assert client.version().runtime_name == "containerd"
+    assert "Traceback" not in shim.log()

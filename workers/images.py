@@ -1,0 +1,247 @@
+"""The image methods the shim changes: PullImage, ImageStatus, RemoveImage, ListImages.
+
+PullImage asks the resolver where the image really is, rewrites the name and sets that
+registry's credentials. The other three answer for the name the caller used (CONTRACT §7):
+an image pulled as `registry.company.com/library/nginx:latest` for a caller that asked for
+`nginx:latest` is found, listed and removed under `docker.io/library/nginx:latest`, from the
+runtime's own state and the name store, never from a registry round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError, Message
+
+from image_cri_shim import logs, reference
+from image_cri_shim.config import Registry
+from image_cri_shim.protos import cri_pb2 as cri
+from image_cri_shim.reference import Reference
+from image_cri_shim.workers.names import NameStore, reported, repository
+from image_cri_shim.workers.resolver import Resolver, plan, registry_for
+from image_cri_shim.workers.upstream import Upstream
+
+log = logs.get("images")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+M = TypeVar("M", bound=Message)
+
+
+async def decode(kind: type[M], raw: bytes, context: Context) -> M:
+    try:
+        message: M = kind.FromString(raw)
+        return message
+    except DecodeError as err:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {kind.__name__}: {err}")
+        raise  # pragma: no cover
+
+
+def parse_name(image: str) -> Reference | None:
+    """The caller's image as a reference, or None for an image ID or an unparsable name."""
+    if not image or reference.is_image_id(image):
+        return None
+    try:
+        return reference.parse(image)
+    except reference.ReferenceError as err:
+        log.warning("passing an unparsable image name through unchanged", image=image, error=err)
+        return None
+
+
+class ImageService:
+    """One instance serves both `runtime.v1` and `runtime.v1alpha2` (same field numbers)."""
+
+    def __init__(self, upstream: Upstream, resolver: Resolver, names: NameStore) -> None:
+        self._upstream = upstream
+        self._resolver = resolver
+        self._names = names
+        self._registries = resolver.registries
+
+    def handlers(self, service: str) -> dict[str, Callable[[bytes, Context], Awaitable[bytes]]]:
+        """The method path -> handler table for one service name."""
+
+        def bind(handler: Callable[[str, bytes, Context], Awaitable[bytes]], method: str) -> Any:
+            path = f"/{service}/{method}"
+
+            async def call(raw: bytes, context: Context) -> bytes:
+                return await handler(path, raw, context)
+
+            return path, call
+
+        return dict(
+            bind(h, m)
+            for h, m in (
+                (self.pull_image, "PullImage"),
+                (self.image_status, "ImageStatus"),
+                (self.remove_image, "RemoveImage"),
+                (self.list_images, "ListImages"),
+            )
+        )
+
+    # -- PullImage ------------------------------------------------------------------------------
+
+    async def pull_image(self, method: str, raw: bytes, context: Context) -> bytes:
+        request = await decode(cri.PullImageRequest, raw, context)
+        source = parse_name(request.image.image)
+        if source is None:
+            return await self._upstream.unary(method, raw, context)
+        decision = await self._resolver.resolve(source)
+        if decision.target is not None and decision.rewritten:
+            target = decision.target
+            request.image.image = str(target.reference)
+            set_credentials(request, target.registry)
+            log.debug(
+                "pull rewritten", image=source, target=target.reference, user=target.registry.username or "-"
+            )
+            response = await self._upstream.unary(method, request.SerializeToString(), context)
+            self._names.record(reported(source), reported(target.reference))
+            return response
+        own = registry_for(source.domain, self._registries)
+        if own is not None and own.has_credentials and not has_credentials(request.auth):
+            set_credentials(request, own)
+            log.debug("pull unchanged, registry credentials attached", image=source, user=own.username)
+            return await self._upstream.unary(method, request.SerializeToString(), context)
+        log.debug("pull unchanged", image=source)
+        return await self._upstream.unary(method, raw, context)
+
+    # -- ImageStatus / ListImages / RemoveImage ----------------------------------------------------
+
+    def local_names(self, source: Reference) -> list[str]:
+        """Names the caller's image may be present under, most likely first: the name it was
+        pulled as through the shim, its own name, then each candidate's name in plan order."""
+        caller = reported(source)
+        names = [caller]
+        mapped = self._names.target(caller)
+        if mapped is not None:
+            names.insert(0, mapped)
+        for candidate in plan(source, self._registries):
+            name = reported(candidate.reference)
+            if name not in names:
+                names.append(name)
+        return names
+
+    async def image_status(self, method: str, raw: bytes, context: Context) -> bytes:
+        request = await decode(cri.ImageStatusRequest, raw, context)
+        source = parse_name(request.image.image)
+        if source is None:
+            response_raw = await self._upstream.unary(method, raw, context)
+            return self._named_status(response_raw)
+        caller = reported(source)
+        first: bytes | None = None
+        for name in self.local_names(source):
+            request.image.image = name
+            response_raw = await self._upstream.unary(method, request.SerializeToString(), context)
+            response = cri.ImageStatusResponse.FromString(response_raw)
+            if response.image.id:
+                if name != caller:
+                    self._names.record(caller, name)
+                if self._add_caller_names(response.image):
+                    return response.SerializeToString()
+                return response_raw
+            if name == self._names.target(caller):
+                self._names.forget([caller])  # pruned: the image is gone
+            first = first if first is not None else response_raw
+        return first if first is not None else b""
+
+    async def list_images(self, method: str, raw: bytes, context: Context) -> bytes:
+        request = await decode(cri.ListImagesRequest, raw, context)
+        source = parse_name(request.filter.image.image) if request.HasField("filter") else None
+        if source is None:
+            response_raw = await self._upstream.unary(method, raw, context)
+            if not self._names:
+                return response_raw
+            response = cri.ListImagesResponse.FromString(response_raw)
+            if not request.filter.image.image:
+                self._prune(response)
+            changed = False
+            for image in response.images:
+                changed = self._add_caller_names(image) or changed
+            return response.SerializeToString() if changed else response_raw
+        caller = reported(source)
+        first: bytes | None = None
+        for name in self.local_names(source):
+            request.filter.image.image = name
+            response_raw = await self._upstream.unary(method, request.SerializeToString(), context)
+            response = cri.ListImagesResponse.FromString(response_raw)
+            if response.images:
+                if name != caller:
+                    self._names.record(caller, name)
+                changed = False
+                for image in response.images:
+                    changed = self._add_caller_names(image) or changed
+                return response.SerializeToString() if changed else response_raw
+            first = first if first is not None else response_raw
+        return first if first is not None else b""
+
+    async def remove_image(self, method: str, raw: bytes, context: Context) -> bytes:
+        request = await decode(cri.RemoveImageRequest, raw, context)
+        source = parse_name(request.image.image)
+        if source is None:
+            return await self._upstream.unary(method, raw, context)
+        caller = reported(source)
+        status_method = method.rsplit("/", 1)[0] + "/ImageStatus"
+        for name in self.local_names(source):
+            status = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
+            found = cri.ImageStatusResponse.FromString(
+                await self._upstream.unary(status_method, status, context)
+            )
+            if found.image.id:
+                request.image.image = name
+                response = await self._upstream.unary(method, request.SerializeToString(), context)
+                self._names.forget_targets([*found.image.repo_tags, *found.image.repo_digests])
+                self._names.forget([caller])
+                return response
+        self._names.forget([caller])
+        return await self._upstream.unary(method, raw, context)
+
+    # -- transparent naming -------------------------------------------------------------------------
+
+    def _named_status(self, raw: bytes) -> bytes:
+        if not self._names:
+            return raw
+        response = cri.ImageStatusResponse.FromString(raw)
+        return response.SerializeToString() if self._add_caller_names(response.image) else raw
+
+    def _add_caller_names(self, image: cri.Image) -> bool:
+        """Add the caller names of every rewritten name this image carries; True if any was added."""
+        if not self._names:
+            return False
+        tags = set(image.repo_tags)
+        digests = set(image.repo_digests)
+        added = False
+        for name in (*image.repo_tags, *image.repo_digests):
+            for caller in self._names.callers(name):
+                caller_repo = repository(caller)
+                if "@" not in caller and caller not in tags:
+                    image.repo_tags.append(caller)
+                    tags.add(caller)
+                    added = True
+                for digest_name in tuple(image.repo_digests):
+                    if repository(digest_name) != repository(name):
+                        continue
+                    alias = f"{caller_repo}@{digest_name.split('@', 1)[1]}"
+                    if alias not in digests:
+                        image.repo_digests.append(alias)
+                        digests.add(alias)
+                        added = True
+        return added
+
+    def _prune(self, response: cri.ListImagesResponse) -> None:
+        present = {name for image in response.images for name in (*image.repo_tags, *image.repo_digests)}
+        gone = [target for target in self._names.targets() if target not in present]
+        if gone:
+            self._names.forget_targets(gone)
+
+
+def has_credentials(auth: cri.AuthConfig) -> bool:
+    return bool(auth.username or auth.password or auth.auth or auth.identity_token or auth.registry_token)
+
+
+def set_credentials(request: cri.PullImageRequest, registry: Registry) -> None:
+    """The target registry's configured credentials, or none: the caller's never travel on."""
+    request.ClearField("auth")
+    if registry.has_credentials:
+        request.auth.username = registry.username
+        request.auth.password = registry.password

@@ -1,0 +1,132 @@
+"""Which caller name was pulled as which rewritten name, kept under `stateDir`.
+
+kubelet asks for `nginx:latest`; the shim pulled `registry.company.com/library/nginx:latest`.
+containerd only knows the second name, so the shim must remember the pair to answer
+ImageStatus, RemoveImage and ListImages for the first, across restarts and with every
+registry down. Names are kept in the form the runtime reports them: `name:tag`, or
+`name@digest` for references that carry a digest.
+
+The file is small and changes only on pulls and prunes. Writers take an flock and merge with
+what is on disk, so an old worker draining next to a new one never loses the other's pairs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator
+
+from image_cri_shim import logs
+from image_cri_shim.atomic import write_atomic
+from image_cri_shim.reference import Reference
+
+log = logs.get("names")
+
+FILE = "names.json"
+
+
+def reported(ref: Reference) -> str:
+    """The spelling a runtime reports for an image pulled as `ref` (repo_tags or repo_digests)."""
+    return ref.digest_form(ref.digest) if ref.digest else str(ref)
+
+
+def repository(name: str) -> str:
+    """`host/path:tag` or `host/path@digest` -> `host/path`."""
+    if "@" in name:
+        return name.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+class NameStore:
+    def __init__(self, state_dir: str) -> None:
+        self._dir = state_dir
+        self._path = os.path.join(state_dir, FILE)
+        self._targets: dict[str, str] = {}  # caller -> target
+        self._callers: dict[str, set[str]] = {}  # target -> callers
+        self._writable = True
+        try:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        except OSError as err:
+            self._writable = False
+            log.warning(
+                "state directory unusable, names kept in memory only", path=state_dir, error=err.strerror
+            )
+        self._replace(self._read())
+
+    def __bool__(self) -> bool:
+        return bool(self._targets)
+
+    def target(self, caller: str) -> str | None:
+        return self._targets.get(caller)
+
+    def callers(self, target: str) -> set[str]:
+        return self._callers.get(target, set())
+
+    def targets(self) -> Iterator[str]:
+        return iter(self._callers)
+
+    def record(self, caller: str, target: str) -> None:
+        if self._targets.get(caller) != target:
+            self._update({caller: target}, ())
+
+    def forget(self, callers: Iterable[str]) -> None:
+        gone = [c for c in callers if c in self._targets]
+        if gone:
+            self._update({}, gone)
+
+    def forget_targets(self, targets: Iterable[str]) -> None:
+        self.forget([c for t in targets for c in self.callers(t)])
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def _replace(self, pairs: dict[str, str]) -> None:
+        self._targets = pairs
+        self._callers = {}
+        for caller, target in pairs.items():
+            self._callers.setdefault(target, set()).add(caller)
+
+    def _read(self) -> dict[str, str]:
+        try:
+            with open(self._path, "rb") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            log.warning("ignoring unreadable names file", path=self._path, error=err)
+            return {}
+        pairs = data.get("names", {}) if isinstance(data, dict) else {}
+        return {k: v for k, v in pairs.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def _update(self, add: dict[str, str], remove: Iterable[str]) -> None:
+        gone = list(remove)
+
+        def apply(base: dict[str, str]) -> dict[str, str]:
+            merged = {**base, **add}
+            for caller in gone:
+                merged.pop(caller, None)
+            return merged
+
+        if self._writable:
+            try:
+                with self._locked():
+                    merged = apply(self._read())
+                    body = json.dumps({"names": merged}, indent=1, sort_keys=True).encode()
+                    write_atomic(self._path, body + b"\n")
+                self._replace(merged)
+                return
+            except OSError as err:
+                log.warning("could not save names", path=self._path, error=err.strerror or err)
+        self._replace(apply(self._targets))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(os.path.join(self._dir, ".names.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
