@@ -6,10 +6,14 @@ BIN      := $(VENV)/bin
 APT_PKGS := containerd docker-registry skopeo apache2-utils openssl
 STAMP    := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit protos system-deps venv clean
+.PHONY: test demo lint typecheck protos system-deps venv clean
 
 test: system-deps venv lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# One pull through the shim with a real containerd and registries, explained.
+demo: system-deps venv
+	$(BIN)/python -m tests.demo
 
 lint: venv
 	$(BIN)/ruff check .

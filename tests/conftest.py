@@ -97,6 +97,11 @@ def shim_factory() -> Iterator[ShimFactory]:
     factory = ShimFactory()
     yield factory
     factory.close()
+    # Whatever a test did, the test registries' password never reached a shim's log.
+    for shim in factory.shims:
+        log = shim.log_text()
+        for secret in (RegistryFactory.PASSWORD, RegistryFactory.PASSWORD.split(":", 1)[1]):
+            assert secret not in log, f"a registry password reached the log of shim pid {shim.pid}"
 
 
 @pytest.fixture

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import shutil
+import signal
+import stat
 import tempfile
 import threading
 import time
@@ -22,10 +25,25 @@ import grpc
 import pytest
 import yaml
 
-from tests.harness import Blackhole, Containerd, CriClientFactory, ImageBuilder, RegistryFactory, ShimFactory
+from tests.harness import (
+    Blackhole,
+    Containerd,
+    CriClientFactory,
+    ImageBuilder,
+    RegistryFactory,
+    ShimFactory,
+    foreign_platform,
+    node_platform,
+)
 from tests.harness.cri import VERSIONS, CriClient, CriVersion
 from tests.harness.registry import Registry, free_port
-from tests.harness.streaming_runtime import EVENTS, UNKNOWN_METHOD, StreamingRuntime
+from tests.harness.streaming_runtime import (
+    EVENTS,
+    SLOW_METHOD,
+    SLOW_SECONDS,
+    UNKNOWN_METHOD,
+    StreamingRuntime,
+)
 from tests.harness.tcpproxy import Gate, TcpProxy
 
 PROBE_TIMEOUT = 5.0
@@ -368,6 +386,36 @@ def test_streaming_and_unknown_methods_are_forwarded(
         assert [e.container_id for e in events] == list(EVENTS)
         echo: grpc.StreamStreamMultiCallable[bytes, bytes] = client.channel.stream_stream(UNKNOWN_METHOD)
         assert list(echo(iter([b"a", b"b"]), timeout=5)) == [b"echo:a", b"echo:b"]
+        large = b"x" * (16 * 1024 * 1024 - 64)  # just under 16 MiB with the echo prefix, both ways
+        assert list(echo(iter([large]), timeout=30)) == [b"echo:" + large]
+    finally:
+        runtime.stop()
+
+
+@pytest.mark.parametrize(("caller_deadline", "timeout"), [(1.0, "1m"), (30.0, "1s")])
+def test_deadline_is_the_callers_capped_by_timeout(
+    caller_deadline: float,
+    timeout: str,
+    registry_factory: RegistryFactory,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    runtime = StreamingRuntime(short_dir / "runtime.sock")
+    try:
+        shim = start(
+            shim_factory,
+            short_dir,
+            str(short_dir / "runtime.sock"),
+            [entry(registry_factory())],
+            timeout=timeout,
+        )
+        slow: grpc.UnaryUnaryMultiCallable[bytes, bytes]
+        slow = cri_client(shim.socket).channel.unary_unary(SLOW_METHOD)
+        started = time.monotonic()
+        code, _ = failure(lambda: slow(b"", timeout=caller_deadline))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < SLOW_SECONDS
     finally:
         runtime.stop()
 
@@ -545,3 +593,96 @@ def test_malformed_payloads_and_odd_names_get_an_error_and_the_worker_keeps_serv
     assert shim.process.alive()
     assert client.version().runtime_name == "containerd"
     assert "Traceback" not in shim.log()
+
+
+# -- lifecycle ----------------------------------------------------------------------------------
+
+
+def test_sigterm_lets_an_in_flight_pull_finish(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    registry = registry_factory()
+    name = repo()
+    image_factory(registry, name, "1")
+    proxy = TcpProxy(registry.port, delay=0.4)  # every answer of the registry takes 0.4 s
+    try:
+        shim = start(shim_factory, short_dir, containerd.address, [entry(f"http://{proxy.host}")])
+        client = cri_client(shim.socket)
+        result: list[object] = []
+        thread = threading.Thread(target=lambda: result.append(client.pull(f"{name}:1", timeout=60)))
+        thread.start()
+        time.sleep(1.0)
+        assert thread.is_alive(), "the pull should still be running"
+        shim.process.signal(signal.SIGTERM)
+        thread.join(60)
+        assert result and str(result[0]).startswith("sha256:"), "the in-flight pull completed"
+        assert shim.process.stop(timeout=10) == 0
+        assert not shim.socket.exists(), "the socket is removed on exit"
+        assert "drained" in shim.log()
+    finally:
+        proxy.stop()
+
+
+def test_socket_mode_and_directory(
+    containerd: Containerd, registry_factory: RegistryFactory, shim_factory: ShimFactory, short_dir: Path
+) -> None:
+    nested = short_dir / "run" / "sub"
+    config = {
+        "shim": str(nested / "shim.sock"),
+        "cri": containerd.address,
+        "stateDir": str(short_dir / "state"),
+        "registries": [entry(registry_factory())],
+    }
+    path = short_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    shim_factory(path, nested / "shim.sock")
+    assert stat.S_IMODE(os.stat(nested / "shim.sock").st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(short_dir / "state").st_mode) == 0o700
+
+
+def test_polling_adds_nothing_to_the_log_at_info_level(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    registry = registry_factory()
+    name = repo()
+    image_factory(registry, name, "1")
+    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)], debug=False)
+    client = cri_client(shim.socket)
+    client.pull(f"{name}:1")
+    before = shim.log()
+    assert before.count("rewrite decision") == 1, "a fresh decision is one info line"
+    for _ in range(20):
+        client.status(f"{name}:1")
+        client.list()
+        client.pull(f"{name}:1")  # decided before: cached
+        client.version()
+    assert shim.log() == before
+
+
+def test_index_without_the_node_platform_does_not_win_and_docker_manifests_count(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    partial, complete = registry_factory(), registry_factory()
+    name = repo()
+    image_factory(partial, name, "1", platforms=[foreign_platform()])
+    image_factory(complete, name, "1", platforms=[node_platform(), foreign_platform()], docker_format=True)
+    shim = start(shim_factory, short_dir, containerd.address, [entry(partial, 900), entry(complete, 100)])
+    client = cri_client(shim.socket)
+    client.pull(f"{name}:1")
+    assert f"{complete.host}/{name}:1" in tags(client, f"{name}:1")
+    assert "no manifest for this platform" in shim.log()

@@ -145,6 +145,13 @@ def _retry_after(value: str | None) -> float | None:
     return None
 
 
+def api_url(registry: Registry) -> str:
+    """Where the registry API of `registry` is served; Docker Hub's is not at its image domain."""
+    if registry.domain in ("docker.io", "index.docker.io"):
+        return f"{registry.scheme}://registry-1.docker.io"
+    return registry.url
+
+
 def _ssl_context(registry: Registry) -> ssl.SSLContext | bool:
     if registry.scheme != "https":
         return True
@@ -167,7 +174,7 @@ class RegistryClient:
         self._node = node
         self._clock = clock
         self._http = httpx.AsyncClient(
-            base_url=registry.url,
+            base_url=api_url(registry),
             verify=_ssl_context(registry),
             timeout=httpx.Timeout(PROBE_TIMEOUT, connect=3.0),
             follow_redirects=True,
