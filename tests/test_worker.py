@@ -686,3 +686,34 @@ def test_index_without_the_node_platform_does_not_win_and_docker_manifests_count
     client.pull(f"{name}:1")
     assert f"{complete.host}/{name}:1" in tags(client, f"{name}:1")
     assert "no manifest for this platform" in shim.log()
+
+
+def test_cache_statistics_are_logged_only_when_something_happened(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    registry = registry_factory()
+    name = repo()
+    image_factory(registry, name, "1")
+    shim = start(
+        shim_factory,
+        short_dir,
+        containerd.address,
+        [entry(registry)],
+        debug=False,
+        cache={"statsLogInterval": "1s"},
+    )
+    client = cri_client(shim.socket)
+    client.pull(f"{name}:1")
+    client.pull(f"{name}:1")
+    deadline = time.monotonic() + 10
+    while "decision cache" not in shim.log():
+        assert time.monotonic() < deadline, shim.log()
+        time.sleep(0.2)
+    assert 'msg="decision cache" hits=1 misses=1 size=1' in shim.log()
+    time.sleep(2.5)
+    assert shim.log().count("decision cache") == 1, "an idle cache logs nothing"

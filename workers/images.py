@@ -87,7 +87,11 @@ class ImageService:
         source = parse_name(request.image.image)
         if source is None:
             return await self._upstream.unary(method, raw, context)
-        decision = await self._resolver.resolve(source)
+        try:
+            decision = await self._resolver.resolve(source)
+        except Exception as err:  # a fault of the shim's own must never fail a pull
+            log.error("rewrite decision failed, pulling unchanged", image=source, error=repr(err))
+            return await self._upstream.unary(method, raw, context)
         if decision.target is not None and decision.rewritten:
             target = decision.target
             request.image.image = str(target.reference)
