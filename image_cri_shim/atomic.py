@@ -30,3 +30,19 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temp_files(path: str) -> int:
+    """Remove temp files a killed writer left next to `path` (the naming of `write_atomic`).
+
+    Only for a path with a single writer: at that writer's start any such file is stale.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            if entry.name.startswith(f".{name}.") and entry.name.endswith(".tmp") and entry.is_file():
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed

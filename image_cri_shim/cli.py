@@ -8,10 +8,12 @@ must load neither.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from image_cri_shim import __version__
 from image_cri_shim.config import DEFAULT_PATH
+from image_cri_shim.lifecycle import become_child
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument("--resolve", metavar="IMAGE", help="print where IMAGE would be pulled from now")
     sub = parser.add_subparsers(dest="command", metavar="")
+    # Internal subcommands: how the master starts its children (CONTRACT §4).
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("-f", "--file", default=DEFAULT_PATH)
     worker.add_argument("--generation", type=int, default=1)
     worker.add_argument("--ready-fd", type=int, default=None)
+    worker.add_argument("--master-pid", type=int, default=None)
+    syncer = sub.add_parser("syncer", help=argparse.SUPPRESS)
+    syncer.add_argument("-f", "--file", default=DEFAULT_PATH)
+    syncer.add_argument("--master-pid", type=int, default=None)
     return parser
 
 
@@ -41,9 +48,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "worker":
+            # SIGINT: a worker whose master is gone drains at once (no successor to hand over to)
+            become_child(f"worker gen={args.generation}", args.master_pid, signal.SIGINT)
             from image_cri_shim.workers.process import run
 
             return run(args.file, args.generation, args.ready_fd)
+        if args.command == "syncer":
+            become_child("syncer", args.master_pid)
+            from image_cri_shim.syncer.process import run as run_syncer
+
+            return run_syncer(args.file)
         if args.dry_run:
             from image_cri_shim.workers.diagnose import dry_run
 
@@ -52,11 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             from image_cri_shim.workers.diagnose import resolve
 
             return resolve(args.file, args.resolve)
-        # The service. Until the master process takes over its lifecycle, one worker serves
-        # in the foreground.
-        from image_cri_shim.workers.process import run
+        from image_cri_shim.supervisor.main import run as run_master
 
-        return run(args.file)
+        return run_master(args.file)
     except KeyboardInterrupt:
         return 130
 

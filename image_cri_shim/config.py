@@ -235,7 +235,7 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _Loader._int_or_text)
 _Loader.add_constructor("tag:yaml.org,2002:float", _Loader._float_or_text)
 
 
-def _load_yaml(text: str, path: str) -> object:
+def load_yaml(text: str, path: str) -> object:
     """The document in `text`; every YAML failure becomes one line with its position."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
@@ -692,7 +692,7 @@ def _registry(ctx: _Ctx, key: str, entry: dict[str, Any], *, offline: bool) -> R
 def parse(text: str, path: str) -> Config:
     """Check the YAML `text` (named `path` in messages) and build the Config, or raise ConfigError."""
     ctx = _Ctx(path)
-    document = _load_yaml(text, path)
+    document = load_yaml(text, path)
     if document is None:
         ctx.fail(None, "the file is empty: at least address or registries must be set")
     if not isinstance(document, dict):

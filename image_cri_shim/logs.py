@@ -101,6 +101,11 @@ def setup(role: str, debug: bool = False, **static: object) -> None:
     handler.setFormatter(_Formatter())
     root.addHandler(handler)
     root.propagate = False
+    # Libraries (urllib3, httpx, the kubernetes client) log and warn on their own; their lines
+    # are not key=value and could carry request details. Our own lines say what matters.
+    logging.captureWarnings(True)
+    if not logging.getLogger().handlers:
+        logging.getLogger().addHandler(logging.NullHandler())
     set_debug(debug)
 
 

@@ -33,9 +33,9 @@ def main() -> int:
         private = registries(auth=("admin", "demo:secret"))
         backup = registries()
         images = ImageBuilder(work / "images")
-        images(private, "library/nginx", "demo")
+        images(private, "library/nginx", "latest")
         images(backup, "library/redis", "demo")
-        say(f"registries: {private.url} (private, needs a password) holds library/nginx:demo;")
+        say(f"registries: {private.url} (private, needs a password) holds library/nginx:latest;")
         print(f"   {backup.url} (backup, anonymous) holds library/redis:demo")
 
         config = work / "config.yaml"
@@ -49,15 +49,16 @@ def main() -> int:
                     "auth": private.auth,
                     "registries": [{"address": backup.url, "priority": 500}],
                     "stateDir": str(work / "state"),
+                    "configMap": {"enabled": False},
                 }
             )
         )
         say(f"config {config}")
         print(config.read_text().replace("demo:secret", "********"))
 
-        say("image-cri-shim --resolve nginx:demo")
+        say("image-cri-shim --resolve nginx:latest")
         done = subprocess.run(
-            [sys.executable, "-m", "image_cri_shim", "-f", str(config), "--resolve", "nginx:demo"],
+            [sys.executable, "-m", "image_cri_shim", "-f", str(config), "--resolve", "nginx:latest"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -65,10 +66,13 @@ def main() -> int:
         )
         print(done.stdout + done.stderr)
 
-        shim = start_shim(config, socket, log_path=work / "shim.log")
-        say(f"shim serving on {socket} (pid {shim.pid}); kubelet pulls through it")
+        service = [sys.executable, "-m", "image_cri_shim", "-f", str(config)]
+        shim = start_shim(config, socket, log_path=work / "shim.log", argv=service)
+        say(
+            f"image-cri-shim -f {config} (master pid {shim.pid}) serves on {socket}; kubelet pulls through it"
+        )
         with CriClient(socket) as kubelet, CriClient(containerd.socket) as runtime:
-            for image in ("nginx:demo", "redis:demo"):
+            for image in ("nginx:latest", "redis:demo"):
                 image_id = kubelet.pull(image)
                 status = kubelet.status(image)
                 print(f"   PullImage({image}) -> {image_id}")
@@ -76,7 +80,7 @@ def main() -> int:
                 direct = runtime.status(image)
                 seen = "absent under that name" if direct is None else direct.repo_tags
                 print(f"     containerd alone  {seen}")
-        say("what the shim logged (one line per fresh decision)")
+        say("what the shim logged (master and worker; one line per fresh rewrite decision)")
         print(shim.log_text())
         return 0
     finally:

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from tests.harness import (
     node_platform,
 )
 from tests.harness.cri import VERSIONS, CriClient, CriVersion
+from tests.harness.processes import ShimProcess
 from tests.harness.registry import Registry, free_port
 from tests.harness.streaming_runtime import (
     EVENTS,
@@ -47,14 +49,6 @@ from tests.harness.streaming_runtime import (
 from tests.harness.tcpproxy import Gate, TcpProxy
 
 PROBE_TIMEOUT = 5.0
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path: unix socket paths are limited to 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="shim-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def repo() -> str:
@@ -77,48 +71,79 @@ def entry(registry: Registry | str, priority: int | None = None, **extra: Any) -
     return item
 
 
+@dataclass
 class Shim:
     """A started worker plus what tests need around it."""
 
-    def __init__(self, directory: Path, process: Any, socket: Path, config: Path) -> None:
-        self.directory = directory
-        self.process = process
-        self.socket = socket
-        self.config = config
+    process: ShimProcess
+    socket: Path
 
     def log(self) -> str:
-        text: str = self.process.log_text()
-        return text
+        return self.process.log_text()
 
 
-def start(
+@dataclass
+class Stack:
+    """The real parts one test uses: containerd, registries, images, shims, CRI clients."""
+
+    containerd: Containerd
+    registries: RegistryFactory
+    images: ImageBuilder
+    shims: ShimFactory
+    cri: CriClientFactory
+    dir: Path  # short: unix socket paths are limited to 107 bytes
+
+    def direct(self, version: CriVersion = "v1") -> CriClient:
+        """A client of containerd itself, bypassing the shim."""
+        return self.cri(self.containerd.socket, version)
+
+    def start(
+        self, registries: Sequence[dict[str, Any]], address: dict[str, Any] | None = None, **settings: Any
+    ) -> Shim:
+        """A worker in front of the test containerd."""
+        return self.start_on(self.containerd.address, registries, address, **settings)
+
+    def start_on(
+        self,
+        cri: str,
+        registries: Sequence[dict[str, Any]],
+        address: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> Shim:
+        """A worker in front of the runtime at `cri`, with debug logging unless told otherwise."""
+        config: dict[str, Any] = {
+            "shim": str(self.dir / "shim.sock"),
+            "cri": cri,
+            "stateDir": str(self.dir / "state"),
+            "registries": list(registries),
+            "debug": True,
+            **settings,
+        }
+        if address is not None:
+            config["address"] = address["address"]
+            for key in ("auth", "ca", "insecureSkipVerify"):
+                if key in address:
+                    config[key] = address[key]
+            if "priority" in address:
+                config["offlinePriority"] = address["priority"]
+        path = self.dir / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        socket = self.dir / "shim.sock"
+        process = self.shims(path, socket, log_path=self.dir / f"shim-{uuid.uuid4().hex[:6]}.log")
+        return Shim(process, socket)
+
+
+@pytest.fixture
+def stack(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
     shim_factory: ShimFactory,
-    directory: Path,
-    cri: str,
-    registries: Sequence[dict[str, Any]],
-    address: dict[str, Any] | None = None,
-    **settings: Any,
-) -> Shim:
-    config: dict[str, Any] = {
-        "shim": str(directory / "shim.sock"),
-        "cri": cri,
-        "stateDir": str(directory / "state"),
-        "registries": list(registries),
-        "debug": True,
-        **settings,
-    }
-    if address is not None:
-        config["address"] = address["address"]
-        for key in ("auth", "ca", "insecureSkipVerify"):
-            if key in address:
-                config[key] = address[key]
-        if "priority" in address:
-            config["offlinePriority"] = address["priority"]
-    path = directory / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    socket = directory / "shim.sock"
-    process = shim_factory(path, socket, log_path=directory / f"shim-{uuid.uuid4().hex[:6]}.log")
-    return Shim(directory, process, socket, path)
+    cri_client: CriClientFactory,
+) -> Iterator[Stack]:
+    directory = Path(tempfile.mkdtemp(prefix="shim-"))
+    yield Stack(containerd, registry_factory, image_factory, shim_factory, cri_client, directory)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def failure(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
@@ -137,71 +162,46 @@ def tags(client: CriClient, image: str) -> list[str]:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_pull_goes_to_the_highest_priority_registry_that_holds_it(
-    version: CriVersion,
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    top, tied_address, tied_other = registry_factory(), registry_factory(), registry_factory()
+def test_pull_goes_to_the_highest_priority_registry_that_holds_it(version: CriVersion, stack: Stack) -> None:
+    top, tied_address, tied_other = stack.registries(), stack.registries(), stack.registries()
     name = repo()
     # `top` (priority 900) does not hold it; the address and another registry tie at 500.
     content = uuid.uuid4().hex
-    image_factory(tied_address, name, "1", content=content)
-    image_factory(tied_other, name, "1", content=content)
-    shim = start(
-        shim_factory,
-        short_dir,
-        containerd.address,
+    stack.images(tied_address, name, "1", content=content)
+    stack.images(tied_other, name, "1", content=content)
+    shim = stack.start(
         [entry(top, 900), entry(tied_other, 500)],
         address=entry(tied_address, 500),
     )
-    client = cri_client(shim.socket, version)
+    client = stack.cri(shim.socket, version)
     short = name.removeprefix("library/")
     client.pull(f"{short}:1")
     expected = f"{tied_address.host}/{name}:1"
     assert sorted(tags(client, f"{short}:1")) == sorted([f"docker.io/{name}:1", expected])
-    direct = cri_client(containerd.socket, version)
+    direct = stack.direct(version)
     assert tags(direct, expected) == [expected], "containerd itself knows only the rewritten name"
     assert direct.status(f"docker.io/{name}:1") is None
     assert f"target={expected}" in shim.log()
 
 
-def test_short_names_are_normalized_like_docker_io(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    registry = registry_factory()
+def test_short_names_are_normalized_like_docker_io(stack: Stack) -> None:
+    registry = stack.registries()
     name = repo()
-    image_factory(registry, name, "latest")
-    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
-    client = cri_client(shim.socket)
+    stack.images(registry, name, "latest")
+    shim = stack.start([entry(registry)])
+    client = stack.cri(shim.socket)
     short = name.removeprefix("library/")
     client.pull(short)
     for spelling in (short, f"{short}:latest", name, f"docker.io/{name}", f"docker.io/{name}:latest"):
         assert f"docker.io/{name}:latest" in tags(client, spelling), spelling
 
 
-def test_digest_pull_keeps_the_digest(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    registry = registry_factory()
+def test_digest_pull_keeps_the_digest(stack: Stack) -> None:
+    registry = stack.registries()
     name = repo()
-    pushed = image_factory(registry, name, "1")
-    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
-    client = cri_client(shim.socket)
+    pushed = stack.images(registry, name, "1")
+    shim = stack.start([entry(registry)])
+    client = stack.cri(shim.socket)
     caller = f"{name}@{pushed.digest}"
     client.pull(caller)
     status = client.status(caller)
@@ -213,18 +213,12 @@ def test_digest_pull_keeps_the_digest(
     assert client.status(f"{name}:1@{pushed.digest}") is not None
 
 
-def test_image_held_nowhere_goes_upstream_unchanged_and_fails_as_upstream_fails(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    registry = registry_factory()
-    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
+def test_image_held_nowhere_goes_upstream_unchanged_and_fails_as_upstream_fails(stack: Stack) -> None:
+    registry = stack.registries()
+    shim = stack.start([entry(registry)])
     image = f"127.0.0.1:{free_port()}/{repo()}:1"
-    direct_code, _ = failure(lambda: cri_client(containerd.socket).pull(image))
-    code, message = failure(lambda: cri_client(shim.socket).pull(image))
+    direct_code, _ = failure(lambda: stack.direct().pull(image))
+    code, message = failure(lambda: stack.cri(shim.socket).pull(image))
     assert code == direct_code
     assert image in message
     assert "target=unchanged" in shim.log()
@@ -233,24 +227,17 @@ def test_image_held_nowhere_goes_upstream_unchanged_and_fails_as_upstream_fails(
 # -- credentials -------------------------------------------------------------------------------
 
 
-def test_registry_credentials_are_attached_and_caller_credentials_never_travel(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    private = registry_factory(auth=True)
+def test_registry_credentials_are_attached_and_caller_credentials_never_travel(stack: Stack) -> None:
+    private = stack.registries(auth=True)
     assert private.username is not None and private.password is not None
     name = repo()
-    image_factory(private, name, "1")
-    shim = start(shim_factory, short_dir, containerd.address, [entry(private)])
-    direct = cri_client(containerd.socket)
+    stack.images(private, name, "1")
+    shim = stack.start([entry(private)])
+    direct = stack.direct()
     _, denied = failure(lambda: direct.pull(f"{private.host}/{name}:1"))
     assert "401" in denied or "unauthorized" in denied.lower()
 
-    client = cri_client(shim.socket)
+    client = stack.cri(shim.socket)
     # The caller's credentials are for docker.io; they must not reach the private registry.
     client.pull(f"{name}:1", username="caller", password="caller-password")
     assert f"{private.host}/{name}:1" in tags(client, f"{name}:1")
@@ -272,19 +259,12 @@ def test_registry_credentials_are_attached_and_caller_credentials_never_travel(
 # -- ImageStatus / RemoveImage / ListImages for the caller's name -------------------------------
 
 
-def test_status_list_and_remove_answer_for_the_caller_name(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    registry = registry_factory()
+def test_status_list_and_remove_answer_for_the_caller_name(stack: Stack) -> None:
+    registry = stack.registries()
     name = repo()
-    image_factory(registry, name, "1")
-    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
-    client = cri_client(shim.socket)
+    stack.images(registry, name, "1")
+    shim = stack.start([entry(registry)])
+    client = stack.cri(shim.socket)
     caller = f"docker.io/{name}:1"
     client.pull(caller)
     # containerd 1.6 ignores ListImages filters (others honour them): either way the image is there.
@@ -292,53 +272,39 @@ def test_status_list_and_remove_answer_for_the_caller_name(
     assert any(caller in image.repo_tags for image in client.list())
     client.remove(caller)
     assert client.status(caller) is None
-    assert cri_client(containerd.socket).status(f"{registry.host}/{name}:1") is None
+    assert stack.direct().status(f"{registry.host}/{name}:1") is None
 
 
-def test_caller_names_survive_a_restart_with_every_registry_down(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    registry = registry_factory()
+def test_caller_names_survive_a_restart_with_every_registry_down(stack: Stack) -> None:
+    registry = stack.registries()
     name = repo()
-    image_factory(registry, name, "1")
-    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
+    stack.images(registry, name, "1")
+    shim = stack.start([entry(registry)])
     caller = f"docker.io/{name}:1"
-    cri_client(shim.socket).pull(caller)
+    stack.cri(shim.socket).pull(caller)
     shim.process.stop()
     registry.stop()
 
-    again = start(shim_factory, short_dir, containerd.address, [entry(registry)])
-    client = cri_client(again.socket)
+    again = stack.start([entry(registry)])
+    client = stack.cri(again.socket)
     assert caller in tags(client, caller)
     assert any(caller in image.repo_tags for image in client.list())
     assert any(caller in i.repo_tags for i in client.list(caller)), "a filter by the caller's name finds it"
 
     # Even without the remembered names the image is found on the node, with no registry asked.
     again.process.stop()
-    shutil.rmtree(short_dir / "state")
-    third = start(shim_factory, short_dir, containerd.address, [entry(registry)])
-    assert caller in tags(cri_client(third.socket), caller)
+    shutil.rmtree(stack.dir / "state")
+    third = stack.start([entry(registry)])
+    assert caller in tags(stack.cri(third.socket), caller)
     assert "rewrite decision" not in third.log()
 
 
-def test_image_ids_pass_through(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    registry = registry_factory()
+def test_image_ids_pass_through(stack: Stack) -> None:
+    registry = stack.registries()
     name = repo()
-    image_factory(registry, name, "1")
-    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)])
-    client = cri_client(shim.socket)
+    stack.images(registry, name, "1")
+    shim = stack.start([entry(registry)])
+    client = stack.cri(shim.socket)
     image_id = client.pull(f"{name}:1")
     for spelling in (image_id, image_id.removeprefix("sha256:")):
         status = client.status(spelling)
@@ -352,16 +318,9 @@ def test_image_ids_pass_through(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_runtime_service_and_image_fs_info_pass_through(
-    version: CriVersion,
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    shim = start(shim_factory, short_dir, containerd.address, [entry(registry_factory())])
-    direct, through = cri_client(containerd.socket, version), cri_client(shim.socket, version)
+def test_runtime_service_and_image_fs_info_pass_through(version: CriVersion, stack: Stack) -> None:
+    shim = stack.start([entry(stack.registries())])
+    direct, through = stack.direct(version), stack.cri(shim.socket, version)
     assert through.version() == direct.version()
     pb = through.pb
     request = pb.ListContainersRequest()
@@ -372,16 +331,11 @@ def test_runtime_service_and_image_fs_info_pass_through(
     assert [f.fs_id.mountpoint for f in through.fs_info()] == [f.fs_id.mountpoint for f in direct.fs_info()]
 
 
-def test_streaming_and_unknown_methods_are_forwarded(
-    registry_factory: RegistryFactory,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    runtime = StreamingRuntime(short_dir / "runtime.sock")
+def test_streaming_and_unknown_methods_are_forwarded(stack: Stack) -> None:
+    runtime = StreamingRuntime(stack.dir / "runtime.sock")
     try:
-        shim = start(shim_factory, short_dir, str(short_dir / "runtime.sock"), [entry(registry_factory())])
-        client = cri_client(shim.socket)
+        shim = stack.start_on(str(stack.dir / "runtime.sock"), [entry(stack.registries())])
+        client = stack.cri(shim.socket)
         events = client.runtime.GetContainerEvents(client.pb.GetEventsRequest(), timeout=5)
         assert [e.container_id for e in events] == list(EVENTS)
         echo: grpc.StreamStreamMultiCallable[bytes, bytes] = client.channel.stream_stream(UNKNOWN_METHOD)
@@ -394,24 +348,17 @@ def test_streaming_and_unknown_methods_are_forwarded(
 
 @pytest.mark.parametrize(("caller_deadline", "timeout"), [(1.0, "1m"), (30.0, "1s")])
 def test_deadline_is_the_callers_capped_by_timeout(
-    caller_deadline: float,
-    timeout: str,
-    registry_factory: RegistryFactory,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
+    caller_deadline: float, timeout: str, stack: Stack
 ) -> None:
-    runtime = StreamingRuntime(short_dir / "runtime.sock")
+    runtime = StreamingRuntime(stack.dir / "runtime.sock")
     try:
-        shim = start(
-            shim_factory,
-            short_dir,
-            str(short_dir / "runtime.sock"),
-            [entry(registry_factory())],
+        shim = stack.start_on(
+            str(stack.dir / "runtime.sock"),
+            [entry(stack.registries())],
             timeout=timeout,
         )
         slow: grpc.UnaryUnaryMultiCallable[bytes, bytes]
-        slow = cri_client(shim.socket).channel.unary_unary(SLOW_METHOD)
+        slow = stack.cri(shim.socket).channel.unary_unary(SLOW_METHOD)
         started = time.monotonic()
         code, _ = failure(lambda: slow(b"", timeout=caller_deadline))
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -420,15 +367,10 @@ def test_deadline_is_the_callers_capped_by_timeout(
         runtime.stop()
 
 
-def test_unreachable_runtime_is_unavailable_with_a_readable_message(
-    registry_factory: RegistryFactory,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    missing = short_dir / "no-runtime.sock"
-    shim = start(shim_factory, short_dir, str(missing), [entry(registry_factory())], force=True)
-    code, message = failure(lambda: cri_client(shim.socket).version(timeout=5))
+def test_unreachable_runtime_is_unavailable_with_a_readable_message(stack: Stack) -> None:
+    missing = stack.dir / "no-runtime.sock"
+    shim = stack.start_on(str(missing), [entry(stack.registries())], force=True)
+    code, message = failure(lambda: stack.cri(shim.socket).version(timeout=5))
     assert code == grpc.StatusCode.UNAVAILABLE
     assert str(missing) in message
 
@@ -436,27 +378,17 @@ def test_unreachable_runtime_is_unavailable_with_a_readable_message(
 # -- registries that are down -------------------------------------------------------------------
 
 
-def test_refused_registry_is_skipped_and_used_again_after_it_recovers(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    preferred, fallback = registry_factory(), registry_factory()
+def test_refused_registry_is_skipped_and_used_again_after_it_recovers(stack: Stack) -> None:
+    preferred, fallback = stack.registries(), stack.registries()
     name = repo()
     content = uuid.uuid4().hex
     for registry in (preferred, fallback):
-        image_factory(registry, name, "1", content=content)
-    shim = start(
-        shim_factory,
-        short_dir,
-        containerd.address,
+        stack.images(registry, name, "1", content=content)
+    shim = stack.start(
         [entry(preferred, 900), entry(fallback, 100)],
         cache={"negativeCacheTTL": "1s"},
     )
-    client = cri_client(shim.socket)
+    client = stack.cri(shim.socket)
     preferred.stop()
     started = time.monotonic()
     client.pull(f"{name}:1")
@@ -472,23 +404,13 @@ def test_refused_registry_is_skipped_and_used_again_after_it_recovers(
     assert "registry is reachable again" in shim.log()
 
 
-def test_silent_registry_costs_its_timeout_once(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    blackhole: Blackhole,
-    short_dir: Path,
-) -> None:
-    fallback = registry_factory()
+def test_silent_registry_costs_its_timeout_once(blackhole: Blackhole, stack: Stack) -> None:
+    fallback = stack.registries()
     first, second = repo(), repo()
-    image_factory(fallback, first, "1")
-    image_factory(fallback, second, "1")
-    shim = start(
-        shim_factory, short_dir, containerd.address, [entry(blackhole.url, 900), entry(fallback, 100)]
-    )
-    client = cri_client(shim.socket)
+    stack.images(fallback, first, "1")
+    stack.images(fallback, second, "1")
+    shim = stack.start([entry(blackhole.url, 900), entry(fallback, 100)])
+    client = stack.cri(shim.socket)
     started = time.monotonic()
     client.pull(f"{first}:1")
     assert time.monotonic() - started < PROBE_TIMEOUT + 5
@@ -498,19 +420,12 @@ def test_silent_registry_costs_its_timeout_once(
     assert f"{fallback.host}/{second}:1" in tags(client, f"{second}:1")
 
 
-def test_tls_registry_with_a_private_ca(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    secure = registry_factory(tls=True)
+def test_tls_registry_with_a_private_ca(stack: Stack) -> None:
+    secure = stack.registries(tls=True)
     name = repo()
-    image_factory(secure, name, "1")
-    shim = start(shim_factory, short_dir, containerd.address, [entry(secure)])
-    client = cri_client(shim.socket)
+    stack.images(secure, name, "1")
+    shim = stack.start([entry(secure)])
+    client = stack.cri(shim.socket)
     client.pull(f"{name}:1")
     assert f"{secure.host}/{name}:1" in tags(client, f"{name}:1")
     shim.process.stop()
@@ -519,33 +434,26 @@ def test_tls_registry_with_a_private_ca(
     untrusted = dict(entry(secure))
     untrusted.pop("ca")
     other = repo()
-    image_factory(secure, other, "1")
-    shim = start(shim_factory, short_dir, containerd.address, [untrusted])
+    stack.images(secure, other, "1")
+    shim = stack.start([untrusted])
     with pytest.raises(grpc.RpcError):
-        cri_client(shim.socket).pull(f"{other}:1")
+        stack.cri(shim.socket).pull(f"{other}:1")
     assert "certificate" in shim.log().lower()
 
 
 # -- load and bad input ---------------------------------------------------------------------------
 
 
-def test_32_pulls_run_at_once(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    registry = registry_factory()
+def test_32_pulls_run_at_once(stack: Stack) -> None:
+    registry = stack.registries()
     names = [repo() for _ in range(32)]
     for name in names:
-        image_factory(registry, name, "1")
+        stack.images(registry, name, "1")
     gate = Gate(count=32, timeout=30)
     proxy = TcpProxy(registry.port, gate=gate)
     try:
-        shim = start(shim_factory, short_dir, containerd.address, [entry(f"http://{proxy.host}")])
-        client = cri_client(shim.socket)
+        shim = stack.start([entry(f"http://{proxy.host}")])
+        client = stack.cri(shim.socket)
         failures: list[BaseException] = []
 
         def pull(name: str) -> None:
@@ -565,15 +473,9 @@ def test_32_pulls_run_at_once(
         proxy.stop()
 
 
-def test_malformed_payloads_and_odd_names_get_an_error_and_the_worker_keeps_serving(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    shim = start(shim_factory, short_dir, containerd.address, [entry(registry_factory())])
-    client = cri_client(shim.socket)
+def test_malformed_payloads_and_odd_names_get_an_error_and_the_worker_keeps_serving(stack: Stack) -> None:
+    shim = stack.start([entry(stack.registries())])
+    client = stack.cri(shim.socket)
     garbage = b"\xff\xff\xff\xff\x0f garbage"
     for version in VERSIONS:
         for method in ("PullImage", "ImageStatus", "RemoveImage", "ListImages"):
@@ -598,21 +500,14 @@ def test_malformed_payloads_and_odd_names_get_an_error_and_the_worker_keeps_serv
 # -- lifecycle ----------------------------------------------------------------------------------
 
 
-def test_sigterm_lets_an_in_flight_pull_finish(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    registry = registry_factory()
+def test_sigterm_lets_an_in_flight_pull_finish(stack: Stack) -> None:
+    registry = stack.registries()
     name = repo()
-    image_factory(registry, name, "1")
+    stack.images(registry, name, "1")
     proxy = TcpProxy(registry.port, delay=0.4)  # every answer of the registry takes 0.4 s
     try:
-        shim = start(shim_factory, short_dir, containerd.address, [entry(f"http://{proxy.host}")])
-        client = cri_client(shim.socket)
+        shim = stack.start([entry(f"http://{proxy.host}")])
+        client = stack.cri(shim.socket)
         result: list[object] = []
         thread = threading.Thread(target=lambda: result.append(client.pull(f"{name}:1", timeout=60)))
         thread.start()
@@ -628,36 +523,27 @@ def test_sigterm_lets_an_in_flight_pull_finish(
         proxy.stop()
 
 
-def test_socket_mode_and_directory(
-    containerd: Containerd, registry_factory: RegistryFactory, shim_factory: ShimFactory, short_dir: Path
-) -> None:
-    nested = short_dir / "run" / "sub"
+def test_socket_mode_and_directory(stack: Stack) -> None:
+    nested = stack.dir / "run" / "sub"
     config = {
         "shim": str(nested / "shim.sock"),
-        "cri": containerd.address,
-        "stateDir": str(short_dir / "state"),
-        "registries": [entry(registry_factory())],
+        "cri": stack.containerd.address,
+        "stateDir": str(stack.dir / "state"),
+        "registries": [entry(stack.registries())],
     }
-    path = short_dir / "config.yaml"
+    path = stack.dir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    shim_factory(path, nested / "shim.sock")
+    stack.shims(path, nested / "shim.sock")
     assert stat.S_IMODE(os.stat(nested / "shim.sock").st_mode) == 0o660
-    assert stat.S_IMODE(os.stat(short_dir / "state").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(stack.dir / "state").st_mode) == 0o700
 
 
-def test_polling_adds_nothing_to_the_log_at_info_level(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    registry = registry_factory()
+def test_polling_adds_nothing_to_the_log_at_info_level(stack: Stack) -> None:
+    registry = stack.registries()
     name = repo()
-    image_factory(registry, name, "1")
-    shim = start(shim_factory, short_dir, containerd.address, [entry(registry)], debug=False)
-    client = cri_client(shim.socket)
+    stack.images(registry, name, "1")
+    shim = stack.start([entry(registry)], debug=False)
+    client = stack.cri(shim.socket)
     client.pull(f"{name}:1")
     before = shim.log()
     assert before.count("rewrite decision") == 1, "a fresh decision is one info line"
@@ -669,45 +555,28 @@ def test_polling_adds_nothing_to_the_log_at_info_level(
     assert shim.log() == before
 
 
-def test_index_without_the_node_platform_does_not_win_and_docker_manifests_count(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    partial, complete = registry_factory(), registry_factory()
+def test_index_without_the_node_platform_does_not_win_and_docker_manifests_count(stack: Stack) -> None:
+    partial, complete = stack.registries(), stack.registries()
     name = repo()
-    image_factory(partial, name, "1", platforms=[foreign_platform()])
-    image_factory(complete, name, "1", platforms=[node_platform(), foreign_platform()], docker_format=True)
-    shim = start(shim_factory, short_dir, containerd.address, [entry(partial, 900), entry(complete, 100)])
-    client = cri_client(shim.socket)
+    stack.images(partial, name, "1", platforms=[foreign_platform()])
+    stack.images(complete, name, "1", platforms=[node_platform(), foreign_platform()], docker_format=True)
+    shim = stack.start([entry(partial, 900), entry(complete, 100)])
+    client = stack.cri(shim.socket)
     client.pull(f"{name}:1")
     assert f"{complete.host}/{name}:1" in tags(client, f"{name}:1")
     assert "no manifest for this platform" in shim.log()
 
 
-def test_cache_statistics_are_logged_only_when_something_happened(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-    short_dir: Path,
-) -> None:
-    registry = registry_factory()
+def test_cache_statistics_are_logged_only_when_something_happened(stack: Stack) -> None:
+    registry = stack.registries()
     name = repo()
-    image_factory(registry, name, "1")
-    shim = start(
-        shim_factory,
-        short_dir,
-        containerd.address,
+    stack.images(registry, name, "1")
+    shim = stack.start(
         [entry(registry)],
         debug=False,
         cache={"statsLogInterval": "1s"},
     )
-    client = cri_client(shim.socket)
+    client = stack.cri(shim.socket)
     client.pull(f"{name}:1")
     client.pull(f"{name}:1")
     deadline = time.monotonic() + 10

@@ -52,9 +52,9 @@ async def _dry_run(config: Config) -> int:
         return 1
     upstream = Upstream(cri, config.timeout)
     try:
-        runtime = await runtime_version(upstream, timeout=5.0)
+        runtime = runtime_version(upstream, timeout=5.0)
     finally:
-        await upstream.close()
+        upstream.close()
     print(f"  cri          {cri}: {runtime or 'no answer'}")
     node = node_platform()
     clients = [RegistryClient(r, node) for r in config.registries]

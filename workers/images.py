@@ -9,11 +9,11 @@ runtime's own state and the name store, never from a registry round trip.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import functools
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
-import grpc.aio
 from google.protobuf.message import DecodeError, Message
 
 from image_cri_shim import logs, reference
@@ -21,22 +21,21 @@ from image_cri_shim.config import Registry
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.names import NameStore, reported, repository
-from image_cri_shim.workers.resolver import Resolver, plan, registry_for
+from image_cri_shim.workers.resolver import Decision, plan, registry_for
 from image_cri_shim.workers.upstream import Upstream
 
 log = logs.get("images")
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context = grpc.ServicerContext
 M = TypeVar("M", bound=Message)
 
 
-async def decode(kind: type[M], raw: bytes, context: Context) -> M:
+def decode(kind: type[M], raw: bytes, context: Context) -> M:
     try:
         message: M = kind.FromString(raw)
         return message
     except DecodeError as err:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {kind.__name__}: {err}")
-        raise  # pragma: no cover
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {kind.__name__}: {err}")
 
 
 def parse_name(image: str) -> Reference | None:
@@ -53,45 +52,40 @@ def parse_name(image: str) -> Reference | None:
 class ImageService:
     """One instance serves both `runtime.v1` and `runtime.v1alpha2` (same field numbers)."""
 
-    def __init__(self, upstream: Upstream, resolver: Resolver, names: NameStore) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        resolve: Callable[[Reference], Decision],
+        registries: tuple[Registry, ...],
+        names: NameStore,
+    ) -> None:
         self._upstream = upstream
-        self._resolver = resolver
+        self._resolve = resolve  # runs the resolver on the registry event loop
         self._names = names
-        self._registries = resolver.registries
+        self._registries = registries
 
-    def handlers(self, service: str) -> dict[str, Callable[[bytes, Context], Awaitable[bytes]]]:
-        """The method path -> handler table for one service name."""
-
-        def bind(handler: Callable[[str, bytes, Context], Awaitable[bytes]], method: str) -> Any:
-            path = f"/{service}/{method}"
-
-            async def call(raw: bytes, context: Context) -> bytes:
-                return await handler(path, raw, context)
-
-            return path, call
-
-        return dict(
-            bind(h, m)
-            for h, m in (
-                (self.pull_image, "PullImage"),
-                (self.image_status, "ImageStatus"),
-                (self.remove_image, "RemoveImage"),
-                (self.list_images, "ListImages"),
-            )
-        )
+    def handlers(self, service: str) -> dict[str, Callable[[bytes, Context], bytes]]:
+        """Method name -> handler, for one service name (`runtime.v1.ImageService`, …)."""
+        methods = {
+            "PullImage": self.pull_image,
+            "ImageStatus": self.image_status,
+            "RemoveImage": self.remove_image,
+            "ListImages": self.list_images,
+        }
+        return {name: functools.partial(handler, f"/{service}/{name}") for name, handler in methods.items()}
 
     # -- PullImage ------------------------------------------------------------------------------
 
-    async def pull_image(self, method: str, raw: bytes, context: Context) -> bytes:
-        request = await decode(cri.PullImageRequest, raw, context)
+    def pull_image(self, method: str, raw: bytes, context: Context) -> bytes:
+        request = decode(cri.PullImageRequest, raw, context)
         source = parse_name(request.image.image)
         if source is None:
-            return await self._upstream.unary(method, raw, context)
+            return self._upstream.unary(method, raw, context)
         try:
-            decision = await self._resolver.resolve(source)
+            decision = self._resolve(source)
         except Exception as err:  # a fault of the shim's own must never fail a pull
             log.error("rewrite decision failed, pulling unchanged", image=source, error=repr(err))
-            return await self._upstream.unary(method, raw, context)
+            return self._upstream.unary(method, raw, context)
         if decision.target is not None and decision.rewritten:
             target = decision.target
             request.image.image = str(target.reference)
@@ -99,16 +93,16 @@ class ImageService:
             log.debug(
                 "pull rewritten", image=source, target=target.reference, user=target.registry.username or "-"
             )
-            response = await self._upstream.unary(method, request.SerializeToString(), context)
+            response = self._upstream.unary(method, request.SerializeToString(), context)
             self._names.record(reported(source), reported(target.reference))
             return response
         own = registry_for(source.domain, self._registries)
         if own is not None and own.has_credentials and not has_credentials(request.auth):
             set_credentials(request, own)
             log.debug("pull unchanged, registry credentials attached", image=source, user=own.username)
-            return await self._upstream.unary(method, request.SerializeToString(), context)
+            return self._upstream.unary(method, request.SerializeToString(), context)
         log.debug("pull unchanged", image=source)
-        return await self._upstream.unary(method, raw, context)
+        return self._upstream.unary(method, raw, context)
 
     # -- ImageStatus / ListImages / RemoveImage ----------------------------------------------------
 
@@ -126,17 +120,17 @@ class ImageService:
                 names.append(name)
         return names
 
-    async def image_status(self, method: str, raw: bytes, context: Context) -> bytes:
-        request = await decode(cri.ImageStatusRequest, raw, context)
+    def image_status(self, method: str, raw: bytes, context: Context) -> bytes:
+        request = decode(cri.ImageStatusRequest, raw, context)
         source = parse_name(request.image.image)
         if source is None:
-            response_raw = await self._upstream.unary(method, raw, context)
+            response_raw = self._upstream.unary(method, raw, context)
             return self._named_status(response_raw)
         caller = reported(source)
         first: bytes | None = None
         for name in self.local_names(source):
             request.image.image = name
-            response_raw = await self._upstream.unary(method, request.SerializeToString(), context)
+            response_raw = self._upstream.unary(method, request.SerializeToString(), context)
             response = cri.ImageStatusResponse.FromString(response_raw)
             if response.image.id:
                 if name != caller:
@@ -149,11 +143,11 @@ class ImageService:
             first = first if first is not None else response_raw
         return first if first is not None else b""
 
-    async def list_images(self, method: str, raw: bytes, context: Context) -> bytes:
-        request = await decode(cri.ListImagesRequest, raw, context)
+    def list_images(self, method: str, raw: bytes, context: Context) -> bytes:
+        request = decode(cri.ListImagesRequest, raw, context)
         source = parse_name(request.filter.image.image) if request.HasField("filter") else None
         if source is None:
-            response_raw = await self._upstream.unary(method, raw, context)
+            response_raw = self._upstream.unary(method, raw, context)
             if not self._names:
                 return response_raw
             response = cri.ListImagesResponse.FromString(response_raw)
@@ -167,7 +161,7 @@ class ImageService:
         first: bytes | None = None
         for name in self.local_names(source):
             request.filter.image.image = name
-            response_raw = await self._upstream.unary(method, request.SerializeToString(), context)
+            response_raw = self._upstream.unary(method, request.SerializeToString(), context)
             response = cri.ListImagesResponse.FromString(response_raw)
             if response.images:
                 if name != caller:
@@ -179,26 +173,24 @@ class ImageService:
             first = first if first is not None else response_raw
         return first if first is not None else b""
 
-    async def remove_image(self, method: str, raw: bytes, context: Context) -> bytes:
-        request = await decode(cri.RemoveImageRequest, raw, context)
+    def remove_image(self, method: str, raw: bytes, context: Context) -> bytes:
+        request = decode(cri.RemoveImageRequest, raw, context)
         source = parse_name(request.image.image)
         if source is None:
-            return await self._upstream.unary(method, raw, context)
+            return self._upstream.unary(method, raw, context)
         caller = reported(source)
         status_method = method.rsplit("/", 1)[0] + "/ImageStatus"
         for name in self.local_names(source):
             status = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
-            found = cri.ImageStatusResponse.FromString(
-                await self._upstream.unary(status_method, status, context)
-            )
+            found = cri.ImageStatusResponse.FromString(self._upstream.unary(status_method, status, context))
             if found.image.id:
                 request.image.image = name
-                response = await self._upstream.unary(method, request.SerializeToString(), context)
+                response = self._upstream.unary(method, request.SerializeToString(), context)
                 self._names.forget_targets([*found.image.repo_tags, *found.image.repo_digests])
                 self._names.forget([caller])
                 return response
         self._names.forget([caller])
-        return await self._upstream.unary(method, raw, context)
+        return self._upstream.unary(method, raw, context)
 
     # -- transparent naming -------------------------------------------------------------------------
 

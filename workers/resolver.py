@@ -80,7 +80,7 @@ class Resolver:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registries = tuple(registries)
-        self._clients = clients
+        self.clients = clients
         self._positive_ttl = cache.image_cache_ttl
         self._negative_ttl = cache.negative_cache_ttl
         self._cache: TLRUCache[str, Decision] | None = None
@@ -140,7 +140,7 @@ class Resolver:
         """Ask the candidates (concurrently) and take the first in order that holds the image."""
         candidates = plan(ref, self._registries)
         tasks = [
-            asyncio.ensure_future(self._clients[c.registry.domain].holds(c.reference)) for c in candidates
+            asyncio.ensure_future(self.clients[c.registry.domain].holds(c.reference)) for c in candidates
         ]
         answers: list[tuple[Candidate, Probe]] = []
         degraded = False

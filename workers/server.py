@@ -2,8 +2,13 @@
 
 The four image methods the shim changes go to `ImageService`; every other method of the CRI
 image and runtime services, of both API versions, is forwarded as bytes, never decoded.
-A method this table does not know (a newer CRI) is forwarded as a bidirectional stream,
-which carries any cardinality on the wire.
+Known methods are registered per service, so grpc matches them in its core; a method this
+table does not know (a newer CRI) reaches a generic handler and is forwarded as a
+bidirectional stream, which carries any cardinality on the wire.
+
+The server is grpc's synchronous one with a thread pool: per call it costs fewer thread
+hand-offs than grpc.aio, and the hop through the shim is the price every kubelet call pays.
+Registry I/O, which only a cold PullImage needs, runs on its own event loop (`registries`).
 
 The socket is bound on a temporary path next to the shim path and renamed over it once the
 server runs, so the shim path always resolves to a listening socket, also while a new worker
@@ -12,26 +17,25 @@ replaces an old one.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import signal
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
-import grpc.aio
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.workers.images import Context, ImageService
 from image_cri_shim.workers.names import NameStore
-from image_cri_shim.workers.registry import RegistryClient, node_platform
-from image_cri_shim.workers.resolver import Resolver
+from image_cri_shim.workers.registries import Registries
 from image_cri_shim.workers.upstream import MESSAGE_OPTIONS, Upstream
 
 log = logs.get("worker")
@@ -47,61 +51,65 @@ RUNTIME_METHODS = (
     "ListPodSandboxMetrics", "RuntimeConfig", "UpdatePodSandboxResources",
 )  # fmt: skip
 RUNTIME_STREAMING = ("GetContainerEvents",)  # server streaming
-Handler: TypeAlias = "grpc.RpcMethodHandler[bytes, bytes]"
 SERVICES = tuple(f"/{v}.{s}/" for v in VERSIONS for s in ("ImageService", "RuntimeService"))
+Handler: TypeAlias = "grpc.RpcMethodHandler[bytes, bytes]"
+# Every call in flight holds a thread (a PullImage may take minutes); threads start only as
+# calls need them, so the bound is a ceiling, not a cost.
+THREADS = 256
+# Clients reconnect this often. A server that stops cancels calls that reach it in the
+# moment between its shutdown and the client's reading of the GOAWAY; a connection that
+# reaches its age instead gets a two-phase GOAWAY while the server keeps serving. A worker
+# that is replaced therefore waits for its connections to age out before it stops.
+CONNECTION_AGE = 5.0
+SERVER_OPTIONS = (
+    *MESSAGE_OPTIONS,
+    ("grpc.max_connection_age_ms", int(CONNECTION_AGE * 1000)),
+    ("grpc.max_connection_age_grace_ms", 2**31 - 1),  # in-flight calls are bounded by `timeout`
+)
 
 
-class Router(grpc.GenericRpcHandler):
-    """Method path -> handler; built once, looked up per call."""
+def register(server: grpc.Server, upstream: Upstream, images: ImageService) -> None:
+    """Every known method of both CRI versions, per service; a generic handler for the rest."""
+    for version in VERSIONS:
+        image_service = f"{version}.ImageService"
+        handlers = {m: _unary(upstream, f"/{image_service}/{m}") for m in IMAGE_METHODS}
+        handlers.update(
+            {m: grpc.unary_unary_rpc_method_handler(h) for m, h in images.handlers(image_service).items()}
+        )
+        server.add_registered_method_handlers(image_service, handlers)
+        runtime_service = f"{version}.RuntimeService"
+        handlers = {m: _unary(upstream, f"/{runtime_service}/{m}") for m in RUNTIME_METHODS}
+        handlers.update({m: _unary_stream(upstream, f"/{runtime_service}/{m}") for m in RUNTIME_STREAMING})
+        server.add_registered_method_handlers(runtime_service, handlers)
+    server.add_generic_rpc_handlers((Unknown(upstream),))
 
-    def __init__(self, upstream: Upstream, images: ImageService) -> None:
+
+def _unary(upstream: Upstream, path: str) -> Handler:
+    return grpc.unary_unary_rpc_method_handler(
+        lambda request, context: upstream.unary(path, request, context)
+    )
+
+
+def _unary_stream(upstream: Upstream, path: str) -> Handler:
+    return grpc.unary_stream_rpc_method_handler(
+        lambda request, context: upstream.unary_stream(path, request, context)
+    )
+
+
+class Unknown(grpc.GenericRpcHandler):
+    """Methods of the CRI services this table does not know: forwarded as streams."""
+
+    def __init__(self, upstream: Upstream) -> None:
         self._upstream = upstream
-        self._table: dict[str, Handler] = {}
-        for version in VERSIONS:
-            image_service = f"{version}.ImageService"
-            for path, handler in images.handlers(image_service).items():
-                self._table[path] = grpc.unary_unary_rpc_method_handler(handler)
-            for method in IMAGE_METHODS:
-                self._table.setdefault(
-                    f"/{image_service}/{method}", self._unary(f"/{image_service}/{method}")
-                )
-            for method in RUNTIME_METHODS:
-                path = f"/{version}.RuntimeService/{method}"
-                self._table[path] = self._unary(path)
-            for method in RUNTIME_STREAMING:
-                path = f"/{version}.RuntimeService/{method}"
-                self._table[path] = self._unary_stream(path)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         method: str = handler_call_details.method
-        handler = self._table.get(method)
-        if handler is None and method.startswith(SERVICES):
-            handler = self._table[method] = self._stream_stream(method)
-        return handler
-
-    def _unary(self, path: str) -> Handler:
+        if not method.startswith(SERVICES):
+            return None
         upstream = self._upstream
 
-        async def forward(request: bytes, context: Context) -> bytes:
-            return await upstream.unary(path, request, context)
-
-        return grpc.unary_unary_rpc_method_handler(forward)
-
-    def _unary_stream(self, path: str) -> Handler:
-        upstream = self._upstream
-
-        async def forward(request: bytes, context: Context) -> AsyncIterator[bytes]:
-            async for response in upstream.unary_stream(path, request, context):
-                yield response
-
-        return grpc.unary_stream_rpc_method_handler(forward)
-
-    def _stream_stream(self, path: str) -> Handler:
-        upstream = self._upstream
-
-        async def forward(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
-            async for response in upstream.stream_stream(path, requests, context):
-                yield response
+        def forward(requests: Iterator[bytes], context: Context) -> Iterator[bytes]:
+            return upstream.stream_stream(method, requests, context)
 
         return grpc.stream_stream_rpc_method_handler(forward)
 
@@ -116,7 +124,7 @@ class Listener:
     inode: int
 
 
-def bind(server: grpc.aio.Server, shim: str) -> str:
+def bind(server: grpc.Server, shim: str) -> str:
     """Bind on a temporary path next to `shim`; returns that path."""
     directory = os.path.dirname(shim)
     try:
@@ -149,14 +157,14 @@ def unpublish(listener: Listener) -> None:
             os.unlink(listener.path)
 
 
-async def runtime_version(upstream: Upstream, timeout: float = 2.0) -> str | None:
+def runtime_version(upstream: Upstream, timeout: float = 2.0) -> str | None:
     """`name version` of the runtime if it answers Version (v1, then v1alpha2), else None."""
     for version in VERSIONS:
-        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes]
         call = upstream.channel.unary_unary(f"/{version}.RuntimeService/Version")
         try:
-            raw = await call(cri.VersionRequest(version="v1").SerializeToString(), timeout=timeout)
-        except grpc.aio.AioRpcError as err:
+            raw = call(cri.VersionRequest(version="v1").SerializeToString(), timeout=timeout)
+        except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.UNIMPLEMENTED:
                 continue
             return None
@@ -165,96 +173,114 @@ async def runtime_version(upstream: Upstream, timeout: float = 2.0) -> str | Non
     return None
 
 
-@dataclass
-class Worker:
-    """Everything one worker generation holds for its lifetime."""
+class Stop:
+    """SIGTERM: hand clients over, then drain (a newer worker took the socket, or the service
+    stops). SIGINT, or a second SIGTERM: drain at once."""
 
-    config: Config
-    cri: str
-    upstream: Upstream
-    clients: dict[str, RegistryClient]
-    resolver: Resolver
-    images: ImageService
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.now = threading.Event()
+        signal.signal(signal.SIGTERM, self._term)
+        signal.signal(signal.SIGINT, self._int)
 
-    @classmethod
-    def build(cls, config: Config, cri_socket: str) -> Worker:
-        upstream = Upstream(cri_socket, config.timeout)
-        node = node_platform()
-        clients = {r.domain: RegistryClient(r, node) for r in config.registries}
-        resolver = Resolver(config.registries, clients, config.cache)
-        names = NameStore(config.state_dir)
-        return cls(config, cri_socket, upstream, clients, resolver, ImageService(upstream, resolver, names))
+    def _term(self, _signum: int, _frame: object) -> None:
+        if self.requested.is_set():
+            self.now.set()
+        self.requested.set()
 
-    async def close(self) -> None:
-        await self.upstream.close()
-        for client in self.clients.values():
-            await client.aclose()
+    def _int(self, _signum: int, _frame: object) -> None:
+        self.requested.set()
+        self.now.set()
+
+    def wait(self) -> None:
+        # short waits: the main thread must come back to Python for signal handlers to run
+        while not self.requested.wait(0.5):
+            pass
+
+    def handover(self) -> None:
+        """Let every client connection reach its age: each gets a graceful GOAWAY while this
+        server still serves, so clients reconnect (to the socket's new owner) without a single
+        call arriving at a server that has begun to stop."""
+        deadline = time.monotonic() + CONNECTION_AGE * 1.2 + 0.5
+        while not self.now.is_set() and time.monotonic() < deadline:
+            self.now.wait(0.2)
 
 
-async def serve(config: Config, cri_socket: str, report: Callable[[dict[str, Any]], None]) -> None:
-    """Serve on the shim socket until SIGTERM/SIGINT, then drain in-flight calls and return."""
-    worker = Worker.build(config, cri_socket)
-    server = grpc.aio.server(options=MESSAGE_OPTIONS)
-    server.add_generic_rpc_handlers((Router(worker.upstream, worker.images),))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+def serve(config: Config, cri_socket: str, ready: ReadyPipe) -> None:
+    """Serve on the shim socket until SIGTERM/SIGINT, then hand over, drain, and return."""
+    stop = Stop()
+    upstream = Upstream(cri_socket, config.timeout)
+    registries = Registries(config)
+    images = ImageService(upstream, registries.resolve, config.registries, NameStore(config.state_dir))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"), options=SERVER_OPTIONS
+    )
+    register(server, upstream, images)
     listener: Listener | None = None
-    tasks: list[asyncio.Task[None]] = []
     try:
         temp = bind(server, config.shim)
-        await server.start()
+        server.start()
         listener = publish(temp, config.shim)
-        runtime = await runtime_version(worker.upstream)
-        if runtime is None:
-            log.warning("container runtime does not answer yet", cri=worker.upstream.target)
+        runtime = runtime_version(upstream)
         log.info(
             "serving",
             socket=config.shim,
-            cri=worker.upstream.target,
+            cri=upstream.target,
             runtime=runtime or "unavailable",
             registries=",".join(r.domain for r in config.registries),
         )
-        report({"ready": True, "socket": config.shim, "runtime": runtime})
+        ready.send({"event": "serving", "socket": config.shim, "runtime": runtime})
+        if runtime is None:
+            log.warning("container runtime does not answer yet", cri=upstream.target)
+            threading.Thread(target=wait_for_runtime, args=(upstream, ready, stop), daemon=True).start()
+        else:
+            ready.close()
         if not config.cache.disable_stats and config.cache.stats_log_interval > 0:
-            tasks.append(
-                asyncio.create_task(log_cache_stats(worker.resolver, config.cache.stats_log_interval))
-            )
-        await stop.wait()
-        log.info("draining", grace=f"{config.timeout:g}s")
+            registries.log_stats_every(config.cache.stats_log_interval)
+        stop.wait()
         started = time.monotonic()
-        await server.stop(grace=config.timeout)
+        if not stop.now.is_set():
+            log.info("handing clients over", within=f"{CONNECTION_AGE * 1.2 + 0.5:g}s")
+            stop.handover()
+        log.info("draining", grace=f"{config.timeout:g}s")
+        server.stop(grace=config.timeout).wait()
         log.info("drained", took=f"{time.monotonic() - started:.1f}s")
     finally:
-        for task in tasks:
-            task.cancel()
+        ready.close()
         if listener is not None:
             unpublish(listener)
-        await server.stop(grace=None)
-        await worker.close()
+        server.stop(grace=None)
+        upstream.close()
+        registries.close()
 
 
-async def log_cache_stats(resolver: Resolver, interval: float) -> None:
-    """One line per interval, and only when something happened since the last one."""
-    last = (resolver.hits, resolver.misses)
-    while True:
-        await asyncio.sleep(interval)
-        now = (resolver.hits, resolver.misses)
-        if now == last:
-            continue
-        hits, misses = now[0] - last[0], now[1] - last[1]
-        log.info("decision cache", hits=hits, misses=misses, size=resolver.cache_size())
-        last = now
-
-
-def write_report(fd: int | None) -> Callable[[dict[str, Any]], None]:
-    """Readiness goes to the master over an inherited pipe, as one JSON line."""
-
-    def report(message: dict[str, Any]) -> None:
-        if fd is None:
+def wait_for_runtime(upstream: Upstream, ready: ReadyPipe, stop: Stop) -> None:
+    """Tell the master when the runtime first answers (its READY=1 waits for that)."""
+    while (runtime := runtime_version(upstream)) is None:
+        if stop.requested.wait(1.0):
             return
-        with contextlib.suppress(OSError), os.fdopen(fd, "w") as pipe:
-            pipe.write(json.dumps(message) + "\n")
+    log.info("container runtime answers", runtime=runtime)
+    ready.send({"event": "runtime", "runtime": runtime})
+    ready.close()
 
-    return report
+
+class ReadyPipe:
+    """Readiness reports to the master: JSON lines on an inherited pipe (absent when run alone)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._pipe = os.fdopen(fd, "w") if fd is not None else None
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            if self._pipe is not None:
+                with contextlib.suppress(OSError):
+                    self._pipe.write(json.dumps(message) + "\n")
+                    self._pipe.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pipe is not None:
+                with contextlib.suppress(OSError):
+                    self._pipe.close()
+                self._pipe = None

@@ -9,11 +9,10 @@ by the configured `timeout`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
-import grpc.aio
 
 MAX_MESSAGE = 16 << 20
 
@@ -25,12 +24,14 @@ MESSAGE_OPTIONS: Sequence[tuple[str, Any]] = (
 # Metadata a server sees that belongs to the transport, not to the caller.
 _TRANSPORT_KEYS = frozenset({"user-agent", ":authority", "grpc-accept-encoding", "grpc-timeout"})
 
+Context = grpc.ServicerContext
+
 
 class Upstream:
     def __init__(self, socket_path: str, timeout: float) -> None:
         self.target = f"unix://{socket_path}"
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(
+        self.channel = grpc.insecure_channel(
             self.target,
             options=(
                 *MESSAGE_OPTIONS,
@@ -39,67 +40,62 @@ class Upstream:
                 ("grpc.max_reconnect_backoff_ms", 2000),
             ),
         )
-        self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
-        self._unary_stream: dict[str, grpc.aio.UnaryStreamMultiCallable[bytes, bytes]] = {}
-        self._stream_stream: dict[str, grpc.aio.StreamStreamMultiCallable[bytes, bytes]] = {}
+        self._unary: dict[str, grpc.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self._unary_stream: dict[str, grpc.UnaryStreamMultiCallable[bytes, bytes]] = {}
+        self._stream_stream: dict[str, grpc.StreamStreamMultiCallable[bytes, bytes]] = {}
 
-    def deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    def deadline(self, context: Context) -> float:
         remaining = context.time_remaining()
         return self.timeout if remaining is None else min(remaining, self.timeout)
 
     @staticmethod
-    def metadata(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[tuple[str, str | bytes], ...]:
+    def metadata(context: Context) -> tuple[tuple[str, str | bytes], ...]:
         return tuple((k, v) for k, v in (context.invocation_metadata() or ()) if k not in _TRANSPORT_KEYS)
 
-    async def unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    def unary(self, method: str, request: bytes, context: Context) -> bytes:
         call = self._unary.get(method)
         if call is None:
-            call = self._unary[method] = self.channel.unary_unary(method)
+            call = self._unary[method] = self.channel.unary_unary(method, _registered_method=True)  # type: ignore[call-arg]
         try:
-            response: bytes = await call(
-                request, timeout=self.deadline(context), metadata=self.metadata(context)
-            )
-        except grpc.aio.AioRpcError as err:
-            await self.abort(context, err)
+            response: bytes = call(request, timeout=self.deadline(context), metadata=self.metadata(context))
+        except grpc.RpcError as err:
+            self.abort(context, err)
         return response
 
-    async def unary_stream(
-        self, method: str, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[bytes]:
+    def unary_stream(self, method: str, request: bytes, context: Context) -> Iterator[bytes]:
         call = self._unary_stream.get(method)
         if call is None:
             call = self._unary_stream[method] = self.channel.unary_stream(method)
-        try:
-            async for response in call(
-                request, timeout=self.deadline(context), metadata=self.metadata(context)
-            ):
-                yield response
-        except grpc.aio.AioRpcError as err:
-            await self.abort(context, err)
+        responses = call(request, timeout=self.deadline(context), metadata=self.metadata(context))
+        yield from self._relay(responses, context)
 
-    async def stream_stream(
-        self, method: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[bytes]:
+    def stream_stream(self, method: str, requests: Iterator[bytes], context: Context) -> Iterator[bytes]:
         call = self._stream_stream.get(method)
         if call is None:
             call = self._stream_stream[method] = self.channel.stream_stream(method)
-        try:
-            async for response in call(
-                requests, timeout=self.deadline(context), metadata=self.metadata(context)
-            ):
-                yield response
-        except grpc.aio.AioRpcError as err:
-            await self.abort(context, err)
+        responses = call(requests, timeout=self.deadline(context), metadata=self.metadata(context))
+        yield from self._relay(responses, context)
 
-    async def abort(self, context: grpc.aio.ServicerContext[Any, Any], err: grpc.aio.AioRpcError) -> NoReturn:
-        code, details = err.code(), err.details() or ""
+    def _relay(self, responses: Any, context: Context) -> Iterator[bytes]:
+        """Yield an upstream stream; a caller that goes away cancels it upstream."""
+        context.add_callback(responses.cancel)
+        try:
+            yield from responses
+        except grpc.RpcError as err:
+            self.abort(context, err)
+
+    def abort(self, context: Context, err: grpc.RpcError) -> NoReturn:
+        code: grpc.StatusCode = err.code()
+        details: str = err.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE and _is_connect_failure(details):
             details = f"container runtime at {self.target} is unreachable: {details}"
-        await context.abort(code, details, tuple(err.trailing_metadata() or ()))
-        raise AssertionError("context.abort returned")  # pragma: no cover
+        trailing = err.trailing_metadata()
+        if trailing:
+            context.set_trailing_metadata(tuple((m.key, m.value) for m in trailing))
+        context.abort(code, details)
 
-    async def close(self) -> None:
-        await self.channel.close()
+    def close(self) -> None:
+        self.channel.close()
 
 
 def _is_connect_failure(details: str) -> bool:

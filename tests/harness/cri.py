@@ -25,6 +25,9 @@ MAX_MESSAGE = 16 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
+    # kubelet's CRI client reconnects with a 100 ms base backoff, capped at 3 s
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 3000),
 ]
 
 # The two versions' messages are distinct classes with the same fields.

@@ -1,0 +1,327 @@
+"""The master: one loop that owns the lifecycle of the proxy worker and the ConfigMap syncer.
+
+Signals, readiness reports, child exits and config-file events all become events in one
+queue; the loop takes them one at a time and each kind has a small `handle_*` method. Timers
+(debounce, poll fallback, restarts with backoff, the systemd watchdog) are checked after every
+wake-up. Nothing here imports grpc or kubernetes: the master stays small and fork-free.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import queue
+import signal
+import stat
+import time
+from typing import Any
+
+from image_cri_shim import logs
+from image_cri_shim.config import Config, ConfigError, load
+from image_cri_shim.supervisor.children import Child, start_syncer, start_worker
+from image_cri_shim.supervisor.notify import Notifier
+from image_cri_shim.supervisor.watch import ConfigFile, DirectoryWatch, content_hash
+
+log = logs.get("master")
+
+DEBOUNCE = 0.1  # editors write in bursts; the syncer renames once
+READY_TIMEOUT = 30.0  # a new worker that does not serve by then is given up
+WORKER_CRASH_WINDOW = 30.0  # more than 3 worker deaths within this window: back off
+SYNCER_BACKOFF_MAX = 60.0
+Event = tuple[Any, ...]
+
+
+class Master:
+    def __init__(self, config_path: str, config: Config) -> None:
+        self.path = config_path
+        self.config = config
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.notifier = Notifier()
+        self.file = ConfigFile(config_path)
+        self.watch = DirectoryWatch(config_path, lambda: self.events.put(("file",)))
+        self.generation = 0
+        self.worker: Child | None = None  # the one serving (or starting after a crash)
+        self.pending: Child | None = None  # a new generation starting for a reload
+        self.draining: list[Child] = []
+        self.syncer: Child | None = None
+        self.ready_sent = False
+        self.reload_again = False
+        self.reload_started = 0.0
+        self.last_reload = "none yet"
+        self.stopping_since: float | None = None
+        self.worker_deaths: collections.deque[float] = collections.deque(maxlen=8)
+        self.syncer_failures = 0
+        # timers (monotonic deadlines, None = off)
+        self.worker_restart_at: float | None = None
+        self.syncer_restart_at: float | None = None
+        self.debounce_at: float | None = None
+        self.poll_at = time.monotonic() + config.reload_interval
+        self.watchdog_at = time.monotonic()
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(signum, lambda n, _frame: self.events.put(("signal", n)))
+        self.watch.start()
+        log.info("starting", config=self.path, pid=os.getpid())
+        self.spawn_worker()
+        self.syncer = start_syncer(self.path)
+        try:
+            while not self.finished():
+                try:
+                    event = self.events.get(timeout=self.wait_time())
+                except queue.Empty:
+                    event = None
+                if event is not None:
+                    self.dispatch(event)
+                self.handle_timers()
+        finally:
+            self.watch.stop()
+        self.cleanup()
+        return self.exit_code
+
+    exit_code = 0
+
+    def dispatch(self, event: Event) -> None:
+        kind = event[0]
+        if kind == "signal":
+            signum = event[1]
+            if signum == signal.SIGHUP:
+                self.handle_hup()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self.handle_term()
+            elif signum == signal.SIGCHLD:
+                self.handle_child_exit()
+        elif kind == "file":
+            self.debounce_at = self.debounce_at or time.monotonic() + DEBOUNCE
+        elif kind == "report":
+            self.handle_report(event[1], event[2])
+
+    def wait_time(self) -> float:
+        now = time.monotonic()
+        deadlines = [self.poll_at, now + 1.0]
+        for deadline in (self.worker_restart_at, self.syncer_restart_at, self.debounce_at):
+            if deadline is not None:
+                deadlines.append(deadline)
+        if self.notifier.watchdog_interval is not None:
+            deadlines.append(self.watchdog_at)
+        return max(0.0, min(deadlines) - now)
+
+    def finished(self) -> bool:
+        if self.stopping_since is None:
+            return False
+        return not any(c is not None and c.exited() is None for c in self.children())
+
+    def children(self) -> list[Child | None]:
+        return [self.worker, self.pending, self.syncer, *self.draining]
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def handle_hup(self) -> None:
+        log.info("SIGHUP: reloading")
+        self.reload()
+
+    def handle_term(self) -> None:
+        if self.stopping_since is not None:
+            return
+        self.stopping_since = time.monotonic()
+        log.info("stopping: draining the worker", grace=f"{self.config.timeout:g}s")
+        self.notifier.stopping()
+        # Workers: SIGINT drains at once (there is no successor to hand clients over to).
+        for child in self.children():
+            if child is not None:
+                child.signal(signal.SIGINT if child.kind == "worker" else signal.SIGTERM)
+
+    def handle_report(self, generation: int, message: dict[str, Any] | None) -> None:
+        child = self.worker_of(generation)
+        if child is None or message is None:
+            return
+        if message.get("event") == "serving":
+            child.serving = True
+            if child is self.pending:
+                self.finish_swap(child)
+            else:
+                log.info(
+                    "worker serving", gen=generation, runtime=message.get("runtime") or "not answering yet"
+                )
+                if self.ready_sent:
+                    self.notifier.status(self.status_line())
+            if message.get("runtime") or self.config.force:
+                self.announce_ready()
+            else:
+                self.notifier.status(f"{self.status_line()}; waiting for the container runtime")
+        elif message.get("event") == "runtime":
+            self.announce_ready()
+
+    def handle_child_exit(self) -> None:
+        if self.stopping_since is not None:
+            return  # `finished` notices; nothing is restarted while stopping
+        for child in self.children():
+            if child is None or (code := child.exited()) is None:
+                continue
+            if child is self.worker:
+                self.on_worker_died(child, code)
+            elif child is self.pending:
+                self.pending = None
+                self.reload_failed(f"worker gen={child.generation} exited with code {code} before serving")
+                if self.worker is None:
+                    self.spawn_worker()
+            elif child is self.syncer:
+                self.on_syncer_died(child, code)
+            elif child in self.draining:
+                self.draining.remove(child)
+                log.info("old worker drained and exited", gen=child.generation, code=code)
+
+    def handle_timers(self) -> None:
+        now = time.monotonic()
+        if self.stopping_since is not None:
+            self.enforce_stop_deadline(now)
+            return
+        if self.debounce_at is not None and now >= self.debounce_at:
+            self.debounce_at = None
+            if self.file.changed():
+                log.info("config file changed: reloading")
+                self.reload()
+        if now >= self.poll_at:
+            self.poll_at = now + self.config.reload_interval
+            if self.file.changed():
+                log.info("config file changed (poll): reloading")
+                self.reload()
+        if self.worker_restart_at is not None and now >= self.worker_restart_at:
+            self.worker_restart_at = None
+            self.spawn_worker()
+        if self.syncer_restart_at is not None and now >= self.syncer_restart_at:
+            self.syncer_restart_at = None
+            self.syncer = start_syncer(self.path)
+        if self.pending is not None and now - self.pending.started > READY_TIMEOUT:
+            stuck, self.pending = self.pending, None
+            stuck.signal(signal.SIGKILL)
+            self.draining.append(stuck)
+            self.reload_failed(f"worker gen={stuck.generation} did not serve within {READY_TIMEOUT:g}s")
+        if self.notifier.watchdog_interval is not None and now >= self.watchdog_at:
+            self.watchdog_at = now + self.notifier.watchdog_interval
+            if self.worker is not None and self.worker.serving and self.worker.exited() is None:
+                self.notifier.watchdog()
+
+    # -- workers -------------------------------------------------------------------------------------
+
+    def spawn_worker(self) -> Child:
+        self.generation += 1
+        child = start_worker(self.path, self.generation, self.on_report)
+        if self.worker is None or self.worker.exited() is not None:
+            self.worker = child
+        else:
+            self.pending = child
+        return child
+
+    def on_report(self, generation: int, message: dict[str, Any] | None) -> None:
+        """Called from a pipe-reader thread: hand over to the loop."""
+        self.events.put(("report", generation, message))
+
+    def worker_of(self, generation: int) -> Child | None:
+        for child in (self.worker, self.pending):
+            if child is not None and child.generation == generation:
+                return child
+        return None
+
+    def finish_swap(self, new: Child) -> None:
+        old, self.worker, self.pending = self.worker, new, None
+        if old is not None:
+            old.signal(signal.SIGTERM)  # renamed over already: the old one now drains
+            self.draining.append(old)
+        took = time.monotonic() - self.reload_started
+        self.last_reload = f"ok at {time.strftime('%H:%M:%S')}"
+        log.info("reload complete", gen=new.generation, took=f"{took * 1000:.0f}ms")
+        self.notifier.ready(self.status_line())
+        if self.reload_again:
+            self.reload_again = False
+            self.reload()
+
+    def announce_ready(self) -> None:
+        if not self.ready_sent:
+            self.ready_sent = True
+            self.notifier.ready(self.status_line())
+            log.info("ready", gen=self.generation)
+
+    def on_worker_died(self, child: Child, code: int) -> None:
+        now = time.monotonic()
+        self.worker_deaths.append(now)
+        if not self.ready_sent and not child.serving:
+            log.error("the first worker exited before serving: giving up", code=code)
+            self.exit_code = 1
+            self.handle_term()
+            return
+        recent = sum(1 for t in self.worker_deaths if now - t < WORKER_CRASH_WINDOW)
+        delay = 0.0 if recent <= 3 else min(2.0 ** (recent - 3), 30.0)
+        log.error("worker died", gen=child.generation, code=code, restart_in=f"{delay:g}s")
+        if self.pending is not None:  # a reload is under way: its worker takes over
+            self.worker = None
+            return
+        self.worker = None
+        if delay:
+            self.worker_restart_at = now + delay
+        else:
+            self.spawn_worker()
+
+    # -- reloads -------------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        if self.stopping_since is not None:
+            return
+        if self.pending is not None:
+            self.reload_again = True
+            return
+        self.reload_started = time.monotonic()
+        self.notifier.reloading()
+        digest = content_hash(self.path)
+        try:
+            config = load(self.path)
+        except ConfigError as err:
+            self.file.remember(digest)  # the same bad content is not retried until it changes
+            self.reload_failed(str(err))
+            return
+        self.file.remember(digest)
+        self.config = config
+        logs.set_debug(config.debug)
+        logs.register_config_secrets(r.password for r in config.registries)
+        for warning in config.warnings:
+            log.warning(warning)
+        self.spawn_worker()
+
+    def reload_failed(self, reason: str) -> None:
+        self.last_reload = f"failed: {reason}"
+        log.error("reload failed, the running worker stays", reason=reason)
+        self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        serving = f"serving gen={self.worker.generation}" if self.worker is not None else "no worker"
+        registries = ", ".join(r.domain for r in self.config.registries)
+        return f"{serving}; registries: {registries}; last reload: {self.last_reload}"
+
+    # -- syncer and shutdown -------------------------------------------------------------------------------
+
+    def on_syncer_died(self, child: Child, code: int) -> None:
+        ran = time.monotonic() - child.started
+        self.syncer_failures = 0 if ran > SYNCER_BACKOFF_MAX else self.syncer_failures + 1
+        delay = (
+            min(2.0 ** max(self.syncer_failures - 1, 0), SYNCER_BACKOFF_MAX) if self.syncer_failures else 0.5
+        )
+        log.warning("syncer exited", code=code, restart_in=f"{delay:g}s")
+        self.syncer = None
+        self.syncer_restart_at = time.monotonic() + delay
+
+    def enforce_stop_deadline(self, now: float) -> None:
+        assert self.stopping_since is not None
+        if now - self.stopping_since > self.config.timeout + 5:
+            for child in self.children():
+                if child is not None:
+                    child.signal(signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        """After the children are gone: remove a socket a killed worker may have left."""
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(self.config.shim).st_mode):
+                os.unlink(self.config.shim)
+        log.info("stopped")

@@ -1,0 +1,188 @@
+"""The ConfigMap syncer process: keep the config file merged with the ConfigMap until SIGTERM.
+
+Two threads. The follower (network only) publishes each state of the ConfigMap into a queue;
+the main thread merges it into the file. The main thread also wakes every `reloadInterval`:
+a local edit that dropped a ConfigMap setting is merged again, a write that failed (full disk)
+is retried, and the node's own settings (`configMap`, `debug`, `reloadInterval`) are re-read
+from the file, so turning the syncer off or pointing it elsewhere needs no restart.
+
+A problem is logged once per ConfigMap version (a re-list or a reconnect that sees the same
+version says nothing new) and always leaves the file as it was.
+
+SIGTERM/SIGINT raise in the main thread, so the exit is prompt whatever it waits on; the file
+is only ever replaced by rename, so leaving at any moment is safe.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import sys
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from image_cri_shim import logs
+from image_cri_shim.atomic import remove_stale_temp_files
+from image_cri_shim.config import Config, ConfigError, ConfigMapRef, load, parse
+from image_cri_shim.syncer.apply import apply, read_config
+from image_cri_shim.syncer.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from image_cri_shim.syncer.follow import Follower
+
+EX_CONFIG = 78  # sysexits' "configuration error"
+
+log = logs.get("syncer")
+
+
+class _Stop(BaseException):
+    """SIGTERM or SIGINT: leave now (BaseException: no `except Exception` swallows it)."""
+
+
+def run(config_path: str) -> int:
+    """The syncer's main: 0 after SIGTERM/SIGINT, 78 when the local config is invalid at start."""
+    try:
+        config = load(config_path)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EX_CONFIG
+    logs.setup("syncer", config.debug)
+    logs.register_secret(*(r.password for r in config.registries))
+    _stop_on_signals()
+    syncer = _Syncer(config_path)
+    try:
+        syncer.run(config)
+    except _Stop:
+        pass
+    finally:
+        syncer.close()
+    log.info("syncer stopped")
+    return 0
+
+
+class _Syncer:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._queue: queue.SimpleQueue[tuple[int, Snapshot]] = queue.SimpleQueue()
+        self._generation = 0  # snapshots of an earlier follower are dropped
+        self._follower: Follower | None = None
+        self._ref: ConfigMapRef | None = None  # what is followed; None: sync disabled
+        self._interval = 15.0
+        self._local: bytes | None = None  # the file content whose settings are in force
+        self._seen: Snapshot | None = None  # the latest ConfigMap state
+        self._settled: tuple[str, bytes] | None = None  # (ConfigMap state, file) already handled
+        self._reported: tuple[str, str] | None = None  # (ConfigMap state, problem) already logged
+
+    def run(self, config: Config) -> None:
+        removed = remove_stale_temp_files(self._path)
+        if removed:
+            log.info("removed temp files left by an interrupted write", count=removed)
+        self._use(config, None, first=True)
+        while True:
+            try:
+                generation, snapshot = self._queue.get(timeout=self._interval)
+                while True:  # a burst of changes: only the latest matters
+                    if generation == self._generation:
+                        self._seen = snapshot
+                    generation, snapshot = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._step()
+
+    def close(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+
+    # ----------------------------------------------------------------- one step
+
+    def _step(self) -> None:
+        try:
+            local = read_config(self._path)
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "strerror", None) or str(err)
+            self._report(f"cannot read config {self._path}: {reason}: not merged")
+            return
+        if local != self._local:
+            self._reread(local)
+        seen = self._seen
+        if seen is None or self._ref is None or self._settled == (seen.identity, local):
+            return
+        outcome = apply(seen, self._ref, self._path, local)
+        logs.register_secret(*outcome.passwords)
+        if outcome.problem is not None:
+            self._report(outcome.problem)
+            if not outcome.retry:
+                self._settled = (seen.identity, local)
+            return
+        self._reported = None
+        assert outcome.text is not None and outcome.config is not None
+        fields: dict[str, object] = {"version": seen.version, "file": self._path}
+        if outcome.notes:
+            fields["ignored"] = "; ".join(outcome.notes)
+        if outcome.written:
+            log.info("config updated from ConfigMap", **fields)
+        else:
+            log.info("config already matches ConfigMap", **fields)
+        self._settled = (seen.identity, outcome.text)
+        self._use(outcome.config, outcome.text)
+
+    def _report(self, problem: str) -> None:
+        """Log `problem` once for the current ConfigMap state."""
+        state = self._seen.identity if self._seen is not None else "unknown"
+        if self._reported != (state, problem):
+            self._reported = (state, problem)
+            log.warning(problem, configmap=state)
+
+    # ----------------------------------------------------------------- the node's own settings
+
+    def _reread(self, local: bytes) -> None:
+        """The file changed (an edit, or our write): take its settings if it is valid."""
+        try:
+            config = parse(local.decode("utf-8-sig"), self._path)
+        except (ConfigError, UnicodeDecodeError):
+            self._local = local  # the master reports an invalid file; keep what is in force
+            return
+        self._use(config, local)
+
+    def _use(self, config: Config, local: bytes | None, *, first: bool = False) -> None:
+        self._local = local
+        logs.set_debug(config.debug)
+        logs.register_secret(*(r.password for r in config.registries))
+        self._interval = config.reload_interval
+        ref = config.config_map if config.config_map.enabled else None
+        if first or ref != self._ref:
+            self._follow(ref)
+
+    def _follow(self, ref: ConfigMapRef | None) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+        self._follower = None
+        self._generation += 1
+        self._ref, self._seen, self._settled, self._reported = ref, None, None, None
+        if ref is None:
+            log.info("ConfigMap sync is off (configMap.enabled: false): idle", file=self._path)
+            return
+        # Imported here: a syncer that is off never loads the kubernetes client.
+        from image_cri_shim.syncer.follow import Follower
+
+        generation = self._generation
+        self._follower = Follower(
+            ref, lambda snapshot: self._queue.put((generation, snapshot)), lambda: self._interval
+        )
+        log.info(
+            "following ConfigMap",
+            configmap=f"{ref.namespace}/{ref.name}",
+            key=ref.key,
+            file=self._path,
+        )
+        self._follower.start()
+
+
+def _stop_on_signals() -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # one stop is enough; cleanup runs undisturbed
+        raise _Stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
