@@ -6,7 +6,7 @@ BIN      := $(VENV)/bin
 APT_PKGS := containerd docker-registry skopeo apache2-utils openssl
 STAMP    := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck protos system-deps venv clean
+.PHONY: test demo bench lint typecheck protos system-deps venv clean
 
 test: system-deps venv lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -14,6 +14,10 @@ test: system-deps venv lint typecheck
 # One pull through the shim with a real containerd and registries, explained.
 demo: system-deps venv
 	$(BIN)/python -m tests.demo
+
+# What the shim costs a node, against containerd directly (writes docs/performance.md).
+bench: system-deps venv
+	$(BIN)/python -m tests.bench
 
 lint: venv
 	$(BIN)/ruff check .
