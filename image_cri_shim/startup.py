@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config, ConfigError, load, resolve_cri
@@ -18,8 +19,13 @@ class StartupError(Exception):
         self.code = code
 
 
-def prepare(path: str, role: str, warn: bool = True, **log_fields: object) -> tuple[Config, str]:
-    """Load the config, find the CRI socket, and set up this process's log lines."""
+def prepare(path: str, role: str, first: bool = True, **log_fields: object) -> tuple[Config, str]:
+    """Load the config, find the CRI socket, and set up this process's log lines.
+
+    `first`: this process starts the service (the master, or a worker run alone), as opposed
+    to a worker generation the master starts; only the first logs the config's warnings and
+    refuses to take the socket from a live instance.
+    """
     try:
         config = load(path)
         cri_socket = resolve_cri(config)
@@ -29,9 +35,26 @@ def prepare(path: str, role: str, warn: bool = True, **log_fields: object) -> tu
         raise StartupError(
             f"image-cri-shim: CRI socket {cri_socket} does not exist (set force: true to wait for it)", 1
         )
+    if first and serving(config.shim):
+        raise StartupError(
+            f"image-cri-shim: another instance is serving on {config.shim}; stop it first "
+            "(a stale socket file from a stopped one is replaced)",
+            1,
+        )
     logs.setup(role, config.debug, **log_fields)
     logs.register_config_secrets(r.password for r in config.registries)
-    if warn:
+    if first:
         for warning in config.warnings:
             logs.get(role).warning(warning)
     return config, cri_socket
+
+
+def serving(path: str) -> bool:
+    """Whether something accepts connections on the unix socket `path` (a stale file does not)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True

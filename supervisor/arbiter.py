@@ -52,6 +52,7 @@ class Master:
         self.stopping_since: float | None = None
         self.worker_deaths: collections.deque[float] = collections.deque(maxlen=8)
         self.syncer_failures = 0
+        self.file_missing = False
         # timers (monotonic deadlines, None = off)
         self.worker_restart_at: float | None = None
         self.syncer_restart_at: float | None = None
@@ -181,14 +182,10 @@ class Master:
             return
         if self.debounce_at is not None and now >= self.debounce_at:
             self.debounce_at = None
-            if self.file.changed():
-                log.info("config file changed: reloading")
-                self.reload()
+            self.check_file("config file changed: reloading")
         if now >= self.poll_at:
             self.poll_at = now + self.config.reload_interval
-            if self.file.changed():
-                log.info("config file changed (poll): reloading")
-                self.reload()
+            self.check_file("config file changed (poll): reloading")
         if self.worker_restart_at is not None and now >= self.worker_restart_at:
             self.worker_restart_at = None
             self.spawn_worker()
@@ -266,6 +263,18 @@ class Master:
             self.spawn_worker()
 
     # -- reloads -------------------------------------------------------------------------------------
+
+    def check_file(self, why: str) -> None:
+        """Reload if the file's content changed; a deleted file keeps the worker (said once)."""
+        if not os.path.exists(self.path):
+            if not self.file_missing:
+                self.file_missing = True
+                log.warning("config file is gone, the running worker stays", config=self.path)
+            return
+        self.file_missing = False
+        if self.file.changed():
+            log.info(why)
+            self.reload()
 
     def reload(self) -> None:
         if self.stopping_since is not None:

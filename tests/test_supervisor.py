@@ -471,3 +471,55 @@ def test_a_killed_master_leaves_no_child(
         return not any(alive(pid) for pid in children)
 
     wait_for(gone, 3, "the children to exit after the master was killed")
+
+
+# -- the socket and the file ----------------------------------------------------------------------------
+
+
+def test_a_stale_socket_is_replaced_and_a_live_one_is_not_taken(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    service_factory: Callable[..., Service],
+    short_dir: Path,
+) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(short_dir / "shim.sock"))
+    stale.close()  # the file stays, nobody listens: what a killed run leaves
+    service = service_factory(base_config(containerd, registry_factory()))
+    with CriClient(service.socket) as client:
+        assert client.version().runtime_name == "containerd"
+
+    second = subprocess.run(
+        [sys.executable, "-m", "image_cri_shim", "-f", str(service.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 1
+    assert second.stderr.splitlines() == [
+        f"image-cri-shim: another instance is serving on {service.socket}; stop it first "
+        "(a stale socket file from a stopped one is replaced)"
+    ]
+    with CriClient(service.socket) as client:
+        assert client.version().runtime_name == "containerd", "the first instance keeps its socket"
+
+
+def test_a_deleted_config_file_keeps_the_worker(
+    containerd: Containerd, registry_factory: RegistryFactory, service_factory: Callable[..., Service]
+) -> None:
+    service = service_factory({**base_config(containerd, registry_factory()), "reloadInterval": "1s"})
+    saved = service.config.read_text()
+    service.config.unlink()
+    wait_for(
+        lambda: "config file is gone" in service.process.log_text(), 10, "the deleted file to be noticed"
+    )
+    time.sleep(2.5)  # a few poll periods: still said once
+    assert service.process.log_text().count("config file is gone") == 1
+    assert service.generation() == 1
+    with CriClient(service.socket) as client:
+        assert client.version().runtime_name == "containerd"
+    ready = service.reload_and_wait(
+        lambda: service.config.write_text(saved.replace("stateDir", "debug: true\nstateDir"))
+    )
+    assert "serving gen=2" in ready["STATUS"]

@@ -11,7 +11,7 @@ from image_cri_shim.workers.server import ReadyPipe, StartError, serve
 def run(config_path: str, generation: int = 1, ready_fd: int | None = None) -> int:
     try:
         # Under a master (ready_fd given) the master has logged the config's warnings already.
-        config, cri_socket = prepare(config_path, "worker", warn=ready_fd is None, gen=generation)
+        config, cri_socket = prepare(config_path, "worker", first=ready_fd is None, gen=generation)
     except StartupError as err:
         print(err, file=sys.stderr)
         return err.code
