@@ -34,6 +34,8 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.reader import ReaderError
 
+from image_cri_shim import reference
+
 __all__ = [
     "CRI_SOCKETS",
     "DEFAULT_PATH",
@@ -95,6 +97,10 @@ class Registry:
     insecure_skip_verify: bool
     ca: str | None
     key: str
+    # Routing rules (CONTRACT §9): (source prefix, path prefix in this registry), longest prefix
+    # first so the first match is the one that wins. Empty: a candidate for every image, at the
+    # image's own repository path.
+    mirrors: tuple[tuple[str, str], ...] = ()
 
     @property
     def url(self) -> str:
@@ -136,6 +142,7 @@ class Config:
     metrics_address: str | None
     config_map: ConfigMapRef
     state_dir: str
+    upstream: bool  # false: an image no configured registry holds is refused, never pulled as asked
     warnings: tuple[str, ...]
 
 
@@ -539,6 +546,52 @@ def _pattern(regex: str, limit: int, what: str) -> Check:
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 
+
+def _mirrors(ctx: _Ctx, key: str, value: object) -> tuple[tuple[str, str], ...]:
+    """Routing rules {source prefix: path prefix}, checked, longest prefix first (CONTRACT §9).
+
+    Each rule's key path quotes the source prefix (`mirrors."docker.io"`): prefixes contain dots.
+    """
+    if not isinstance(value, dict):
+        ctx.fail(
+            key,
+            "expected a mapping of source prefix to path prefix, e.g. {docker.io: dockerhub},"
+            f" got {_show(value)}",
+        )
+    rules: dict[str, str] = {}
+    spelled: dict[str, object] = {}
+    for source, target in value.items():
+        where = f"{key}.{_show(source)}"
+        prefix = _source_prefix(ctx, where, source)
+        if prefix in rules:
+            ctx.fail(where, f"the same source prefix as {_show(spelled[prefix])}: keep one")
+        rules[prefix] = _path_prefix(ctx, where, target)
+        spelled[prefix] = source
+    return tuple(sorted(rules.items(), key=lambda rule: (-len(rule[0]), rule[0])))
+
+
+def _source_prefix(ctx: _Ctx, key: str, value: object) -> str:
+    if not isinstance(value, str):
+        ctx.fail(key, f"expected a source prefix such as docker.io or quay.io/cilium, got {_show(value)}")
+    try:
+        return reference.normalize_prefix(value)
+    except reference.ReferenceError as err:
+        ctx.fail(key, str(err))
+
+
+def _path_prefix(ctx: _Ctx, key: str, value: object) -> str:
+    """The path prefix in the mirror; null or "" keeps the rest of the path as it is."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not reference.is_path_prefix(value):
+        ctx.fail(
+            key,
+            'expected a repository path prefix in this registry, such as "dockerhub" or "mirrors/quay"'
+            f' (or "" for none), got {_show(value)}',
+        )
+    return value
+
+
 # --------------------------------------------------------------------------- schema
 
 # Keys sealos' Go image-cri-shim wrote or read that mean nothing here: accepted, ignored.
@@ -556,6 +609,7 @@ _REGISTRY: dict[str, _Rule] = {
     "priority": _Rule(partial(_priority, None), DEFAULT_PRIORITY),
     "insecureSkipVerify": _Rule(_bool, False),
     "ca": _Rule(_abs_path),
+    "mirrors": _Rule(_mirrors, ()),
 }
 
 _CACHE: dict[str, _Rule] = {
@@ -616,6 +670,8 @@ _TOP: dict[str, _Rule] = {
     "offlinePriority": _Rule(partial(_priority, DEFAULT_OFFLINE_PRIORITY), DEFAULT_OFFLINE_PRIORITY),
     "insecureSkipVerify": _Rule(_bool, False),
     "ca": _Rule(_abs_path),
+    "mirrors": _Rule(_mirrors, ()),
+    "upstream": _Rule(_bool, True),
     "registries": _Rule(_registries, []),
     "force": _Rule(_bool, False),
     "debug": _Rule(_bool, False),
@@ -673,6 +729,7 @@ def _registry(ctx: _Ctx, key: str, entry: dict[str, Any], *, offline: bool) -> R
         for name in ("insecureSkipVerify", "ca"):
             if entry[name]:
                 ctx.warn(_join(key, name) if not offline else name, "has no effect on an http:// registry")
+    _check_mirror_paths(ctx, "mirrors" if offline else _join(key, "mirrors"), domain, entry["mirrors"])
     return Registry(
         domain=domain,
         scheme=scheme,
@@ -683,7 +740,20 @@ def _registry(ctx: _Ctx, key: str, entry: dict[str, Any], *, offline: bool) -> R
         insecure_skip_verify=entry["insecureSkipVerify"],
         ca=entry["ca"],
         key=key,
+        mirrors=entry["mirrors"],
     )
+
+
+def _check_mirror_paths(ctx: _Ctx, key: str, domain: str, mirrors: tuple[tuple[str, str], ...]) -> None:
+    """Warn about `docker.io: harbor.company.com/dockerhub`: valid, but the value is a path
+    inside the registry, so the result would be harbor.company.com/harbor.company.com/..."""
+    host = domain.split(":", 1)[0]  # a path component has no port: compare the host only
+    for source, path in mirrors:
+        if path.split("/", 1)[0] == host:
+            ctx.warn(
+                f"{key}.{_show(source)}",
+                f"starts with the registry's own domain: give the path inside {domain}, e.g. dockerhub",
+            )
 
 
 # --------------------------------------------------------------------------- assembly
@@ -707,11 +777,12 @@ def parse(text: str, path: str) -> Config:
             "priority": top["offlinePriority"],
             "insecureSkipVerify": top["insecureSkipVerify"],
             "ca": top["ca"],
+            "mirrors": top["mirrors"],
         }
         registries.append(_registry(ctx, "address", offline, offline=True))
     else:
-        for name in ("auth", "insecureSkipVerify", "ca"):
-            if document.get(name) not in (None, "", False):
+        for name in ("auth", "insecureSkipVerify", "ca", "mirrors"):
+            if document.get(name) not in (None, "", False, {}):
                 ctx.warn(name, "has no effect without address")
     registries.extend(top["registries"])
     if not registries:
@@ -748,6 +819,7 @@ def parse(text: str, path: str) -> Config:
             key=config_map.get("key", ConfigMapRef.key),
         ),
         state_dir=top["stateDir"],
+        upstream=top["upstream"],
         warnings=tuple(ctx.warnings),
     )
 

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["Reference", "ReferenceError", "is_image_id", "parse"]
+__all__ = ["Reference", "ReferenceError", "is_image_id", "is_path_prefix", "normalize_prefix", "parse"]
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"
@@ -143,6 +143,40 @@ def parse(text: str) -> Reference:
     Cached: kubelet polls the same few names on every ImageStatus call, and results are immutable.
     """
     return _parse_cached(text)
+
+
+def normalize_prefix(text: str) -> str:
+    """A routing rule's source prefix (``docker.io``, ``quay.io/cilium``) in normalized form.
+
+    A prefix names a group of repositories, so it is matched against normalized names: it must start
+    with a registry domain (``nginx`` alone would be a Docker Hub name, which the rule cannot mean) and
+    carry no tag or digest. ``index.docker.io`` is spelled ``docker.io``, as in references, and the
+    domain is lower-cased (host names are case-insensitive; image names spell them in lower case).
+    """
+    first, _, rest = text.partition("/")
+    if not _is_domain(first):
+        raise ReferenceError("a source prefix starts with a domain, e.g. docker.io/library/nginx")
+    if _DOMAIN_RE.fullmatch(first) is None:
+        raise ReferenceError("the domain before the first '/' is not a valid host name")
+    if "@" in rest or ":" in rest:
+        raise ReferenceError("a source prefix names repositories: no tag or digest")
+    if rest and not is_path_prefix(rest):
+        raise ReferenceError(
+            "after the domain come repository path components (lower-case letters, digits, '.', '_', '-')"
+        )
+    domain = first.lower()
+    domain = DEFAULT_DOMAIN if domain == LEGACY_DEFAULT_DOMAIN else domain
+    prefix = f"{domain}/{rest}" if rest else domain
+    if len(prefix) > NAME_TOTAL_LENGTH_MAX:
+        raise ReferenceError("source prefix too long")
+    return prefix
+
+
+def is_path_prefix(text: str) -> bool:
+    """Whether `text` is one or more whole repository path components (``dockerhub``, ``mirror/quay``)."""
+    return 0 < len(text) <= NAME_TOTAL_LENGTH_MAX and all(
+        _PATH_COMPONENT_RE.fullmatch(part) is not None for part in text.split("/")
+    )
 
 
 def _is_domain(component: str) -> bool:

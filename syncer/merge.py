@@ -13,8 +13,12 @@ The rules (CONTRACT §3) and why they are these:
   registries on a node that the operator removed from the map.
 - `cache` merges per sub-key: it holds independent tunables, and setting one size in the map
   should not reset a node's TTLs.
-- `sealos.address` / `sealos.auth` become `address` / `auth`; an `auth` written as
-  `{username, password}` becomes the `user:password` string the config file uses.
+- `sealos.address` / `sealos.auth` / `sealos.mirrors` become `address` / `auth` / `mirrors`; an
+  `auth` written as `{username, password}` becomes the `user:password` string the config file uses.
+- `mirrors` (top level, or in a `registries` entry, CONTRACT §9) replaces the local rules as a
+  whole, like `registries`: merging rule by rule would keep routes the operator removed, and an
+  air-gapped node must not keep pulling through a rule nobody sees in the map any more.
+  `upstream` is an ordinary key.
 - `version` is legacy and ignored. `configMap` is ignored too (and said so): where the syncer
   reads from is each node's own choice, and a map that could disable or redirect its own
   syncer would cut every node off from the next correction.
@@ -153,7 +157,7 @@ def _set(out: dict[Any, Any], origin: dict[str, str], key: Any, source: str, val
 
 def _sealos(value: object, notes: list[str]) -> dict[str, tuple[str, object]]:
     if not isinstance(value, dict):
-        raise _Bad(f"sealos: expected a mapping with address and auth, got {_kind(value)}")
+        raise _Bad(f"sealos: expected a mapping with address, auth and mirrors, got {_kind(value)}")
     found: dict[str, tuple[str, object]] = {}
     for key, item in value.items():
         if key == "address":
@@ -162,8 +166,11 @@ def _sealos(value: object, notes: list[str]) -> dict[str, tuple[str, object]]:
         elif key == "auth":
             if not _unset(item):
                 found["auth"] = ("sealos.auth", _auth(item, "sealos.auth"))
+        elif key == "mirrors":
+            if not _unset(item):
+                found["mirrors"] = ("sealos.mirrors", item)
         else:
-            notes.append(f"sealos.{_name(key)}: unknown key, ignored (sealos has address and auth)")
+            notes.append(f"sealos.{_name(key)}: unknown key, ignored (sealos has address, auth and mirrors)")
     return found
 
 

@@ -10,7 +10,12 @@ import sys
 def test_the_benchmark_runs_every_figure() -> None:
     env = {**os.environ, "BENCH_QUICK": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "tests.bench"], capture_output=True, text=True, timeout=600, env=env, check=False
+        [sys.executable, "-m", "tests.bench"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| #")]

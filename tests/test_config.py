@@ -69,6 +69,8 @@ def test_defaults() -> None:
     assert reg.insecure_skip_verify is False
     assert reg.ca is None
     assert reg.key == "address"
+    assert reg.mirrors == ()
+    assert c.upstream is True
 
 
 def test_every_key_set() -> None:
@@ -436,6 +438,49 @@ BAD: list[tuple[str, str, str]] = [
         "registries[2].address",
         'registry "a.io" is already configured at registries[0].address',
     ),
+    # routing rules (CONTRACT §9): every bad value names its key path, the source prefix quoted
+    (
+        MIN + "registries: [{address: b.io, mirrors: {nginx: x}}]\n",
+        'registries[0].mirrors."nginx"',
+        "a source prefix starts with a domain, e.g. docker.io/library/nginx",
+    ),
+    (
+        MIN + "mirrors: {library/nginx: x}\n",
+        'mirrors."library/nginx"',
+        "a source prefix starts with a domain",
+    ),
+    (MIN + "mirrors: {'': x}\n", 'mirrors.""', "a source prefix starts with a domain"),
+    (MIN + "mirrors: {'a_b.io/x': y}\n", 'mirrors."a_b.io/x"', "is not a valid host name"),
+    (MIN + "mirrors: {'quay.io/Org': y}\n", 'mirrors."quay.io/Org"', "repository path components"),
+    (MIN + "mirrors: {'quay.io//x': y}\n", 'mirrors."quay.io//x"', "repository path components"),
+    (
+        MIN + "mirrors: {'docker.io/library/nginx:1.27': y}\n",
+        'mirrors."docker.io/library/nginx:1.27"',
+        "no tag or digest",
+    ),
+    (MIN + "mirrors: {'quay.io/a@sha256:00': y}\n", 'mirrors."quay.io/a@sha256:00"', "no tag or digest"),
+    (MIN + "mirrors: {5: y}\n", "mirrors.5", "expected a source prefix such as docker.io"),
+    (
+        MIN + "mirrors: {docker.io: x, index.docker.io: y}\n",
+        'mirrors."index.docker.io"',
+        'the same source prefix as "docker.io"',
+    ),
+    (MIN + "mirrors: {quay.io: x, Quay.IO: y}\n", 'mirrors."Quay.IO"', 'the same source prefix as "quay.io"'),
+    (MIN + "mirrors: {docker.io: Docker}\n", 'mirrors."docker.io"', 'got "Docker"'),
+    (MIN + "mirrors: {docker.io: /dockerhub}\n", 'mirrors."docker.io"', "expected a repository path prefix"),
+    (MIN + "mirrors: {docker.io: 'hub/'}\n", 'mirrors."docker.io"', "expected a repository path prefix"),
+    (MIN + "mirrors: {docker.io: 'a:b'}\n", 'mirrors."docker.io"', "expected a repository path prefix"),
+    (MIN + "mirrors: {docker.io: 5}\n", 'mirrors."docker.io"', "got 5"),
+    (MIN + "mirrors: {docker.io: [a]}\n", 'mirrors."docker.io"', "got a list"),
+    (MIN + "mirrors: [docker.io]\n", "mirrors", "expected a mapping of source prefix to path prefix"),
+    (MIN + "mirrors: dockerhub\n", "mirrors", 'got "dockerhub"'),
+    (
+        MIN + "registries: [{address: b.io, mirrors: {docker.io: ok, quay.io: 'Q'}}]\n",
+        'registries[0].mirrors."quay.io"',
+        'got "Q"',
+    ),
+    (MIN + "upstream: 'false'\n", "upstream", 'expected true or false, got "false"'),
+    (MIN + "upstream: 0\n", "upstream", "expected true or false, got 0"),
 ]
 
 
@@ -447,6 +492,54 @@ def test_bad_values(text: str, key: str, problem: str) -> None:
     assert problem in line, line
     assert "\n" not in line
     assert (e.path, e.key) == (P, key)
+
+
+def test_mirrors_are_normalized_and_longest_first() -> None:
+    c = ok(
+        """
+address: https://harbor.company.com
+mirrors:
+  quay.io: quay
+  docker.io: dockerhub
+  registry.k8s.io/ingress-nginx: ingress
+  index.docker.io/library: ''
+  ghcr.io/org: null
+  localhost:5000/team: mirror/local
+upstream: false
+registries:
+  - {address: backup.company.com}
+  - {address: quay-mirror.company.com, mirrors: {quay.io: ''}}
+"""
+    )
+    harbor, backup, quay = c.registries
+    assert harbor.mirrors == (
+        ("registry.k8s.io/ingress-nginx", "ingress"),
+        ("localhost:5000/team", "mirror/local"),
+        ("docker.io/library", ""),
+        ("ghcr.io/org", ""),
+        ("docker.io", "dockerhub"),
+        ("quay.io", "quay"),
+    )
+    assert backup.mirrors == ()
+    assert quay.mirrors == (("quay.io", ""),)
+    assert c.upstream is False
+    assert c.warnings == ()
+
+
+@pytest.mark.parametrize("empty", ["null", "''", "{}"])
+def test_empty_mirrors_mean_every_image(empty: str) -> None:
+    """A tool that writes empty fields must not turn a registry off: {} is the same as unset."""
+    c = ok(f"registries: [{{address: b.io, mirrors: {empty}}}]\nmirrors: {empty}\n")
+    assert c.registries[0].mirrors == ()
+    assert c.warnings == ()
+
+
+def test_mirrors_and_upstream_message_lines() -> None:
+    line = str(err(MIN + "registries: [{address: a.io}, {address: b.io, mirrors: {nginx: dockerhub}}]\n"))
+    assert line == (
+        f'config {P}: registries[1].mirrors."nginx": a source prefix starts with a domain,'
+        " e.g. docker.io/library/nginx"
+    )
 
 
 @pytest.mark.parametrize(
@@ -557,9 +650,23 @@ def test_long_values_are_shortened_in_messages() -> None:
             'registries[0].prority: unknown key, ignored (did you mean "priority"?)',
         ),
         (MIN + "zzzz: 1\n", "zzzz: unknown key, ignored"),
-        (MIN + "mirrors: {docker.io: dockerhub}\n", "mirrors: unknown key, ignored"),
-        (MIN + "upstream: false\n", "upstream: unknown key, ignored"),
-        (MIN + "registries: [{address: b.io, mirrors: {}}]\n", "registries[0].mirrors: unknown key, ignored"),
+        (MIN + "upstreams: false\n", 'upstreams: unknown key, ignored (did you mean "upstream"?)'),
+        (
+            MIN + "registries: [{address: b.io, mirror: {}}]\n",
+            'registries[0].mirror: unknown key, ignored (did you mean "mirrors"?)',
+        ),
+        (
+            "registries: [{address: b.io}]\nmirrors: {docker.io: x}\n",
+            "mirrors: has no effect without address",
+        ),
+        (
+            "registries: [{address: h.io, mirrors: {docker.io: h.io/dockerhub}}]\n",
+            'registries[0].mirrors."docker.io": starts with the registry\'s own domain',
+        ),
+        (
+            MIN + "mirrors: {docker.io: sealos.hub}\n",
+            'mirrors."docker.io": starts with the registry\'s own domain',
+        ),
         (MIN + "1: x\n", "1: unknown key, ignored"),
         (MIN + "registry.d: /etc/image-cri-shim.d\n", "registry.d: is not supported"),
         (
@@ -579,7 +686,7 @@ def test_warnings(text: str, warning: str) -> None:
 
 
 def test_unknown_key_does_not_stop_loading() -> None:
-    c = ok(MIN + "mirrors: {docker.io: x}\ncache: {imageCacheSize: 5, foo: 1}\n")
+    c = ok(MIN + "mirrorz: {docker.io: x}\ncache: {imageCacheSize: 5, foo: 1}\n")
     assert c.cache.image_cache_size == 5
     assert len(c.warnings) == 2
 

@@ -118,6 +118,64 @@ def test_rules(configmap: str, expect: dict[str, Any]) -> None:
         assert doc[key] == value, key
 
 
+LOCAL_ROUTES = """\
+address: http://harbor.local
+mirrors: {docker.io: dockerhub, quay.io: quay}
+upstream: false
+registries:
+  - {address: backup.local, mirrors: {docker.io: hub}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("configmap", "expect"),
+    [
+        # routing rules (CONTRACT §9): key -> value in the merged document
+        (
+            "sealos: {mirrors: {ghcr.io: gh}}\n",
+            {"mirrors": {"ghcr.io": "gh"}, "address": "http://harbor.local", "upstream": False},
+        ),
+        ("mirrors: {ghcr.io: gh}\n", {"mirrors": {"ghcr.io": "gh"}}),  # replaced as a whole
+        ("sealos: {mirrors: {}}\n", {"mirrors": {}}),  # present and empty: no rules any more
+        (
+            "sealos: {mirrors: null, address: http://new.local}\n",
+            {"mirrors": {"docker.io": "dockerhub", "quay.io": "quay"}},
+        ),
+        ("sealos: {address: http://new.local}\n", {"mirrors": {"docker.io": "dockerhub", "quay.io": "quay"}}),
+        ("upstream: true\n", {"upstream": True, "mirrors": {"docker.io": "dockerhub", "quay.io": "quay"}}),
+        ("upstream: null\n", {"upstream": False}),
+        (
+            "registries: [{address: other.local, mirrors: {quay.io: ''}}]\n",
+            {"registries": [{"address": "other.local", "mirrors": {"quay.io": ""}}], "upstream": False},
+        ),
+        (
+            "registries: [{address: o.local, auth: {username: u, password: p}, mirrors: {docker.io: d}}]\n",
+            {"registries": [{"address": "o.local", "auth": "u:p", "mirrors": {"docker.io": "d"}}]},
+        ),
+        ("debug: true\n", {"mirrors": {"docker.io": "dockerhub", "quay.io": "quay"}, "upstream": False}),
+    ],
+)
+def test_routing_rules(configmap: str, expect: dict[str, Any]) -> None:
+    result = merged(configmap, LOCAL_ROUTES)
+    doc = document(result)
+    for key, value in expect.items():
+        assert doc[key] == value, key
+    again = merged(configmap, result.text)
+    assert again.text == result.text, "idempotent on bytes"
+
+
+def test_routing_rules_reach_the_config() -> None:
+    result = merged(
+        "sealos: {address: http://harbor.local, mirrors: {docker.io: dockerhub}}\n"
+        "registries: [{address: backup.local, mirrors: {quay.io: ''}}]\nupstream: false\n",
+        LOCAL,
+    )
+    harbor, backup = result.config.registries
+    assert harbor.mirrors == (("docker.io", "dockerhub"),)
+    assert backup.mirrors == (("quay.io", ""),)
+    assert result.config.upstream is False
+
+
 def test_same_data_gives_identical_text() -> None:
     once = merged(CONTRACT_EXAMPLE)
     twice = merged(CONTRACT_EXAMPLE, once.text)
@@ -137,7 +195,7 @@ def test_configmap_cannot_redirect_or_disable_its_syncer() -> None:
 
 def test_unknown_sealos_key_is_a_note() -> None:
     result = merged("sealos: {address: http://x.io, mirror: y}\n")
-    assert result.notes == ("sealos.mirror: unknown key, ignored (sealos has address and auth)",)
+    assert result.notes == ("sealos.mirror: unknown key, ignored (sealos has address, auth and mirrors)",)
 
 
 def test_local_with_nothing_but_the_configmap_registry() -> None:
@@ -159,7 +217,20 @@ def test_local_with_nothing_but_the_configmap_registry() -> None:
         ("registries: {address: a.io}\n", "the merged config is invalid: registries: expected a list"),
         ("cache: big\n", 'the merged config is invalid: cache: expected a mapping, got "big"'),
         ("timeout: 30\n", "the merged config is invalid: timeout: expected a duration with a unit"),
-        ("sealos: [a]\n", "sealos: expected a mapping with address and auth, got a list"),
+        ("sealos: [a]\n", "sealos: expected a mapping with address, auth and mirrors, got a list"),
+        (
+            "sealos: {mirrors: {docker.io: hub}}\nmirrors: {quay.io: q}\n",
+            "both sealos.mirrors and mirrors are set: keep one",
+        ),
+        (
+            "sealos: {mirrors: {nginx: hub}}\n",
+            'the merged config is invalid: mirrors."nginx": a source prefix starts with a domain',
+        ),
+        (
+            "registries: [{address: h.io, mirrors: {docker.io: Hub}}]\n",
+            'the merged config is invalid: registries[0].mirrors."docker.io": expected a repository path',
+        ),
+        ("upstream: 'no'\n", 'the merged config is invalid: upstream: expected true or false, got "no"'),
         (
             "sealos: {auth: [x]}\n",
             'sealos.auth: expected {username, password} or "user:password", got a list',
@@ -228,6 +299,9 @@ KEYS = [
     "username",
     "password",
     "priority",
+    "mirrors",
+    "upstream",
+    "docker.io",
     "x",
 ]
 SCALARS = st.one_of(
@@ -261,6 +335,11 @@ VALID_LOCALS = st.fixed_dictionaries(
             unique_by=lambda r: r["address"],
         ),
         "cache": st.fixed_dictionaries({}, optional={"imageCacheTTL": st.sampled_from(["1m", "2h"])}),
+        "mirrors": st.dictionaries(
+            st.sampled_from(["docker.io", "quay.io", "docker.io/library"]),
+            st.sampled_from(["", "hub", "a/b"]),
+        ),
+        "upstream": st.booleans(),
         "extra": st.text(max_size=5),
     },
 )

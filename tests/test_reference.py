@@ -329,7 +329,8 @@ _digest = st.one_of(
 @st.composite
 def _references(draw: st.DrawFn) -> tuple[str, str | None, str | None]:
     domain = draw(st.one_of(st.none(), _domain))
-    path = draw(_path)
+    # Without a domain, a first component with a "." would itself be read as a (bad) domain.
+    path = draw(_path if domain is not None else _path.filter(lambda p: "." not in p.split("/")[0]))
     tag = draw(st.one_of(st.none(), _tag))
     digest = draw(st.one_of(st.none(), _digest))
     text = path if domain is None else f"{domain}/{path}"

@@ -6,11 +6,13 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from image_cri_shim import config, reference
-from image_cri_shim.workers.registry import Answer, Platform, RegistryClient
-from image_cri_shim.workers.resolver import Resolver, plan
-from tests.harness.tinyregistry import TinyRegistry
+from image_cri_shim.workers.registry import Answer, Platform, Probe, RegistryClient
+from image_cri_shim.workers.resolver import Decision, Excluded, Planner, Resolver, explain, plan, refusal
+from tests.harness.tinyregistry import OCI_INDEX, TinyRegistry
 from tests.test_registry import MANIFEST, Clock
 
 AMD64 = Platform("linux", "amd64")
@@ -53,11 +55,14 @@ def test_plan_keeps_path_tag_and_digest() -> None:
 class Registries:
     """A few tiny registries and a resolver over them, in one event loop."""
 
-    def __init__(self, count: int, priorities: list[int], cache: str = "") -> None:
+    def __init__(
+        self, count: int, priorities: list[int], cache: str = "", mirrors: list[str] | None = None
+    ) -> None:
         self.servers = [TinyRegistry() for _ in range(count)]
         lines = ["registries:"]
-        for server, priority in zip(self.servers, priorities, strict=True):
-            lines.append(f"  - {{address: 'http://{server.host}', priority: {priority}}}")
+        rules = mirrors or ["{}"] * count  # a YAML mapping per server; {} means no rules
+        for server, priority, rule in zip(self.servers, priorities, rules, strict=True):
+            lines.append(f"  - {{address: 'http://{server.host}', priority: {priority}, mirrors: {rule}}}")
         self.config = load("\n".join(lines) + "\n" + cache)
         self.clock = Clock()
 
@@ -200,3 +205,235 @@ def test_zero_cache_size_disables_the_cache() -> None:
         assert server.count(lambda m, p: "manifests" in p) == 2
     finally:
         r.stop()
+
+
+# --------------------------------------------------------------------------- routing rules (§9)
+
+HARBOR = """
+address: https://harbor.company.com
+offlinePriority: 800
+mirrors:
+  docker.io: dockerhub
+  docker.io/library: official
+  quay.io: quay
+  registry.k8s.io/ingress-nginx: ingress
+  ghcr.io: ''
+"""
+
+
+def targets(cfg: config.Config, image: str) -> list[str]:
+    return [str(c.reference) for c in plan(reference.parse(image), cfg.registries)]
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        # the longest prefix wins
+        ("nginx:1.27", "harbor.company.com/official/nginx:1.27"),
+        ("bitnami/redis:7", "harbor.company.com/dockerhub/bitnami/redis:7"),
+        ("docker.io/library/nginx", "harbor.company.com/official/nginx:latest"),
+        ("index.docker.io/library/nginx:1", "harbor.company.com/official/nginx:1"),
+        ("quay.io/cilium/cilium:v1.15", "harbor.company.com/quay/cilium/cilium:v1.15"),
+        ("registry.k8s.io/ingress-nginx/controller:v1.10", "harbor.company.com/ingress/controller:v1.10"),
+        # an empty value keeps the rest of the path as it is
+        ("ghcr.io/org/app:v1", "harbor.company.com/org/app:v1"),
+        # whole components only
+        ("docker.io/library2/x:1", "harbor.company.com/dockerhub/library2/x:1"),
+        ("registry.k8s.io/ingress-nginx-extra/x:1", None),
+        ("quay.io.example.com/cilium/cilium:1", None),
+        ("registry.k8s.io/pause:3.9", None),
+        ("ghcr.iox/org/app:1", None),
+    ],
+)
+def test_mirrors_prefix_matching(image: str, expected: str | None) -> None:
+    cfg = load(HARBOR)
+    assert targets(cfg, image) == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize(
+    ("suffix", "kept"),
+    [
+        (":v1", ":v1"),
+        ("", ":latest"),
+        ("@sha256:" + "b" * 64, "@sha256:" + "b" * 64),
+        (":v1@sha256:" + "c" * 64, ":v1@sha256:" + "c" * 64),
+    ],
+)
+def test_mirrors_keep_tags_and_digests(suffix: str, kept: str) -> None:
+    (candidate,) = plan(reference.parse(f"quay.io/org/app{suffix}"), load(HARBOR).registries)
+    assert str(candidate.reference) == f"harbor.company.com/quay/org/app{kept}"
+    assert candidate.rule == "quay.io"
+    digest = suffix.rpartition("@")[2] if "@" in suffix else None
+    assert candidate.reference.manifest_ref == (digest or kept.lstrip(":"))
+
+
+def test_a_rule_for_one_repository() -> None:
+    cfg = load("address: http://h.io\nmirrors: {docker.io/library/nginx: web/nginx, quay.io/org/app: ''}\n")
+    assert targets(cfg, "nginx:1") == ["h.io/web/nginx:1"]
+    assert targets(cfg, "nginx-extra:1") == []
+    # the rule leaves no path at all: no candidate rather than an invalid name
+    assert targets(cfg, "quay.io/org/app:1") == []
+
+
+def test_registries_with_and_without_mirrors_keep_priority_order_and_ties() -> None:
+    cfg = load(
+        """
+address: http://offline.example.com
+offlinePriority: 500
+mirrors: {docker.io: hub}
+registries:
+  - {address: b.example.com, priority: 500}
+  - {address: a.example.com, priority: 500, mirrors: {docker.io/library: lib}}
+  - {address: top.example.com, priority: 900, mirrors: {quay.io: q}}
+  - {address: low.example.com, priority: 10}
+"""
+    )
+    assert targets(cfg, "nginx:1.27") == [
+        "offline.example.com/hub/library/nginx:1.27",  # the tie at 500: address first...
+        "a.example.com/lib/nginx:1.27",  # ...then by domain
+        "b.example.com/library/nginx:1.27",
+        "low.example.com/library/nginx:1.27",
+    ]
+    assert targets(cfg, "quay.io/org/app:v1") == [
+        "top.example.com/q/org/app:v1",
+        "b.example.com/org/app:v1",  # without mirrors: every image, at its own path
+        "low.example.com/org/app:v1",
+    ]
+    assert [c.rule for c in plan(reference.parse("nginx"), cfg.registries)] == [
+        "docker.io",
+        "docker.io/library",
+        None,
+        None,
+    ]
+
+
+def test_explain_names_the_registries_that_are_no_candidate() -> None:
+    cfg = load(HARBOR + "registries: [{address: backup.company.com, priority: 100}]\n")
+    routes = explain(reference.parse("registry.k8s.io/pause:3.9"), cfg.registries)
+    assert [type(r).__name__ for r in routes] == ["Excluded", "Candidate"]
+    excluded = routes[0]
+    assert isinstance(excluded, Excluded)
+    assert excluded.why == "no mirrors entry matches registry.k8s.io/pause"
+    long_name = "quay.io/" + "/".join(["abcdefghij"] * 22)
+    (too_long, _) = explain(reference.parse(long_name), cfg.registries)
+    assert isinstance(too_long, Excluded) and "invalid" in too_long.why
+
+
+def test_planner_plans_each_image_once() -> None:
+    cfg = load(HARBOR)
+    planner = Planner(cfg.registries)
+    ref = reference.parse("nginx:1.27")
+    first = planner(ref)
+    assert first == plan(ref, cfg.registries)
+    assert planner(reference.parse("nginx:1.27")) is first
+
+
+PREFIXES = [
+    "docker.io",
+    "docker.io/library",
+    "docker.io/lib",
+    "quay.io",
+    "quay.io/a",
+    "quay.io/a/b",
+    "r.io/x",
+]
+NAMES = [
+    "docker.io/library/nginx",
+    "docker.io/lib/x",
+    "docker.io/libraryx/y",
+    "quay.io/a/b/c",
+    "quay.io/ab/c",
+    "quay.io/a/bc",
+    "r.io/x",
+    "r.io/xy/z",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(PREFIXES), st.sampled_from(["", "m", "m/n"]), min_size=1),
+    st.sampled_from(NAMES),
+)
+def test_plan_agrees_with_the_component_oracle(rules: dict[str, str], name: str) -> None:
+    """Longest whole-component prefix, value + rest, against a slow obvious implementation."""
+    lines = "".join(f"  {key}: '{value}'\n" for key, value in rules.items())
+    cfg = load(f"address: http://h.io\nmirrors:\n{lines}")
+    parts = name.split("/")
+    matching = ["/".join(parts[:n]) for n in range(len(parts), 0, -1) if "/".join(parts[:n]) in rules]
+    expected = []
+    if matching:
+        prefix = matching[0]
+        moved = "/".join(p for p in (rules[prefix], name[len(prefix) + 1 :]) if p)
+        if moved:
+            expected = [f"h.io/{moved}:1"]
+    assert targets(cfg, f"{name}:1") == expected
+
+
+def test_refusal_lists_every_candidate_and_its_answer() -> None:
+    cfg = load(HARBOR + "registries: [{address: backup.company.com, priority: 100}]\n")
+    ref = reference.parse("nginx:1.27")
+    harbor, backup = plan(ref, cfg.registries)
+    decision = Decision(
+        ref, None, ((harbor, Probe(Answer.NOT_FOUND)), (backup, Probe(Answer.UNREACHABLE))), degraded=True
+    )
+    assert refusal(decision) == (
+        "docker.io/library/nginx:1.27: no configured registry holds it, and upstream: false forbids"
+        " pulling it from docker.io: harbor.company.com/official/nginx:1.27: not found;"
+        " backup.company.com/library/nginx:1.27: unreachable"
+    )
+    nothing = Decision(reference.parse("registry.k8s.io/pause:3.9"), None, (), degraded=False)
+    assert refusal(nothing).endswith(": no registry is a candidate for it (no mirrors entry matches)")
+
+
+@pytest.fixture
+def harbor_and_plain() -> Iterator[Registries]:
+    """A Harbor-style registry (priority 900, rules for docker.io and quay.io) and one without rules."""
+    registries = Registries(2, [900, 100], mirrors=["{docker.io: dockerhub, quay.io: quay}", "{}"])
+    yield registries
+    registries.stop()
+
+
+def test_resolver_probes_the_computed_reference_and_backs_off_per_registry(
+    harbor_and_plain: Registries,
+) -> None:
+    """Cache, single-flight, backoff and the platform check work the same for rewritten paths."""
+    harbor, plain = harbor_and_plain.servers
+    harbor.add_manifest("dockerhub/library/nginx", "1.27", MANIFEST)
+    harbor.add_manifest("quay/org/app", "v1", MANIFEST)
+    plain.add_manifest("library/redis", "7", MANIFEST)
+
+    async def run() -> None:
+        resolver, clients = harbor_and_plain.resolver()
+        try:
+            nginx = reference.parse("nginx:1.27")
+            decisions = await asyncio.gather(*(resolver.resolve(nginx) for _ in range(10)))
+            assert {str(d.target.reference) for d in decisions if d.target} == {
+                f"{harbor.host}/dockerhub/library/nginx:1.27"
+            }
+            assert harbor.count(lambda m, p: p == "/v2/dockerhub/library/nginx/manifests/1.27") == 1
+            app = await resolver.resolve(reference.parse("quay.io/org/app:v1"))
+            assert app.target is not None and app.target.rule == "quay.io"
+            redis = await resolver.resolve(reference.parse("redis:7"))
+            assert redis.target is not None and str(redis.target.reference) == f"{plain.host}/library/redis:7"
+            assert [p.answer for _, p in redis.answers] == [Answer.NOT_FOUND, Answer.FOUND]
+
+            harbor.behaviour.status = 503
+            down = await resolver.resolve(reference.parse("quay.io/org/other:v1"))
+            assert [p.answer for _, p in down.answers] == [Answer.UNREACHABLE, Answer.NOT_FOUND]
+            asked = harbor.count()
+            skipped = await resolver.resolve(reference.parse("quay.io/org/third:v1"))
+            assert [p.answer for _, p in skipped.answers] == [Answer.SKIPPED, Answer.NOT_FOUND]
+            assert harbor.count() == asked, "during its backoff the registry is not contacted"
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_index_without_the_node_platform_does_not_win_under_a_prefix(harbor_and_plain: Registries) -> None:
+    harbor, plain = harbor_and_plain.servers
+    index = {"schemaVersion": 2, "manifests": [{"platform": {"os": "linux", "architecture": "s390x"}}]}
+    harbor.add_manifest("dockerhub/library/nginx", "1", index, media_type=OCI_INDEX)
+    plain.add_manifest("library/nginx", "1", MANIFEST)
+    assert resolve_all(harbor_and_plain, "nginx:1") == [f"{plain.host}/library/nginx:1"]

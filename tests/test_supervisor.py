@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ class Service:
         temp.write_text(yaml.safe_dump(data))
         os.rename(temp, self.config)
 
-    def reload_and_wait(self, trigger: Callable[[], None]) -> dict[str, str]:
+    def reload_and_wait(self, trigger: Callable[[], object]) -> dict[str, str]:
         """Trigger a reload; wait for RELOADING=1 then READY=1; returns the READY message."""
         mark = self.notify.count()
         trigger()
@@ -163,7 +163,12 @@ def short_dir() -> Iterator[Path]:
 def service_factory(short_dir: Path) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
 
-    def start(config: dict[str, Any], env: dict[str, str] | None = None, wait_ready: bool = True) -> Service:
+    def start(
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        program: Sequence[str] = (sys.executable, "-m", "image_cri_shim"),
+    ) -> Service:
         path = short_dir / "config.yaml"
         path.write_text(
             yaml.safe_dump(
@@ -178,7 +183,7 @@ def service_factory(short_dir: Path) -> Iterator[Callable[..., Service]]:
             "KUBECONFIG": str(short_dir / "no-kubeconfig"),
             **(env or {}),
         }
-        argv = [sys.executable, "-m", "image_cri_shim", "-f", str(path)]
+        argv = [*program, "-f", str(path)]
         process = ManagedProcess(argv, short_dir / "master.log", env=environment, name="master")
         service = Service(short_dir, process, notify, path)
         started.append(service)

@@ -10,10 +10,18 @@ import asyncio
 import sys
 
 from image_cri_shim import logs
-from image_cri_shim.config import Config, ConfigError, load, resolve_cri
+from image_cri_shim.config import Config, ConfigError, Registry, load, resolve_cri
 from image_cri_shim.reference import ReferenceError, is_image_id, parse
 from image_cri_shim.workers.registry import Answer, RegistryClient, node_platform
-from image_cri_shim.workers.resolver import Resolver
+from image_cri_shim.workers.resolver import (
+    Candidate,
+    Decision,
+    Excluded,
+    Resolver,
+    explain,
+    refusal,
+    refused,
+)
 from image_cri_shim.workers.server import runtime_version
 from image_cri_shim.workers.upstream import Upstream
 
@@ -68,10 +76,29 @@ async def _dry_run(config: Config) -> int:
         verdict = "ok" if probe.answer is Answer.FOUND else str(probe)
         who = _user(registry.username)
         print(f"    {i}. {registry.url}  priority {registry.priority}  {who}  /v2/: {verdict}")
+        if registry.mirrors:
+            print(f"       mirrors {describe_mirrors(registry)}")
+    print(f"  upstream     {'true' if config.upstream else 'false'}: {_UPSTREAM[config.upstream]}")
     if runtime is None:
         print(f"image-cri-shim: the container runtime at {cri} does not answer Version", file=sys.stderr)
         return 1
     return 0
+
+
+_UPSTREAM = {
+    True: "an image no configured registry holds is pulled as asked",
+    False: "an image no configured registry holds is refused with NOT_FOUND",
+}
+
+
+def describe_mirrors(registry: Registry) -> str:
+    """`docker.io -> dockerhub, ghcr.io -> ""`: the rules in the order they are tried."""
+    return ", ".join(f"{prefix} -> {_shown(path)}" for prefix, path in registry.mirrors)
+
+
+def _shown(path: str) -> str:
+    """A rule's path prefix as the config spells it; the empty one quoted so it is visible."""
+    return path or '""'
 
 
 def resolve(path: str, image: str) -> int:
@@ -93,19 +120,52 @@ async def _resolve(config: Config, image: str) -> int:
     node = node_platform()
     clients = {r.domain: RegistryClient(r, node) for r in config.registries}
     try:
-        decision = await Resolver(config.registries, clients, config.cache).probe(ref)
+        resolver = Resolver(config.registries, clients, config.cache, upstream=config.upstream)
+        decision = await resolver.probe(ref, everyone=True)
     finally:
         for client in clients.values():
             await client.aclose()
     print(f"image     {ref}")
-    if decision.target is None:
-        print("target    unchanged (no configured registry holds it; pulled as asked)")
-    else:
+    _print_target(config, decision)
+    print(f"registries (in the order they are tried; platform {node})")
+    for line in registry_lines(decision, explain(ref, config.registries)):
+        print(f"  {line}")
+    return 0
+
+
+def _print_target(config: Config, decision: Decision) -> None:
+    if decision.target is not None:
         registry = decision.target.registry
         print(f"target    {decision.target.reference}" + ("" if decision.rewritten else " (unchanged)"))
         print(f"registry  {registry.url} (priority {registry.priority})")
         print(f"user      {registry.username or '(anonymous)'}")
-    print("candidates")
-    for candidate, probe in decision.answers:
-        print(f"  {candidate.reference}  {probe}")
-    return 0
+    elif refused(decision, config.registries, config.upstream):
+        print("target    none: PullImage fails with NOT_FOUND (upstream: false)")
+        print(f"message   {refusal(decision)}")
+    elif config.upstream:
+        print("target    unchanged (no configured registry holds it; pulled as asked)")
+    else:
+        print(
+            "target    unchanged (no candidate holds it; pulled as asked from its own, configured registry)"
+        )
+
+
+def registry_lines(decision: Decision, routes: tuple[Candidate | Excluded, ...]) -> list[str]:
+    """One line per configured registry: its computed reference and answer, or why it is no
+    candidate. Pure, so the format is tested without registries."""
+    answers = {candidate.registry.domain: probe for candidate, probe in decision.answers}
+    lines = []
+    for number, route in enumerate(routes, 1):
+        if isinstance(route, Excluded):
+            lines.append(f"{number}. {route.registry.domain}  no candidate: {route.why}")
+            continue
+        probe = answers.get(route.registry.domain)
+        answer = str(probe) if probe is not None else "not asked"
+        rule = f"  [mirrors {route.rule}: {_path(route)}]" if route.rule is not None else ""
+        lines.append(f"{number}. {route.reference}  {answer}{rule}")
+    return lines
+
+
+def _path(candidate: Candidate) -> str:
+    """The value of the rule that placed `candidate`, as written in the config."""
+    return _shown(dict(candidate.registry.mirrors).get(candidate.rule or "", ""))

@@ -5,6 +5,9 @@ registry's credentials. The other three answer for the name the caller used (CON
 an image pulled as `registry.company.com/library/nginx:latest` for a caller that asked for
 `nginx:latest` is found, listed and removed under `docker.io/library/nginx:latest`, from the
 runtime's own state and the name store, never from a registry round trip.
+
+With `upstream: false` (CONTRACT §9) a pull that no configured registry can serve is refused
+with NOT_FOUND and what each candidate answered, instead of going to the image's own registry.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from image_cri_shim.config import Registry
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.names import NameStore, reported, repository
-from image_cri_shim.workers.resolver import Decision, plan, registry_for
+from image_cri_shim.workers.resolver import Candidate, Decision, Planner, refusal, refused, registry_for
 from image_cri_shim.workers.upstream import Upstream
 
 log = logs.get("images")
@@ -58,11 +61,14 @@ class ImageService:
         resolve: Callable[[Reference], Decision],
         registries: tuple[Registry, ...],
         names: NameStore,
+        pull_upstream: bool = True,
     ) -> None:
         self._upstream = upstream
         self._resolve = resolve  # runs the resolver on the registry event loop
         self._names = names
         self._registries = registries
+        self._plan = Planner(registries)
+        self._pull_upstream = pull_upstream  # config `upstream`
 
     def handlers(self, service: str) -> dict[str, Callable[[bytes, Context], bytes]]:
         """Method name -> handler, for one service name (`runtime.v1.ImageService`, …)."""
@@ -81,22 +87,55 @@ class ImageService:
         source = parse_name(request.image.image)
         if source is None:
             return self._upstream.unary(method, raw, context)
-        try:
-            decision = self._resolve(source)
-        except Exception as err:  # a fault of the shim's own must never fail a pull
-            log.error("rewrite decision failed, pulling unchanged", image=source, error=repr(err))
-            return self._upstream.unary(method, raw, context)
-        if decision.target is not None and decision.rewritten:
-            target = decision.target
-            request.image.image = str(target.reference)
-            set_credentials(request, target.registry)
-            log.debug(
-                "pull rewritten", image=source, target=target.reference, user=target.registry.username or "-"
-            )
-            response = self._upstream.unary(method, request.SerializeToString(), context)
-            self._names.record(reported(source), reported(target.reference))
-            return response
         own = registry_for(source.domain, self._registries)
+        decision = self._decide(source, own, context)
+        if decision is not None and decision.target is not None and decision.rewritten:
+            return self._pull_rewritten(method, request, source, decision.target, context)
+        if decision is not None and refused(decision, self._registries, self._pull_upstream):
+            log.debug("pull refused: upstream pulls are off", image=source, why=decision.reason())
+            context.abort(grpc.StatusCode.NOT_FOUND, refusal(decision))
+        return self._pull_unchanged(method, raw, request, source, own, context)
+
+    def _decide(self, source: Reference, own: Registry | None, context: Context) -> Decision | None:
+        """The resolver's decision; None when it failed and the image may go as asked."""
+        try:
+            return self._resolve(source)
+        except Exception as err:  # a fault of the shim's own must never fail a pull...
+            if not self._pull_upstream and own is None:  # ...unless the image may not go as asked
+                log.error("rewrite decision failed, upstream pulls are off", image=source, error=repr(err))
+                context.abort(grpc.StatusCode.UNAVAILABLE, undecided(source))
+            log.error("rewrite decision failed, pulling unchanged", image=source, error=repr(err))
+            return None
+
+    def _pull_rewritten(
+        self,
+        method: str,
+        request: cri.PullImageRequest,
+        source: Reference,
+        target: Candidate,
+        context: Context,
+    ) -> bytes:
+        """Pull the target with its registry's credentials; remember the name pair on success."""
+        request.image.image = str(target.reference)
+        set_credentials(request, target.registry)
+        log.debug(
+            "pull rewritten", image=source, target=target.reference, user=target.registry.username or "-"
+        )
+        response = self._upstream.unary(method, request.SerializeToString(), context)
+        self._names.record(reported(source), reported(target.reference))
+        return response
+
+    def _pull_unchanged(
+        self,
+        method: str,
+        raw: bytes,
+        request: cri.PullImageRequest,
+        source: Reference,
+        own: Registry | None,
+        context: Context,
+    ) -> bytes:
+        """As asked; with the image's own registry's credentials when it is configured and the
+        caller sent none."""
         if own is not None and own.has_credentials and not has_credentials(request.auth):
             set_credentials(request, own)
             log.debug("pull unchanged, registry credentials attached", image=source, user=own.username)
@@ -114,7 +153,7 @@ class ImageService:
         mapped = self._names.target(caller)
         if mapped is not None:
             names.insert(0, mapped)
-        for candidate in plan(source, self._registries):
+        for candidate in self._plan(source):
             name = reported(candidate.reference)
             if name not in names:
                 names.append(name)
@@ -229,6 +268,14 @@ class ImageService:
         gone = [target for target in self._names.targets() if target not in present]
         if gone:
             self._names.forget_targets(gone)
+
+
+def undecided(source: Reference) -> str:
+    """UNAVAILABLE rather than NOT_FOUND: nobody was asked, so kubelet's retry may well succeed."""
+    return (
+        f"{source}: the shim could not check the configured registries, and upstream: false forbids"
+        f" pulling it from {source.domain}; try again"
+    )
 
 
 def has_credentials(auth: cri.AuthConfig) -> bool:

@@ -39,7 +39,7 @@ class Registries:
     async def _build(config: Config) -> Resolver:
         node = node_platform()
         clients = {r.domain: RegistryClient(r, node) for r in config.registries}
-        return Resolver(config.registries, clients, config.cache)
+        return Resolver(config.registries, clients, config.cache, upstream=config.upstream)
 
     def _submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)

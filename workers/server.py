@@ -211,7 +211,9 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe) -> None:
     stop = Stop()
     upstream = Upstream(cri_socket, config.timeout)
     registries = Registries(config)
-    images = ImageService(upstream, registries.resolve, config.registries, NameStore(config.state_dir))
+    images = ImageService(
+        upstream, registries.resolve, config.registries, NameStore(config.state_dir), config.upstream
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"), options=SERVER_OPTIONS
     )
