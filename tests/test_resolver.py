@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from image_cri_shim import config, reference
+from image_cri_shim.workers.plan import Decision, Excluded, Planner, explain, plan, refusal
 from image_cri_shim.workers.registry import Answer, Platform, Probe, RegistryClient
-from image_cri_shim.workers.resolver import Decision, Excluded, Planner, Resolver, explain, plan, refusal
+from image_cri_shim.workers.resolver import Resolver
 from tests.harness.tinyregistry import OCI_INDEX, TinyRegistry
 from tests.test_registry import MANIFEST, Clock
 

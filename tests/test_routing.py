@@ -25,8 +25,8 @@ import yaml
 from image_cri_shim import reference
 from image_cri_shim.config import parse
 from image_cri_shim.workers.diagnose import registry_lines
+from image_cri_shim.workers.plan import Decision, explain, plan
 from image_cri_shim.workers.registry import Answer, Probe
-from image_cri_shim.workers.resolver import Decision, explain, plan
 from image_cri_shim.workers.server import CONNECTION_AGE
 from tests.harness import (
     Blackhole,

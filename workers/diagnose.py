@@ -12,16 +12,9 @@ import sys
 from image_cri_shim import logs
 from image_cri_shim.config import Config, ConfigError, Registry, load, resolve_cri
 from image_cri_shim.reference import ReferenceError, is_image_id, parse
+from image_cri_shim.workers.plan import Candidate, Decision, Excluded, explain, refusal, refused
 from image_cri_shim.workers.registry import Answer, RegistryClient, node_platform
-from image_cri_shim.workers.resolver import (
-    Candidate,
-    Decision,
-    Excluded,
-    Resolver,
-    explain,
-    refusal,
-    refused,
-)
+from image_cri_shim.workers.resolver import Resolver
 from image_cri_shim.workers.server import runtime_version
 from image_cri_shim.workers.upstream import Upstream
 

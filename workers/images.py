@@ -24,7 +24,7 @@ from image_cri_shim.config import Registry
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.names import NameStore, reported, repository
-from image_cri_shim.workers.resolver import Candidate, Decision, Planner, refusal, refused, registry_for
+from image_cri_shim.workers.plan import Candidate, Decision, Planner, refusal, refused, registry_for
 from image_cri_shim.workers.upstream import Upstream
 
 log = logs.get("images")

@@ -3,24 +3,29 @@
 The gRPC server's threads never do registry I/O themselves. A PullImage that needs a fresh
 decision hands the lookup to this loop and waits for the answer; concurrent lookups of one
 image share one probe there, and every registry keeps one pooled HTTP client and one health
-record for the life of the worker. The clients are built on the loop while the server starts,
-so TLS set-up is not on the path to serving.
+record for the life of the worker.
+
+The loop, the HTTP client and the TLS contexts are set up only after the worker serves
+(`start`): none of it is on the path to serving, which is the path every reload waits for.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers.registry import RegistryClient, node_platform
-from image_cri_shim.workers.resolver import Decision, Resolver
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from image_cri_shim.workers.plan import Decision
+    from image_cri_shim.workers.resolver import Resolver
 
 log = logs.get("worker")
 
@@ -30,18 +35,38 @@ T = TypeVar("T")
 
 class Registries:
     def __init__(self, config: Config) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="registries", daemon=True)
-        self._thread.start()
-        self._resolver: concurrent.futures.Future[Resolver] = self._submit(self._build(config))
+        self._config = config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._resolver: concurrent.futures.Future[Resolver] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, name="registries", daemon=True)
 
-    @staticmethod
-    async def _build(config: Config) -> Resolver:
-        node = node_platform()
-        clients = {r.domain: RegistryClient(r, node) for r in config.registries}
-        return Resolver(config.registries, clients, config.cache, upstream=config.upstream)
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        import asyncio  # imported here: off the path to serving
+
+        from image_cri_shim.workers.registry import RegistryClient, node_platform
+        from image_cri_shim.workers.resolver import Resolver
+
+        config = self._config
+        loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            node = node_platform()
+            clients = {r.domain: RegistryClient(r, node) for r in config.registries}
+            self._resolver.set_result(
+                Resolver(config.registries, clients, config.cache, upstream=config.upstream)
+            )
+        except BaseException as err:  # surfaces in resolve(), where a pull can report it
+            self._resolver.set_exception(err)
+            raise
+        loop.run_forever()
 
     def _submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        import asyncio
+
+        assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def resolve(self, ref: Reference) -> Decision:
@@ -50,11 +75,13 @@ class Registries:
         return self._submit(resolver.resolve(ref)).result(RESOLVE_TIMEOUT)
 
     def log_stats_every(self, interval: float) -> None:
-        self._submit(self._log_stats(interval))
+        self._resolver.add_done_callback(lambda _: self._submit(self._log_stats(interval)))
 
     async def _log_stats(self, interval: float) -> None:
         """One line per interval, and only when something happened since the last one."""
-        resolver = await asyncio.wrap_future(self._resolver)
+        import asyncio
+
+        resolver = self._resolver.result()
         last = (resolver.hits, resolver.misses)
         while True:
             await asyncio.sleep(interval)
@@ -69,9 +96,14 @@ class Registries:
                 last = now
 
     def close(self) -> None:
+        if self._loop is None or not self._resolver.done() or self._resolver.exception() is not None:
+            return
+        loop = self._loop
+
         async def shutdown() -> None:
-            resolver = await asyncio.wrap_future(self._resolver)
-            for client in resolver.clients.values():
+            import asyncio
+
+            for client in self._resolver.result().clients.values():
                 await client.aclose()
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():
@@ -79,5 +111,5 @@ class Registries:
 
         with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
             self._submit(shutdown()).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        loop.call_soon_threadsafe(loop.stop)
         self._thread.join(5)

@@ -1,173 +1,24 @@
-"""Where to pull an image from: a pure plan, then the probes that execute it, cached.
+"""Where to pull an image from: the plan (`plan.py`) executed against the registries, cached.
 
-`plan` is a pure function from a reference and the configured registries to the ordered
-list of candidates (which reference each registry would hold it under, after its `mirrors`
-routing rules, CONTRACT §9). `Resolver` executes
-a plan with the registry clients: it probes the candidates concurrently but answers as if it
-had asked them in order, caches the decision, and lets concurrent lookups of one image share
-one probe.
+`Resolver` probes the candidates concurrently but answers as if it had asked them in order,
+caches the decision, and lets concurrent lookups of one image share one probe.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from cachetools import TLRUCache
 
 from image_cri_shim import logs
 from image_cri_shim.config import CacheConfig, Registry
-from image_cri_shim.reference import Reference, ReferenceError
+from image_cri_shim.reference import Reference
+from image_cri_shim.workers.plan import Candidate, Decision, Planner, refused
 from image_cri_shim.workers.registry import Answer, Probe, RegistryClient
 
 log = logs.get("resolver")
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    registry: Registry
-    reference: Reference  # where this registry would hold the image
-    rule: str | None = None  # the `mirrors` prefix that put it there; None: the registry has none
-
-
-@dataclass(frozen=True, slots=True)
-class Excluded:
-    """A registry that is no candidate for an image, and why (for `--resolve`)."""
-
-    registry: Registry
-    why: str
-
-
-def match(name: str, mirrors: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
-    """The longest rule whose prefix is `name` or ends at a `/` of it.
-
-    Whole components only: `docker.io/library` must not claim `docker.io/library2/x`.
-    `mirrors` is longest first (config order), so the first match is the longest.
-    """
-    for prefix, path in mirrors:
-        if name.startswith(prefix) and (len(name) == len(prefix) or name[len(prefix)] == "/"):
-            return prefix, path
-    return None
-
-
-def locate(ref: Reference, registry: Registry, name: str) -> Candidate | None:
-    """Where `registry` would hold `ref` (`name` is `ref.name`), or None if it is no candidate.
-
-    Raises ReferenceError when the computed name would be invalid (too long).
-    """
-    if not registry.mirrors:
-        return Candidate(registry, ref.with_domain(registry.domain))
-    rule = match(name, registry.mirrors)
-    if rule is None:
-        return None
-    prefix, path = rule
-    rest = name[len(prefix) + 1 :]
-    moved = f"{path}/{rest}" if path and rest else path or rest
-    if not moved:
-        raise ReferenceError("the rule leaves no repository path")
-    target = Reference(ref.domain, moved, ref.tag, ref.digest).with_domain(registry.domain)
-    return Candidate(registry, target, prefix)
-
-
-def plan(ref: Reference, registries: Sequence[Registry]) -> tuple[Candidate, ...]:
-    """The candidates for `ref`, in the order they are tried.
-
-    `registries` comes from the config already ordered (priority, then the `address` entry,
-    then domain), so the plan keeps that order. A registry with `mirrors` is a candidate only
-    for images one of its rules matches; one whose computed name would be invalid is none.
-    """
-    name = ref.name
-    candidates = []
-    for registry in registries:
-        try:
-            candidate = locate(ref, registry, name)
-        except ReferenceError:
-            continue
-        if candidate is not None:
-            candidates.append(candidate)
-    return tuple(candidates)
-
-
-def explain(ref: Reference, registries: Sequence[Registry]) -> tuple[Candidate | Excluded, ...]:
-    """`plan` with the registries left out kept in place, each with the reason."""
-    name = ref.name
-    out: list[Candidate | Excluded] = []
-    for registry in registries:
-        try:
-            candidate = locate(ref, registry, name)
-        except ReferenceError as err:
-            out.append(Excluded(registry, f"the rewritten name would be invalid ({err})"))
-            continue
-        out.append(candidate or Excluded(registry, f"no mirrors entry matches {name}"))
-    return tuple(out)
-
-
-class Planner:
-    """`plan` for one config, remembered per image.
-
-    A worker's registries never change (a reload starts a new worker), and kubelet asks
-    ImageStatus for the same few names all day, so each image is planned once.
-    """
-
-    def __init__(self, registries: Sequence[Registry], size: int = 4096) -> None:
-        self.registries = tuple(registries)
-        self._cached = functools.lru_cache(maxsize=size)(self._plan)
-
-    def _plan(self, ref: Reference) -> tuple[Candidate, ...]:
-        return plan(ref, self.registries)
-
-    def __call__(self, ref: Reference) -> tuple[Candidate, ...]:
-        return self._cached(ref)
-
-
-def registry_for(domain: str, registries: Sequence[Registry]) -> Registry | None:
-    for registry in registries:
-        if registry.domain == domain:
-            return registry
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    source: Reference
-    target: Candidate | None  # None: no candidate holds the image
-    answers: tuple[tuple[Candidate, Probe], ...]  # what each candidate that was asked answered
-    degraded: bool  # a candidate before the target could not be asked: decide again soon
-
-    @property
-    def rewritten(self) -> bool:
-        return self.target is not None and self.target.reference != self.source
-
-    def reason(self) -> str:
-        """Why, in a few words: what each candidate answered."""
-        return (
-            "; ".join(f"{c.reference}: {p}" for c, p in self.answers)
-            or "no candidates (no mirrors entry matches)"
-        )
-
-
-def refused(decision: Decision, registries: Sequence[Registry], upstream: bool) -> bool:
-    """Whether `upstream: false` forbids this pull: no candidate holds the image, and its own
-    registry is not a configured one (pulling from a configured registry is never "upstream")."""
-    return (
-        decision.target is None and not upstream and registry_for(decision.source.domain, registries) is None
-    )
-
-
-def refusal(decision: Decision) -> str:
-    """Why a pull is refused under `upstream: false`, for `kubectl describe pod`: each candidate
-    with the name it was asked for and its answer (the answers carry no secret)."""
-    source = decision.source
-    head = (
-        f"{source}: no configured registry holds it, and upstream: false forbids pulling it"
-        f" from {source.domain}"
-    )
-    if not decision.answers:
-        return f"{head}: no registry is a candidate for it (no mirrors entry matches)"
-    return f"{head}: {decision.reason()}"
 
 
 class Resolver:

@@ -232,6 +232,7 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe) -> None:
             registries=",".join(r.domain for r in config.registries),
         )
         ready.send({"event": "serving", "socket": config.shim, "runtime": runtime})
+        registries.start()
         if runtime is None:
             log.warning("container runtime does not answer yet", cri=upstream.target)
             threading.Thread(target=wait_for_runtime, args=(upstream, ready, stop), daemon=True).start()
