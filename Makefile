@@ -3,10 +3,14 @@
 PYTHON   ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
-APT_PKGS := containerd docker-registry skopeo apache2-utils openssl
+APT_PKGS := containerd docker-registry skopeo apache2-utils openssl binutils shellcheck
 STAMP    := $(VENV)/.installed
+# make dist: a venv of its own holding the wheel and the build tools, so the frozen program
+# takes in the wheel's dependencies and nothing the test venv has besides.
+FREEZE   := build/freeze
+DIST_TOOLS := 'build>=1.2' 'pyinstaller>=6.10,<7' 'setuptools>=68'
 
-.PHONY: test demo bench lint typecheck protos system-deps venv clean
+.PHONY: test demo bench dist lint typecheck protos system-deps venv clean
 
 test: system-deps venv lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -18,6 +22,17 @@ demo: system-deps venv
 # What the shim costs a node, against containerd directly (writes docs/performance.md).
 bench: system-deps venv
 	$(BIN)/python -m tests.bench
+
+# The wheel, the sdist and the offline bundle for this machine's architecture (docs/install.md).
+dist:
+	@$(MAKE) --no-print-directory system-deps APT_PKGS=binutils
+	rm -rf dist build/lib
+	test -x $(FREEZE)/bin/python || $(PYTHON) -m venv $(FREEZE)
+	$(FREEZE)/bin/pip install -q $(DIST_TOOLS)
+	$(FREEZE)/bin/python -m build -q --no-isolation --outdir dist .
+	$(FREEZE)/bin/pip install -q --force-reinstall --no-deps dist/*.whl
+	$(FREEZE)/bin/pip install -q dist/*.whl
+	$(FREEZE)/bin/python packaging/build.py
 
 lint: venv
 	$(BIN)/ruff check .
