@@ -390,6 +390,7 @@ def warm_decision(stack: Stack) -> Figure:
 
     per_call = asyncio.run(run())
     registries = Registries(cfg)
+    registries.start()
     try:
         registries.resolve(ref)
         started = time.perf_counter()
