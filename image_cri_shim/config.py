@@ -286,11 +286,11 @@ def _show(value: object) -> str:
         text = value if len(value) <= 64 else value[:61] + "..."
         quoted = json.dumps(text, ensure_ascii=False)
         return quoted.encode("utf-8", "backslashreplace").decode("utf-8")
-    return _kind(value)
+    return describe_kind(value)
 
 
-def _kind(value: object) -> str:
-    """What sort of value this is, without showing it (for secrets)."""
+def describe_kind(value: object) -> str:
+    """What sort of value this is, without showing it (it may be a secret)."""
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
@@ -500,7 +500,7 @@ def _address(bare_ok: bool, ctx: _Ctx, key: str, value: object) -> tuple[str, st
 def _auth(ctx: _Ctx, key: str, value: object) -> tuple[str, str]:
     """(user, password) from "user:password", split at the first colon. Never echoed."""
     if not isinstance(value, str):
-        ctx.fail(key, f'expected a string "user:password", got {_kind(value)}')
+        ctx.fail(key, f'expected a string "user:password", got {describe_kind(value)}')
     user, colon, password = value.partition(":")
     if not colon:
         ctx.fail(key, 'expected "user:password" (value not shown): there is no colon')
@@ -766,7 +766,7 @@ def parse(text: str, path: str) -> Config:
     if document is None:
         ctx.fail(None, "the file is empty: at least address or registries must be set")
     if not isinstance(document, dict):
-        ctx.fail(None, f"expected a mapping of settings at the top level, got {_kind(document)}")
+        ctx.fail(None, f"expected a mapping of settings at the top level, got {describe_kind(document)}")
     top = _read(ctx, "", document, _TOP, _LEGACY_TOP)
 
     registries: list[Registry] = []

@@ -40,7 +40,7 @@ import yaml
 
 # The same YAML reading as the config model (duplicate keys refused, `a:b` kept as text, one-line
 # errors); see the report: this private helper is worth making public in config.py.
-from image_cri_shim.config import Config, ConfigError, load_yaml, parse
+from image_cri_shim.config import Config, ConfigError, describe_kind, load_yaml, parse
 
 __all__ = ["HEADER", "Merged", "Rejected", "merge"]
 
@@ -113,7 +113,7 @@ def _document(text: str, what: str, *, empty: str | None) -> dict[Any, Any]:
             raise _Bad(f"{what} {empty}")
         return {}
     if not isinstance(document, dict):
-        raise _Bad(f"{what}: expected a mapping of settings, got {_kind(document)}")
+        raise _Bad(f"{what}: expected a mapping of settings, got {describe_kind(document)}")
     return document
 
 
@@ -157,7 +157,7 @@ def _set(out: dict[Any, Any], origin: dict[str, str], key: Any, source: str, val
 
 def _sealos(value: object, notes: list[str]) -> dict[str, tuple[str, object]]:
     if not isinstance(value, dict):
-        raise _Bad(f"sealos: expected a mapping with address, auth and mirrors, got {_kind(value)}")
+        raise _Bad(f"sealos: expected a mapping with address, auth and mirrors, got {describe_kind(value)}")
     found: dict[str, tuple[str, object]] = {}
     for key, item in value.items():
         if key == "address":
@@ -191,7 +191,7 @@ def _auth(value: object, where: str) -> str:
     if isinstance(value, str):
         return value
     if not isinstance(value, dict):
-        raise _Bad(f'{where}: expected {{username, password}} or "user:password", got {_kind(value)}')
+        raise _Bad(f'{where}: expected {{username, password}} or "user:password", got {describe_kind(value)}')
     for key in value:
         if key not in _AUTH_KEYS:
             raise _Bad(f"{where}.{_name(key)}: unknown key (auth has username and password)")
@@ -209,7 +209,7 @@ def _credential(value: object, where: str) -> str:
         return ""
     if not isinstance(value, str):
         # A YAML number loses leading zeros (and 0123 is octal): only a quoted string is exact.
-        raise _Bad(f"{where}: expected a string (quote it), got {_kind(value)}")
+        raise _Bad(f"{where}: expected a string (quote it), got {describe_kind(value)}")
     return value
 
 
@@ -272,23 +272,6 @@ def _dump(document: dict[Any, Any], what: str) -> str:
 
 
 # --------------------------------------------------------------------------- messages
-
-
-def _kind(value: object) -> str:
-    """What sort of value this is, without showing it (it may be a secret)."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    if value is None:
-        return "null"
-    return "a " + type(value).__name__
 
 
 def _name(key: object) -> str:
