@@ -351,6 +351,8 @@ def test_the_wheel_holds_the_real_files_of_the_linked_folders(bundle: Path) -> N
                     member = wheel.getinfo(f"image_cri_shim/{folder}/{source.name}")
                     assert not stat.S_ISLNK(member.external_attr >> 16), member.filename
                     assert wheel.read(member) == source.read_bytes(), member.filename
+        unit = "image-cri-shim.service"
+        assert wheel.read(f"image_cri_shim/systemd/{unit}") == (ROOT / "systemd" / unit).read_bytes()
 
 
 def test_example_config_and_manifests(extracted: Path) -> None:
