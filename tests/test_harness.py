@@ -60,7 +60,8 @@ def test_pull_status_remove_from_plain_registry(
     assert status.id == image_id
     assert image.reference in status.repo_tags
     assert image.digest_reference in status.repo_digests
-    assert [i.id for i in client.list(image.reference)] == [image_id]
+    # containerd 1.6 ignores ListImages filters: other tests' images may be listed too
+    assert image_id in [i.id for i in client.list(image.reference)]
     assert client.fs_info()[0].fs_id.mountpoint
     client.remove(image.reference)
     assert client.status(image.reference) is None
