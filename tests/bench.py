@@ -38,7 +38,7 @@ from tests.harness.cri import CriClient
 from tests.harness.kubeapi import KubeApi
 from tests.harness.processes import ManagedProcess, start_shim, wait_for
 from tests.harness.tcpproxy import TcpProxy
-from tests.test_supervisor import NotifySocket
+from tests.test_supervisor import NotifySocket, children
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,22 +179,6 @@ class Service:
             self.process.stop(timeout=30)
         if self.notify is not None:
             self.notify.close()
-
-
-def children(parent: int) -> dict[int, str]:
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) != parent:
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                found[int(entry)] = f.read().split(b"\0")[0].decode()
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
 
 
 # -- 1, 2: ImageStatus latency and throughput ----------------------------------------------------------

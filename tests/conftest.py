@@ -5,6 +5,8 @@ A part that cannot start fails the test with the reason and its log tail; nothin
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from tests.harness import (
     RegistryFactory,
     ShimFactory,
 )
+from tests.test_worker import Stack
 
 # Tests using any of these fixtures are marked `integration` (deselect with -m "not integration").
 REAL_PARTS = {"containerd", "registry_factory", "image_factory", "cri_client", "shim_factory", "blackhole"}
@@ -108,3 +111,17 @@ def shim_factory() -> Iterator[ShimFactory]:
 def blackhole() -> Iterator[Blackhole]:
     with Blackhole() as hole:
         yield hole
+
+
+@pytest.fixture
+def stack(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+) -> Iterator[Stack]:
+    """The real parts of one shim test, with a short directory for its sockets."""
+    directory = Path(tempfile.mkdtemp(prefix="shim-"))
+    yield Stack(containerd, registry_factory, image_factory, shim_factory, cri_client, directory)
+    shutil.rmtree(directory, ignore_errors=True)

@@ -31,10 +31,8 @@ from image_cri_shim.workers.server import CONNECTION_AGE
 from tests.harness import (
     Blackhole,
     Containerd,
-    CriClientFactory,
     ImageBuilder,
     RegistryFactory,
-    ShimFactory,
 )
 from tests.harness.cri import CriClient
 from tests.harness.processes import ManagedProcess, wait_for
@@ -44,19 +42,6 @@ from tests.test_worker import Stack, entry, failure, repo, tags
 REFUSAL_BUDGET = 2.0  # seconds: a refused pull asks the registries (fast here) and nothing else
 # An old worker hands its client connections over within its connection age (CONTRACT §5).
 HANDOVER = CONNECTION_AGE * 1.2 + 3.0
-
-
-@pytest.fixture
-def stack(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-) -> Iterator[Stack]:
-    directory = Path(tempfile.mkdtemp(prefix="route-"))
-    yield Stack(containerd, registry_factory, image_factory, shim_factory, cri_client, directory)
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 HARBOR_RULES = {"docker.io": "dockerhub", "quay.io": "quay"}

@@ -95,18 +95,7 @@ class Service:
 
     def children(self) -> dict[int, str]:
         """pid -> title of the master's children."""
-        found = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                if ppid == self.process.pid:
-                    found[int(entry)] = title(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-        return found
+        return children(self.process.pid)
 
     def child(self, prefix: str) -> int:
         matches = [pid for pid, t in self.children().items() if t.startswith(prefix)]
@@ -145,6 +134,21 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def children(parent: int) -> dict[int, str]:
+    """pid -> title of every process whose parent is `parent`."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                    found[int(entry)] = title(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def title(pid: int) -> str:

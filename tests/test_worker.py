@@ -13,11 +13,10 @@ import os
 import shutil
 import signal
 import stat
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,19 +130,6 @@ class Stack:
         socket = self.dir / "shim.sock"
         process = self.shims(path, socket, log_path=self.dir / f"shim-{uuid.uuid4().hex[:6]}.log")
         return Shim(process, socket)
-
-
-@pytest.fixture
-def stack(
-    containerd: Containerd,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    shim_factory: ShimFactory,
-    cri_client: CriClientFactory,
-) -> Iterator[Stack]:
-    directory = Path(tempfile.mkdtemp(prefix="shim-"))
-    yield Stack(containerd, registry_factory, image_factory, shim_factory, cri_client, directory)
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def failure(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
