@@ -192,10 +192,7 @@ class ImageService:
             response = cri.ListImagesResponse.FromString(response_raw)
             if not request.filter.image.image:
                 self._prune(response)
-            changed = False
-            for image in response.images:
-                changed = self._add_caller_names(image) or changed
-            return response.SerializeToString() if changed else response_raw
+            return response.SerializeToString() if self._name_all(response) else response_raw
         caller = reported(source)
         first: bytes | None = None
         for name in self.local_names(source):
@@ -205,10 +202,7 @@ class ImageService:
             if response.images:
                 if name != caller:
                     self._names.record(caller, name)
-                changed = False
-                for image in response.images:
-                    changed = self._add_caller_names(image) or changed
-                return response.SerializeToString() if changed else response_raw
+                return response.SerializeToString() if self._name_all(response) else response_raw
             first = first if first is not None else response_raw
         return first if first is not None else b""
 
@@ -238,6 +232,13 @@ class ImageService:
             return raw
         response = cri.ImageStatusResponse.FromString(raw)
         return response.SerializeToString() if self._add_caller_names(response.image) else raw
+
+    def _name_all(self, response: cri.ListImagesResponse) -> bool:
+        """`_add_caller_names` for every image listed; True if any was added."""
+        changed = False
+        for image in response.images:
+            changed = self._add_caller_names(image) or changed
+        return changed
 
     def _add_caller_names(self, image: cri.Image) -> bool:
         """Add the caller names of every rewritten name this image carries; True if any was added."""
