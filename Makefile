@@ -10,7 +10,7 @@ STAMP    := $(VENV)/.installed
 FREEZE   := build/freeze
 DIST_TOOLS := 'build>=1.2' 'pyinstaller>=6.10,<7' 'setuptools>=68'
 
-.PHONY: test demo bench dist lint typecheck protos system-deps venv clean
+.PHONY: test demo bench soak reliability dist lint typecheck protos system-deps venv clean
 
 test: system-deps venv lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -22,6 +22,14 @@ demo: system-deps venv
 # What the shim costs a node, against containerd directly (writes docs/performance.md).
 bench: system-deps venv
 	$(BIN)/python -m tests.bench
+
+# Ten minutes of mixed load with reloads, SIGKILLs and ConfigMap churn (the suite runs a minute of it).
+soak: system-deps venv
+	$(BIN)/python -m tests.soak
+
+# Every scenario that records evidence, run once; writes the table of docs/reliability.md.
+reliability: system-deps venv
+	$(BIN)/python -m tests.reliability
 
 # The wheel, the sdist and the offline bundle for this machine's architecture (docs/install.md).
 dist:
@@ -44,6 +52,12 @@ typecheck: venv
 # Regenerate the CRI message code from protos/cri.proto (a test fails when it is stale).
 protos: venv
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos protos/cri.proto
+
+# Regenerate docs/configuration.md and the table of docs/metrics.md from the code (tests fail when stale).
+.PHONY: docs
+docs: venv
+	$(BIN)/python -m tests.configdoc
+	$(BIN)/python -m tests.metricsdoc
 
 system-deps:
 	@missing=""; \

@@ -1,4 +1,4 @@
-"""Command line: the service, --version, --dry-run, --resolve, and the internal subcommands
+"""Command line: the service, --version, --dry-run, --resolve, --reload, and the internal subcommands
 with which the master starts its children (CONTRACT §4).
 
 Imports of grpc and kubernetes stay inside the branches that need them: the master process
@@ -12,7 +12,7 @@ import signal
 import sys
 
 from image_cri_shim import __version__
-from image_cri_shim.config import DEFAULT_PATH
+from image_cri_shim.config import DEFAULT_PATH, Config
 from image_cri_shim.lifecycle import become_child
 
 
@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="validate the config, check the CRI and registries"
     )
     mode.add_argument("--resolve", metavar="IMAGE", help="print where IMAGE would be pulled from now")
+    mode.add_argument(
+        "--reload",
+        action="store_true",
+        help="validate the config, then reload the running service and wait until its new worker serves",
+    )
     sub = parser.add_subparsers(dest="command", metavar="")
     # Internal subcommands: how the master starts its children (CONTRACT §4).
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
@@ -59,9 +64,18 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_syncer(args.file)
         if args.dry_run:
+            from image_cri_shim.syncer.check import configmap_lines
             from image_cri_shim.workers.diagnose import dry_run
 
-            return dry_run(args.file)
+            def configmap(config: Config) -> list[str]:
+                with open(config.path, encoding="utf-8-sig") as local:
+                    return configmap_lines(config, local.read())
+
+            return dry_run(args.file, {"configmap": configmap})
+        if args.reload:
+            from image_cri_shim.supervisor.control import reload
+
+            return reload(args.file)
         if args.resolve is not None:
             from image_cri_shim.workers.diagnose import resolve
 

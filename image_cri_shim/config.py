@@ -26,7 +26,7 @@ import posixpath
 import re
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from functools import partial
 from typing import Any, NoReturn
 
@@ -342,8 +342,21 @@ Check = Callable[[_Ctx, str, Any], Any]
 
 @dataclass(frozen=True)
 class _Rule:
+    """One key: how its value is checked, its default, and how the reference describes it.
+
+    docs/configuration.md is generated from these (`make docs`; a test fails when it is stale):
+    `kind` is the type column, `doc` the meaning (Markdown, one paragraph), `example` a value as
+    it is written in YAML (the test checks that it passes this model), and `unset` says what an
+    absent key means when its default is None. The default column is rendered from `default`.
+    """
+
     check: Check
     default: Any = None
+    _: KW_ONLY
+    kind: str
+    doc: str
+    example: str
+    unset: str = ""
 
 
 def _bool(ctx: _Ctx, key: str, value: object) -> bool:
@@ -604,38 +617,129 @@ _REGISTRY_DIR_KEY = "registry.d"
 _LEGACY_CACHE = frozenset({"domainCacheTTL"})  # the Go shim's domain cache; we have none
 
 _REGISTRY: dict[str, _Rule] = {
-    "address": _Rule(partial(_address, True)),
-    "auth": _Rule(_auth, ("", "")),
-    "priority": _Rule(partial(_priority, None), DEFAULT_PRIORITY),
-    "insecureSkipVerify": _Rule(_bool, False),
-    "ca": _Rule(_abs_path),
-    "mirrors": _Rule(_mirrors, ()),
+    "address": _Rule(
+        partial(_address, True),
+        kind="URL or host[:port]",
+        unset="required",
+        doc="The registry's root: `https://host[:port]`, `http://host[:port]` for a plain-http registry, or a"
+        " bare `host[:port]`, which means https. No path, no credentials in the URL. Two entries (or an"
+        " entry and `address`) with the same host and port are an error.",
+        example="backup.company.com:5000",
+    ),
+    "auth": _Rule(
+        _auth,
+        ("", ""),
+        kind="user:password",
+        doc="Credentials sent to this registry and to no other; split at the first colon, so the password"
+        " may contain `:`. Empty: anonymous. In the ConfigMap also `{username: ..., password: ...}`.",
+        example="puller:PASSWORD",
+    ),
+    "priority": _Rule(
+        partial(_priority, None),
+        DEFAULT_PRIORITY,
+        kind="integer",
+        doc=f"Higher is tried first (ties: `address` first, then by host). Clamped to"
+        f" {PRIORITY_MIN}..{PRIORITY_MAX} with a warning.",
+        example="800",
+    ),
+    "insecureSkipVerify": _Rule(
+        _bool,
+        False,
+        kind="boolean",
+        doc="Do not verify this registry's TLS certificate when probing it. Prefer `ca`. No effect on an"
+        " `http://` registry. The runtime pulls, so it needs its own trust settings too (operations.md).",
+        example="true",
+    ),
+    "ca": _Rule(
+        _abs_path,
+        kind="absolute path",
+        unset="the system CAs",
+        doc="A PEM file of the CA certificates to verify this registry's certificate with.",
+        example="/etc/image-cri-shim/backup-ca.pem",
+    ),
+    "mirrors": _Rule(
+        _mirrors,
+        (),
+        kind="mapping: source prefix → path prefix",
+        doc="Routing rules ([routing.md](routing.md)). With rules, the registry is a candidate only for"
+        " images whose normalized name starts with a source prefix (whole path components; the longest"
+        ' wins), looked up at the path prefix followed by the rest of the name; `""` keeps the rest as'
+        " it is. Without rules (or `{}`), a candidate for every image at the image's own path. Replaced"
+        " as a whole by a ConfigMap that sets it.",
+        example="{docker.io: dockerhub, quay.io: quay}",
+    ),
 }
 
 _CACHE: dict[str, _Rule] = {
-    "imageCacheSize": _Rule(_count, CacheConfig.image_cache_size),
-    # Zero means "default" as in the Go shim, whose written files carry "0s" for unset TTLs.
-    "imageCacheTTL": _Rule(partial(_duration, CacheConfig.image_cache_ttl), CacheConfig.image_cache_ttl),
-    # Zero here means what it says: "nobody has it" is not remembered.
-    "negativeCacheTTL": _Rule(partial(_duration, None), CacheConfig.negative_cache_ttl),
-    "statsLogInterval": _Rule(
-        partial(_duration, CacheConfig.stats_log_interval), CacheConfig.stats_log_interval
+    "imageCacheSize": _Rule(
+        _count,
+        CacheConfig.image_cache_size,
+        kind="integer ≥ 0",
+        doc="The most rewrite decisions kept (least recently used go first). `0` disables the cache: every"
+        " PullImage asks the registries afresh.",
+        example="2048",
     ),
-    "disableStats": _Rule(_bool, False),
+    # Zero means "default" as in the Go shim, whose written files carry "0s" for unset TTLs.
+    "imageCacheTTL": _Rule(
+        partial(_duration, CacheConfig.image_cache_ttl),
+        CacheConfig.image_cache_ttl,
+        kind="duration",
+        doc='How long a positive decision ("found in registry X") is kept.',
+        example="1h",
+    ),
+    # Zero here means what it says: "nobody has it" is not remembered.
+    "negativeCacheTTL": _Rule(
+        partial(_duration, None),
+        CacheConfig.negative_cache_ttl,
+        kind="duration",
+        doc='How long "no registry holds it" (and a refusal under `upstream: false`) is kept, so kubelet\'s'
+        " retries cost no registry traffic. `0s`: not kept at all.",
+        example="10s",
+    ),
+    "statsLogInterval": _Rule(
+        partial(_duration, CacheConfig.stats_log_interval),
+        CacheConfig.stats_log_interval,
+        kind="duration",
+        doc="Period of the cache-statistics log line (hits, misses, size).",
+        example="5m",
+    ),
+    "disableStats": _Rule(
+        _bool,
+        False,
+        kind="boolean",
+        doc="Turn the cache-statistics log line off.",
+        example="true",
+    ),
 }
 
 _CONFIG_MAP: dict[str, _Rule] = {
-    "enabled": _Rule(_bool, ConfigMapRef.enabled),
+    "enabled": _Rule(
+        _bool,
+        ConfigMapRef.enabled,
+        kind="boolean",
+        doc="`false`: the syncer stays idle and never contacts the API server.",
+        example="false",
+    ),
     "namespace": _Rule(
-        _pattern(_DNS_LABEL, 63, "a namespace name (lower-case letters, digits, '-')"), ConfigMapRef.namespace
+        _pattern(_DNS_LABEL, 63, "a namespace name (lower-case letters, digits, '-')"),
+        ConfigMapRef.namespace,
+        kind="namespace name",
+        doc="Namespace of the ConfigMap (and of the Role and RoleBinding that let nodes read it).",
+        example="infra",
     ),
     "name": _Rule(
         _pattern(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*", 253, "a ConfigMap name (lower-case DNS name)"),
         ConfigMapRef.name,
+        kind="ConfigMap name",
+        doc="Name of the ConfigMap; the Role's `resourceNames` must name it.",
+        example="image-cri-shim-gpu",
     ),
     "key": _Rule(
         _pattern(r"[-._a-zA-Z0-9]+", 253, "a ConfigMap key (letters, digits, '-', '_', '.')"),
         ConfigMapRef.key,
+        kind="ConfigMap key",
+        doc="The key of the ConfigMap's `data` whose value is merged into this file.",
+        example="gpu-nodes.yaml",
     ),
 }
 
@@ -663,25 +767,148 @@ def _registries(ctx: _Ctx, key: str, value: object) -> list[Registry]:
 
 
 _TOP: dict[str, _Rule] = {
-    "shim": _Rule(_socket_path, DEFAULT_SHIM),
-    "cri": _Rule(_socket_path),
-    "address": _Rule(partial(_address, False)),
-    "auth": _Rule(_auth, ("", "")),
-    "offlinePriority": _Rule(partial(_priority, DEFAULT_OFFLINE_PRIORITY), DEFAULT_OFFLINE_PRIORITY),
-    "insecureSkipVerify": _Rule(_bool, False),
-    "ca": _Rule(_abs_path),
-    "mirrors": _Rule(_mirrors, ()),
-    "upstream": _Rule(_bool, True),
-    "registries": _Rule(_registries, []),
-    "force": _Rule(_bool, False),
-    "debug": _Rule(_bool, False),
+    "shim": _Rule(
+        _socket_path,
+        DEFAULT_SHIM,
+        kind="absolute path or unix:// URL",
+        doc="The socket the shim serves on (mode 0660; its directory is created). kubelet's"
+        " `imageServiceEndpoint` and crictl's `image-endpoint` point here.",
+        example="/run/image-cri-shim.sock",
+    ),
+    "cri": _Rule(
+        _socket_path,
+        kind="absolute path or unix:// URL",
+        unset="auto-detect",
+        doc=f"The runtime's CRI socket. Unset: of {', '.join(f'`{p}`' for p in CRI_SOCKETS)}, the one that"
+        " exists; several existing is an error naming them; none falls back to the first (with `force`,"
+        " the shim waits for it).",
+        example="unix:///run/containerd/containerd.sock",
+    ),
+    "address": _Rule(
+        partial(_address, False),
+        kind="http:// or https:// URL",
+        unset="none",
+        doc='The primary ("offline") registry, tried with priority `offlinePriority`. At least one of'
+        " `address` and `registries` must be set. ConfigMap: `sealos.address`.",
+        example="https://registry.company.com",
+    ),
+    "auth": _Rule(
+        _auth,
+        ("", ""),
+        kind="user:password",
+        doc="Credentials of `address`, split at the first colon (the password may contain `:`); empty:"
+        " anonymous. ConfigMap: `sealos.auth`, also as `{username: ..., password: ...}`.",
+        example="admin:PASSWORD",
+    ),
+    "offlinePriority": _Rule(
+        partial(_priority, DEFAULT_OFFLINE_PRIORITY),
+        DEFAULT_OFFLINE_PRIORITY,
+        kind="integer",
+        doc=f"The priority of `address` among the registries. Clamped to {PRIORITY_MIN}..{PRIORITY_MAX}"
+        " with a warning.",
+        example="900",
+    ),
+    "insecureSkipVerify": _Rule(
+        _bool,
+        False,
+        kind="boolean",
+        doc="`registries[].insecureSkipVerify`, for `address`.",
+        example="true",
+    ),
+    "ca": _Rule(
+        _abs_path,
+        kind="absolute path",
+        unset="the system CAs",
+        doc="`registries[].ca`, for `address`.",
+        example="/etc/image-cri-shim/registry-ca.pem",
+    ),
+    "mirrors": _Rule(
+        _mirrors,
+        (),
+        kind="mapping: source prefix → path prefix",
+        doc="`registries[].mirrors`: the routing rules of `address`. ConfigMap: `sealos.mirrors`.",
+        example="{docker.io: dockerhub, registry.k8s.io: k8s}",
+    ),
+    "upstream": _Rule(
+        _bool,
+        True,
+        kind="boolean",
+        doc="`false`: when no configured registry holds an image, PullImage fails with `NOT_FOUND` and a"
+        " message listing each candidate's answer, instead of going to the image's own registry"
+        " ([routing.md](routing.md)).",
+        example="false",
+    ),
+    "registries": _Rule(
+        _registries,
+        [],
+        kind="list of registries",
+        doc="Further registries, each a mapping with the keys of the next table. Replaced as a whole by"
+        " a ConfigMap that sets it.",
+        example="[{address: backup.company.com, auth: 'puller:PASSWORD', priority: 800}]",
+    ),
+    "force": _Rule(
+        _bool,
+        False,
+        kind="boolean",
+        doc="Start even if the CRI socket does not exist yet, and wait for it: readiness is reported"
+        " once the shim serves.",
+        example="true",
+    ),
+    "debug": _Rule(
+        _bool,
+        False,
+        kind="boolean",
+        doc="Debug logging (every CRI call). Takes effect on reload.",
+        example="true",
+    ),
     # Zero means "default" for these too, as in the Go shim.
-    "timeout": _Rule(partial(_duration, DEFAULT_TIMEOUT), DEFAULT_TIMEOUT),
-    "reloadInterval": _Rule(partial(_duration, DEFAULT_RELOAD_INTERVAL), DEFAULT_RELOAD_INTERVAL),
-    "cache": _Rule(_section(_CACHE, _LEGACY_CACHE), {}),
-    "metricsAddress": _Rule(_metrics_address),
-    "configMap": _Rule(_section(_CONFIG_MAP), {}),
-    "stateDir": _Rule(_abs_path, DEFAULT_STATE_DIR),
+    "timeout": _Rule(
+        partial(_duration, DEFAULT_TIMEOUT),
+        DEFAULT_TIMEOUT,
+        kind="duration",
+        doc="The upper bound of any call to the runtime, PullImage included (the caller's deadline is"
+        " capped by it), and the time a replaced worker gives the calls still running.",
+        example="20m",
+    ),
+    "reloadInterval": _Rule(
+        partial(_duration, DEFAULT_RELOAD_INTERVAL),
+        DEFAULT_RELOAD_INTERVAL,
+        kind="duration",
+        doc="Period of the config-file poll (a fallback to the file watch), of the syncer's re-check of"
+        " the file against the ConfigMap, and of its retries without cluster access.",
+        example="60s",
+    ),
+    "cache": _Rule(
+        _section(_CACHE, _LEGACY_CACHE),
+        {},
+        kind="mapping",
+        doc="The rewrite-decision cache: the keys of the `cache` table. A ConfigMap that sets some of"
+        " them keeps the others.",
+        example="{imageCacheSize: 2048, imageCacheTTL: 1h}",
+    ),
+    "metricsAddress": _Rule(
+        _metrics_address,
+        kind="host:port or absolute socket path",
+        unset="off",
+        doc="Where the Prometheus text endpoint listens; an empty host means every interface.",
+        example="127.0.0.1:9798",
+    ),
+    "configMap": _Rule(
+        _section(_CONFIG_MAP),
+        {},
+        kind="mapping",
+        doc="Which ConfigMap this node follows: the keys of the `configMap` table. Read from the node's"
+        " own file only; the same key inside the ConfigMap is ignored.",
+        example="{enabled: false}",
+    ),
+    "stateDir": _Rule(
+        _abs_path,
+        DEFAULT_STATE_DIR,
+        kind="absolute path",
+        doc="What the shim keeps across restarts: which caller name was pulled as which rewritten name."
+        " Created with mode 0700.",
+        example="/data/image-cri-shim",
+    ),
 }
 
 

@@ -1,7 +1,14 @@
 """One `key=value` line per event on stderr, and the one place where secrets are redacted.
 
-journald adds the time, the unit and the pid, so a line carries only the level, the
-process role, the message and its fields. Every value passes through `redact` before it is
+journald adds the time, the unit and the pid, so under journald a line carries only the
+level, the process role, the message and its fields. Anywhere else (a terminal, a file, a
+container runtime's log) a line starts with its own `time=` field, RFC 3339 in UTC with
+milliseconds. Whether stderr is the journal is decided as systemd documents it: `$JOURNAL_STREAM`
+holds the device and inode of the stream systemd connected, and only when stderr is that very
+stream is the time left out (a process that inherited the variable but writes elsewhere keeps
+its own). Into the journal a line starts with its syslog priority instead (`<4>` for a warning,
+sd-daemon(3)): journald takes it as the entry's priority and strips it, so `journalctl -p warning`
+shows warnings and errors. Every value passes through `redact` before it is
 written: the passwords of the config and the tokens the registry client obtains are
 registered here as they become known, and anything that looks like an Authorization header
 value is masked as well. That makes "no secret in any log line" a property of this module
@@ -11,10 +18,12 @@ rather than a rule every call site must remember.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
 
 _MASK = "***"
 _AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]+")
@@ -54,9 +63,41 @@ def _quote(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def to_journal(stream: TextIO) -> bool:
+    """True when `stream` is the journal stream systemd connected to the service."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    device, colon, inode = expected.partition(":")
+    if not colon or not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        info = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (info.st_dev, info.st_ino) == (int(device), int(inode))
+
+
+def timestamp(created: float) -> str:
+    """`created` (seconds since the epoch) as RFC 3339 in UTC with milliseconds: 2026-11-29T18:02:03.123Z."""
+    whole = int(created)
+    millis = min(int((created - whole) * 1000), 999)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+# Syslog priorities by logging level, as sd-daemon(3) prefixes them.
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
 class _Formatter(logging.Formatter):
+    def __init__(self, journal: bool) -> None:
+        super().__init__()
+        self.journal = journal
+
     def format(self, record: logging.LogRecord) -> str:
         parts = [f"level={record.levelname.lower()}", _prefix, f"msg={_quote(record.getMessage())}"]
+        if self.journal:
+            parts[0] = f"<{_PRIORITY.get(record.levelno, 6)}>{parts[0]}"
+        else:
+            parts.insert(0, f"time={timestamp(record.created)}")
         fields: dict[str, object] = getattr(record, "fields", {})
         parts.extend(f"{key}={_quote(value)}" for key, value in fields.items())
         if record.exc_info and record.exc_info[1] is not None:
@@ -98,7 +139,7 @@ def setup(role: str, debug: bool = False, **static: object) -> None:
     root = logging.getLogger("image_cri_shim")
     root.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(_Formatter(journal=to_journal(sys.stderr)))
     root.addHandler(handler)
     root.propagate = False
     # Libraries (urllib3, httpx, the kubernetes client) log and warn on their own; their lines

@@ -35,6 +35,13 @@ BUILD = ROOT / "build"
 APP = "image-cri-shim"  # the program's folder in the bundle, and the program in it
 MAPPED = ("supervisor", "workers", "syncer", "protos")  # linked into image_cri_shim/ (architecture.md)
 GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+# docs/examples/ -> the bundle: install.sh installs config.example.yaml when a node has no config,
+# and manifests/ is what `kubectl apply -f manifests/` applies once per cluster.
+EXAMPLES = {
+    "docs/examples/config.yaml": "config.example.yaml",
+    "docs/examples/kubelet-config.yaml": "kubelet-config.yaml",
+    "docs/examples/manifests": "manifests",
+}
 
 # Licences of the system libraries PyInstaller takes in on Debian 11/12 and Ubuntu, by package:
 # their copyright files are not all machine-readable, and some name the whole source package's.
@@ -76,8 +83,12 @@ def main() -> None:
     shutil.copytree(BUILD / "app" / APP, stage / APP, symlinks=True)
     shutil.copy(ROOT / "packaging" / "install.sh", stage / "install.sh")
     shutil.copy(ROOT / "systemd" / "image-cri-shim.service", stage / "image-cri-shim.service")
-    shutil.copy(ROOT / "packaging" / "config.example.yaml", stage / "config.example.yaml")
-    shutil.copytree(ROOT / "packaging" / "manifests", stage / "manifests")
+    # The examples of docs/examples/ are the ones shipped: one copy, validated by tests/test_examples.py.
+    for source, target in EXAMPLES.items():
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, stage / target)
+        else:
+            shutil.copy(ROOT / source, stage / target)
     for path in stage.rglob("*"):
         if not path.is_symlink():
             path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)

@@ -112,7 +112,7 @@ Next:
      Check it: $bin -f $config --dry-run
   2. systemctl daemon-reload && systemctl enable --now image-cri-shim
      (after an upgrade: systemctl daemon-reload && systemctl restart image-cri-shim)
-  3. Point kubelet at the shim in its KubeletConfiguration, then restart kubelet:
+  3. Point kubelet at the shim in its KubeletConfiguration ($here/kubelet-config.yaml), then restart kubelet:
        imageServiceEndpoint: unix:///var/run/image-cri-shim.sock
   4. Once per cluster, from a machine with kubectl: kubectl apply -f $here/manifests/
 EOF

@@ -18,8 +18,12 @@ import time
 from typing import Any
 
 from image_cri_shim import logs
+from image_cri_shim.changes import changed_keys
 from image_cri_shim.config import Config, ConfigError, load
+from image_cri_shim.metrics import MasterMetrics, active
+from image_cri_shim.supervisor import exporter
 from image_cri_shim.supervisor.children import Child, start_syncer, start_worker
+from image_cri_shim.supervisor.control import ControlServer, Request, control_path
 from image_cri_shim.supervisor.notify import Notifier
 from image_cri_shim.supervisor.watch import ConfigFile, DirectoryWatch, content_hash
 
@@ -33,9 +37,18 @@ Event = tuple[Any, ...]
 
 
 class Master:
-    def __init__(self, config_path: str, config: Config) -> None:
+    def __init__(self, config_path: str, config: Config, metrics_dir: str | None = None) -> None:
         self.path = config_path
         self.config = config
+        self.metrics_dir = metrics_dir
+        self.metrics = MasterMetrics(active(config.metrics_address))
+        self.exporter: exporter.Exporter | None = None
+        self.control: ControlServer | None = None
+        # `--reload` clients: (reloads started when they asked, request); each is answered by
+        # the end of the first reload that started after it asked.
+        self.reload_waiters: list[tuple[int, Request]] = []
+        self.reloads_started = 0
+        self.reload_trigger = "signal"
         self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.notifier = Notifier()
         self.file = ConfigFile(config_path)
@@ -46,7 +59,7 @@ class Master:
         self.draining: list[Child] = []
         self.syncer: Child | None = None
         self.ready_sent = False
-        self.reload_again = False
+        self.reload_again: str | None = None  # the trigger of a reload asked for during one
         self.reload_started = 0.0
         self.last_reload = "none yet"
         self.stopping_since: float | None = None
@@ -67,6 +80,8 @@ class Master:
             signal.signal(signum, lambda n, _frame: self.events.put(("signal", n)))
         self.watch.start()
         log.info("starting", config=self.path, pid=os.getpid())
+        self.start_control()
+        self.serve_metrics(None)
         self.spawn_worker()
         self.syncer = start_syncer(self.path)
         try:
@@ -80,6 +95,10 @@ class Master:
                 self.handle_timers()
         finally:
             self.watch.stop()
+            if self.control is not None:
+                self.control.close()
+            if self.exporter is not None:
+                self.exporter.close()
         self.cleanup()
         return self.exit_code
 
@@ -99,6 +118,8 @@ class Master:
             self.debounce_at = self.debounce_at or time.monotonic() + DEBOUNCE
         elif kind == "report":
             self.handle_report(event[1], event[2])
+        elif kind == "control":
+            self.handle_control(event[1])
 
     def wait_time(self) -> float:
         now = time.monotonic()
@@ -122,7 +143,22 @@ class Master:
 
     def handle_hup(self) -> None:
         log.info("SIGHUP: reloading")
-        self.reload()
+        self.reload("signal")
+
+    def handle_control(self, request: Request) -> None:
+        if request.command == "reload":
+            log.info("reload asked for on the control socket")
+            self.reload_waiters.append((self.reloads_started, request))
+            if self.stopping_since is not None:
+                self.answer_waiters(ok=False, reason="the service is stopping")
+            else:
+                self.reload("command")
+        elif request.command == "status":
+            request.answer(
+                ok=True, status=logs.redact(self.status_line()), generation=self.serving_generation()
+            )
+        else:
+            request.answer(ok=False, reason=f"unknown command {request.command!r}")
 
     def handle_term(self) -> None:
         if self.stopping_since is not None:
@@ -130,6 +166,7 @@ class Master:
         self.stopping_since = time.monotonic()
         log.info("stopping: draining the worker", grace=f"{self.config.timeout:g}s")
         self.notifier.stopping()
+        self.answer_waiters(ok=False, reason="the service is stopping")
         # Workers: SIGINT drains at once (there is no successor to hand clients over to).
         for child in self.children():
             if child is not None:
@@ -144,6 +181,7 @@ class Master:
             if child is self.pending:
                 self.finish_swap(child)
             else:
+                self.metrics.generation.set(generation)
                 log.info(
                     "worker serving", gen=generation, runtime=message.get("runtime") or "not answering yet"
                 )
@@ -162,6 +200,8 @@ class Master:
         for child in self.children():
             if child is None or (code := child.exited()) is None:
                 continue
+            if self.metrics_dir is not None:
+                exporter.retire(self.metrics_dir, child.pid)
             if child is self.worker:
                 self.on_worker_died(child, code)
             elif child is self.pending:
@@ -182,10 +222,10 @@ class Master:
             return
         if self.debounce_at is not None and now >= self.debounce_at:
             self.debounce_at = None
-            self.check_file("config file changed: reloading")
+            self.check_file("config file changed: reloading", "file")
         if now >= self.poll_at:
             self.poll_at = now + self.config.reload_interval
-            self.check_file("config file changed (poll): reloading")
+            self.check_file("config file changed (poll): reloading", "poll")
         if self.worker_restart_at is not None and now >= self.worker_restart_at:
             self.worker_restart_at = None
             self.spawn_worker()
@@ -232,9 +272,11 @@ class Master:
         self.last_reload = f"ok at {time.strftime('%H:%M:%S')}"
         log.info("reload complete", gen=new.generation, took=f"{took * 1000:.0f}ms")
         self.notifier.ready(self.status_line())
-        if self.reload_again:
-            self.reload_again = False
-            self.reload()
+        self.metrics.generation.set(new.generation)
+        self.metrics.reloads.labels(self.reload_trigger, "ok").inc()
+        self.metrics.last_reload_ok.set(1)
+        self.answer_waiters(ok=True, generation=new.generation, took_ms=round(took * 1000))
+        self.reload_queued()
 
     def announce_ready(self) -> None:
         if not self.ready_sent:
@@ -250,6 +292,7 @@ class Master:
             self.exit_code = 1
             self.handle_term()
             return
+        self.metrics.restarts.labels("worker").inc()
         recent = sum(1 for t in self.worker_deaths if now - t < WORKER_CRASH_WINDOW)
         delay = 0.0 if recent <= 3 else min(2.0 ** (recent - 3), 30.0)
         log.error("worker died", gen=child.generation, code=code, restart_in=f"{delay:g}s")
@@ -264,7 +307,7 @@ class Master:
 
     # -- reloads -------------------------------------------------------------------------------------
 
-    def check_file(self, why: str) -> None:
+    def check_file(self, why: str, trigger: str) -> None:
         """Reload if the file's content changed; a deleted file keeps the worker (said once)."""
         if not os.path.exists(self.path):
             if not self.file_missing:
@@ -274,14 +317,16 @@ class Master:
         self.file_missing = False
         if self.file.changed():
             log.info(why)
-            self.reload()
+            self.reload(trigger)
 
-    def reload(self) -> None:
+    def reload(self, trigger: str) -> None:
         if self.stopping_since is not None:
             return
         if self.pending is not None:
-            self.reload_again = True
+            self.reload_again = trigger
             return
+        self.reloads_started += 1
+        self.reload_trigger = trigger
         self.reload_started = time.monotonic()
         self.notifier.reloading()
         digest = content_hash(self.path)
@@ -289,20 +334,90 @@ class Master:
             config = load(self.path)
         except ConfigError as err:
             self.file.remember(digest)  # the same bad content is not retried until it changes
-            self.reload_failed(str(err))
+            self.reload_failed(str(err), "invalid")
             return
         self.file.remember(digest)
-        self.config = config
+        changed = changed_keys(self.config, config)
+        old, self.config = self.config, config
         logs.set_debug(config.debug)
         logs.register_config_secrets(r.password for r in config.registries)
         for warning in config.warnings:
             log.warning(warning)
+        log.info("config loaded, starting a new worker", changed=",".join(changed) or "nothing")
+        if config.metrics_address != old.metrics_address:
+            self.serve_metrics(old.metrics_address)
         self.spawn_worker()
 
-    def reload_failed(self, reason: str) -> None:
+    def reload_failed(self, reason: str, result: str = "failed") -> None:
         self.last_reload = f"failed: {reason}"
         log.error("reload failed, the running worker stays", reason=reason)
         self.notifier.ready(self.status_line())
+        self.metrics.reloads.labels(self.reload_trigger, result).inc()
+        self.metrics.last_reload_ok.set(0)
+        self.answer_waiters(ok=False, reason=logs.redact(reason))
+        self.reload_queued()
+
+    def reload_queued(self) -> None:
+        """A reload asked for while one was under way starts once that one has ended, either way."""
+        if self.reload_again is not None and self.pending is None:
+            trigger, self.reload_again = self.reload_again, None
+            self.reload(trigger)
+
+    def answer_waiters(self, **reply: Any) -> None:
+        """Answer the `--reload` clients whose reload has now ended (or never will)."""
+        ended = self.reloads_started if self.stopping_since is None else float("inf")
+        done = [request for asked, request in self.reload_waiters if asked < ended]
+        self.reload_waiters = [(asked, r) for asked, r in self.reload_waiters if asked >= ended]
+        for request in done:
+            request.answer(**reply)
+
+    def serving_generation(self) -> int | None:
+        worker = self.worker
+        return worker.generation if worker is not None and worker.serving else None
+
+    def start_control(self) -> None:
+        """The socket `--reload` talks to; without it (an unusable directory, which the worker
+        reports in its own words) the service still runs and reloads on SIGHUP."""
+        path = control_path(self.config.shim)
+        try:
+            self.control = ControlServer(path, lambda r: self.events.put(("control", r)))
+        except OSError as err:
+            log.warning(
+                "control socket unavailable: --reload cannot reach this service",
+                path=path,
+                error=err.strerror,
+            )
+
+    # -- metrics -------------------------------------------------------------------------------------
+
+    def serve_metrics(self, old_address: str | None) -> None:
+        """(Re)start the endpoint for the current `metricsAddress`; a failure is said, not fatal:
+        metrics must never keep the image service from running."""
+        if self.exporter is not None:
+            self.exporter.close()
+            self.exporter = None
+        address = self.config.metrics_address
+        if address is None or self.metrics_dir is None:
+            if old_address is not None:
+                log.info("metrics endpoint closed", address=old_address)
+            return
+        if not self.metrics.recording:
+            self.metrics = MasterMetrics(active(address))
+        try:
+            self.exporter = exporter.Exporter(address, self.metrics_dir, self.health)
+        except exporter.ExporterError as err:
+            log.error("metrics endpoint unavailable, the image service is not affected", reason=str(err))
+            return
+        log.info("metrics endpoint", address=address, paths="/metrics,/healthz")
+
+    def health(self) -> tuple[bool, str]:
+        """For /healthz, from the endpoint's thread: healthy while a worker serves."""
+        if self.stopping_since is not None:
+            return False, "stopping"
+        generation = self.serving_generation()
+        if generation is None:
+            return False, "no worker serving"
+        return True, f"ok: worker gen={generation} serving"
 
     def status_line(self) -> str:
         serving = f"serving gen={self.worker.generation}" if self.worker is not None else "no worker"
@@ -318,6 +433,7 @@ class Master:
             min(2.0 ** max(self.syncer_failures - 1, 0), SYNCER_BACKOFF_MAX) if self.syncer_failures else 0.5
         )
         log.warning("syncer exited", code=code, restart_in=f"{delay:g}s")
+        self.metrics.restarts.labels("syncer").inc()
         self.syncer = None
         self.syncer_restart_at = time.monotonic() + delay
 

@@ -37,6 +37,7 @@ from kubernetes import client as k8s
 
 from image_cri_shim import logs
 from image_cri_shim.config import ConfigMapRef
+from image_cri_shim.metrics import OFF
 from image_cri_shim.syncer import cluster
 from image_cri_shim.syncer.snapshot import ABSENT, Snapshot, from_object
 
@@ -85,8 +86,10 @@ class Follower:
         publish: Callable[[Snapshot], None],
         retry_every: Callable[[], float],
         env: Mapping[str, str] | None = None,
+        metrics: Any = OFF,
     ) -> None:
         self._ref = ref
+        self._watch_up = metrics.watch_up
         self._publish = publish
         self._retry_every = retry_every
         self._env = dict(os.environ if env is None else env)
@@ -150,6 +153,7 @@ class Follower:
             else:
                 log.debug("still no cluster access", tried="; ".join(found.tried))
             self._source = None
+            self._watch_up.set(0)
             self._sleep(interval)
             return
         self._announced_none = False
@@ -160,6 +164,7 @@ class Follower:
         try:
             self._follow(found.api, found.first)
         except _Lost as lost:
+            self._watch_up.set(0)
             self._lost_streak = 0 if self._worked else self._lost_streak + 1
             say = log.info if self._lost_streak <= 1 else log.debug
             say("lost cluster access, choosing credentials again", source=self._source, error=str(lost))
@@ -170,6 +175,7 @@ class Follower:
     def _follow(self, api: Any, listing: Listing) -> None:
         core: Any = k8s.CoreV1Api(api)
         self._take(listing)
+        self._watch_up.set(1)
         failures = 0
         while True:
             self._check()

@@ -18,12 +18,14 @@ from __future__ import annotations
 import queue
 import signal
 import sys
+import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from image_cri_shim import logs
 from image_cri_shim.atomic import remove_stale_temp_files
 from image_cri_shim.config import Config, ConfigError, ConfigMapRef, load, parse
+from image_cri_shim.metrics import SyncerMetrics, active
 from image_cri_shim.syncer.apply import apply, read_config
 from image_cri_shim.syncer.snapshot import Snapshot
 
@@ -72,6 +74,7 @@ class _Syncer:
         self._seen: Snapshot | None = None  # the latest ConfigMap state
         self._settled: tuple[str, bytes] | None = None  # (ConfigMap state, file) already handled
         self._reported: tuple[str, str] | None = None  # (ConfigMap state, problem) already logged
+        self._metrics = SyncerMetrics(False)  # recording once the config asks for metrics
 
     def run(self, config: Config) -> None:
         removed = remove_stale_temp_files(self._path)
@@ -110,6 +113,7 @@ class _Syncer:
         outcome = apply(seen, self._ref, self._path, local)
         logs.register_secret(*outcome.passwords)
         if outcome.problem is not None:
+            self._metrics.syncs.labels("failed" if outcome.retry else "rejected").inc()
             self._report(outcome.problem)
             if not outcome.retry:
                 self._settled = (seen.identity, local)
@@ -123,6 +127,8 @@ class _Syncer:
             log.info("config updated from ConfigMap", **fields)
         else:
             log.info("config already matches ConfigMap", **fields)
+        self._metrics.syncs.labels("written" if outcome.written else "unchanged").inc()
+        self._metrics.last_sync.set(time.time())
         self._settled = (seen.identity, outcome.text)
         self._use(outcome.config, outcome.text)
 
@@ -150,6 +156,9 @@ class _Syncer:
         logs.register_secret(*(r.password for r in config.registries))
         self._interval = config.reload_interval
         ref = config.config_map if config.config_map.enabled else None
+        if not self._metrics.recording and active(config.metrics_address):
+            self._metrics = SyncerMetrics(True)
+            first = True  # a new follower, reporting to the metrics
         if first or ref != self._ref:
             self._follow(ref)
 
@@ -167,7 +176,10 @@ class _Syncer:
 
         generation = self._generation
         self._follower = Follower(
-            ref, lambda snapshot: self._queue.put((generation, snapshot)), lambda: self._interval
+            ref,
+            lambda snapshot: self._queue.put((generation, snapshot)),
+            lambda: self._interval,
+            metrics=self._metrics,
         )
         log.info(
             "following ConfigMap",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -33,12 +34,11 @@ import yaml
 
 from image_cri_shim import config as shim_config
 from image_cri_shim import reference
-from tests.harness import CertAuthority, CertsDir, Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
 from tests.harness.kubeapi import KubeApi
 from tests.harness.processes import ManagedProcess, start_shim, wait_for
+from tests.harness.service import Node, Service, start_service
 from tests.harness.tcpproxy import TcpProxy
-from tests.test_supervisor import NotifySocket, children
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,95 +90,35 @@ class Stack:
 
     def __init__(self, work: Path, resources: ExitStack) -> None:
         self.work = work
-        certs = CertsDir(work / "certs.d")
-        self.containerd = Containerd(work / "containerd", certs)
-        self.containerd.start()
-        resources.callback(self.containerd.stop)
-        self.registries = RegistryFactory(work / "registries", CertAuthority.create(work / "ca"), certs)
-        resources.callback(self.registries.close)
-        self.images = ImageBuilder(work / "images")
+        node = Node(work, resources)
+        self.containerd, self.registries, self.images, self.api = (
+            node.containerd,
+            node.registries,
+            node.images,
+            node.api,
+        )
         self.registry = self.registries()
         self.images(self.registry, "library/bench", "1")
-        self.api = KubeApi()
-        self.api.start()
-        resources.callback(self.api.close)
         self.api.apply_configmap(
             "image-cri-shim", {"registries.yaml": "version: v1\ncache: {imageCacheSize: 1000}\n"}
         )
         self.direct = CriClient(self.containerd.socket)
         self.direct.pull(f"{self.registry.host}/library/bench:1")
-        self.service = Service(self, work / "service")
+        self.service = self.start_service(work / "service")
         resources.callback(self.service.stop)
-        self.service.start()
         self.shim = CriClient(self.service.socket)
         self.shim.pull("bench:1")
 
+    def start_service(self, directory: Path) -> Service:
+        """`image-cri-shim -f CONFIG` with a notify socket and a kubeconfig for the stand-in API server."""
+        config = {"cri": self.containerd.address, "address": self.registry.url, "reloadInterval": "60s"}
+        return start_service(directory, config, api=self.api)
 
-class Service:
-    """`image-cri-shim -f CONFIG` with a notify socket, a kubeconfig for the stand-in API server."""
 
-    def __init__(self, stack: Stack, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.stack = stack
-        self.directory = directory
-        self.socket = directory / "shim.sock"
-        self.config = directory / "config.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "shim": str(self.socket),
-                    "cri": stack.containerd.address,
-                    "address": stack.registry.url,
-                    "stateDir": str(directory / "state"),
-                    "reloadInterval": "60s",
-                }
-            )
-        )
-        self.kubeconfig = stack.api.write_kubeconfig(directory / "kubeconfig")
-        self.process: ManagedProcess | None = None
-        self.notify: NotifySocket | None = None
-
-    def start(self) -> float:
-        """Exec to READY=1, in seconds."""
-        self.notify = NotifySocket(self.directory / f"notify-{uuid.uuid4().hex[:6]}.sock")
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), "KUBECONFIG": str(self.kubeconfig)}
-        env["HOME"] = str(self.directory)
-        started = time.monotonic()
-        self.process = ManagedProcess(
-            [sys.executable, "-m", "image_cri_shim", "-f", str(self.config)],
-            self.directory / "service.log",
-            env=env,
-            name="image-cri-shim",
-        )
-        self.notify.wait("READY", timeout=20)
-        return time.monotonic() - started
-
-    def reload(self, trigger: Callable[[], None]) -> float:
-        """Trigger to READY=1 after RELOADING=1, in seconds."""
-        assert self.notify is not None
-        mark = self.notify.count()
-        started = time.monotonic()
-        trigger()
-        self.notify.wait("RELOADING", after=mark, timeout=20)
-        reloading = mark + next(i for i, m in enumerate(self.notify.since(mark)) if m.get("RELOADING") == "1")
-        self.notify.wait("READY", after=reloading + 1, timeout=20)
-        return time.monotonic() - started
-
-    def pids(self) -> dict[str, int]:
-        assert self.process is not None
-        found = {"master": self.process.pid}
-        for pid, title in children(self.process.pid).items():
-            if title.startswith("image-cri-shim: worker"):
-                found["worker"] = pid
-            elif title.startswith("image-cri-shim: syncer"):
-                found["syncer"] = pid
-        return found
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop(timeout=30)
-        if self.notify is not None:
-            self.notify.close()
+def timed(action: Callable[[], object]) -> float:
+    started = time.monotonic()
+    action()
+    return time.monotonic() - started
 
 
 # -- 1, 2: ImageStatus latency and throughput ----------------------------------------------------------
@@ -398,8 +338,11 @@ def warm_decision(stack: Stack) -> Figure:
 
 def reloads(stack: Stack) -> list[Figure]:
     service = stack.service
-    assert service.process is not None
-    hup = [service.reload(lambda: service.process.signal(signal.SIGHUP)) for _ in range(SCALE["reloads"])]  # type: ignore[union-attr]
+
+    def reload(trigger: Callable[[], object]) -> float:
+        return timed(lambda: service.reload_and_wait(trigger, timeout=20))
+
+    hup = [reload(lambda: service.process.signal(signal.SIGHUP)) for _ in range(SCALE["reloads"])]
 
     def edit(size: int) -> Callable[[], None]:
         def rename() -> None:
@@ -411,7 +354,7 @@ def reloads(stack: Stack) -> list[Figure]:
 
         return rename
 
-    edits = [service.reload(edit(2000 + i)) for i in range(SCALE["reloads"])]
+    edits = [reload(edit(2000 + i)) for i in range(SCALE["reloads"])]
     worst = max(statistics.median(hup), statistics.median(edits))
     return [
         Figure(
@@ -442,7 +385,7 @@ def configmap_propagation(stack: Stack) -> Figure:
         def change(text: str = text) -> None:
             stack.api.apply_configmap("image-cri-shim", {"registries.yaml": text})
 
-        times.append(service.reload(change))
+        times.append(timed(functools.partial(service.reload_and_wait, change, timeout=20)))
     return Figure(
         "7",
         "ConfigMap change → new worker serving (READY=1), p50 / max",
@@ -456,11 +399,10 @@ def configmap_propagation(stack: Stack) -> Figure:
 def startup(stack: Stack) -> Figure:
     times = []
     for i in range(SCALE["startups"]):
-        other = Service(stack, stack.work / f"startup-{i}")
-        try:
-            times.append(other.start())
-        finally:
-            other.stop()
+        started = time.monotonic()
+        other = stack.start_service(stack.work / f"startup-{i}")
+        times.append(time.monotonic() - started)
+        other.stop()
     return Figure(
         "8",
         "start-up: exec → READY=1, p50 / max",

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,7 @@ from tests.harness import (
     ImageBuilder,
     RegistryFactory,
     ShimFactory,
+    evidence,
 )
 from tests.test_worker import Stack
 
@@ -32,12 +35,42 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "integration: uses real parts (containerd, docker-registry, skopeo, child processes)"
     )
+    config.addinivalue_line(
+        "markers", "reliability: records evidence for docs/reliability.md (set automatically, see records)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if REAL_PARTS.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        function = getattr(item, "function", None)
+        if isinstance(function, types.FunctionType) and records(
+            function.__code__, function.__globals__, set()
+        ):
+            item.add_marker(pytest.mark.reliability)
+
+
+def records(code: types.CodeType, namespace: dict[str, Any], seen: set[types.CodeType]) -> bool:
+    """Whether `code` calls `evidence.record`: itself, in a nested function, through a function of
+    its module, or through a module that records (`tests.soak`). Marking tests this way means a
+    scenario is selected by `make reliability` as soon as it records, with nothing to remember."""
+    if code in seen:
+        return False
+    seen.add(code)
+    for name in code.co_names:
+        target = namespace.get(name)
+        if target is evidence.record:
+            return True
+        if isinstance(target, types.ModuleType) and any(v is evidence.record for v in vars(target).values()):
+            return True
+        if (
+            isinstance(target, types.FunctionType)
+            and target.__globals__ is namespace
+            and records(target.__code__, namespace, seen)
+        ):
+            return True
+    return any(isinstance(c, types.CodeType) and records(c, namespace, seen) for c in code.co_consts)
 
 
 @pytest.fixture(scope="session")

@@ -16,16 +16,20 @@ import yaml
 
 from image_cri_shim import __version__
 from tests.harness import Containerd, ImageBuilder, RegistryFactory
+from tests.harness.kubeapi import KubeApi
 from tests.harness.registry import free_port
 
 
-def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "image_cri_shim", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -126,6 +130,50 @@ def test_dry_run_summarizes_without_secrets(
     assert f"{down}  priority 10  anonymous  /v2/: unreachable" in out, "a registry probe failure is reported"
     assert private.password not in out + done.stderr
     assert private.password.split(":", 1)[1] not in out + done.stderr
+
+
+def test_dry_run_reports_the_configmap_and_what_applying_it_changes(
+    containerd: Containerd, short_dir: Path
+) -> None:
+    api = KubeApi()
+    api.start()
+    try:
+        env = {"HOME": str(short_dir), "KUBECONFIG": str(api.write_kubeconfig(short_dir / "kubeconfig"))}
+        path = write(
+            short_dir, {"cri": containerd.address, "address": "http://127.0.0.1:1", "timeout": "15m"}
+        )
+        done = run("-f", str(path), "--dry-run", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "configmap    kube-system/image-cri-shim key registries.yaml via $KUBECONFIG" in done.stdout
+        assert "not found: the local file is used as it is" in done.stdout
+
+        secret = "configmap-secret-pw"
+        api.apply_configmap(
+            "image-cri-shim",
+            {
+                "registries.yaml": yaml.safe_dump(
+                    {
+                        "timeout": "20m",
+                        "registries": [{"address": "https://hub.example.com", "auth": f"u:{secret}"}],
+                    }
+                )
+            },
+        )
+        before = path.read_bytes()
+        done = run("-f", str(path), "--dry-run", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "applying it changes timeout, registries[hub.example.com] added" in done.stdout, done.stdout
+        assert secret not in done.stdout + done.stderr
+        assert path.read_bytes() == before, "a dry run writes nothing"
+
+        api.apply_configmap("image-cri-shim", {"registries.yaml": "timeout: [\n"})
+        done = run("-f", str(path), "--dry-run", env=env)
+        assert "not applicable: " in done.stdout, done.stdout
+    finally:
+        api.close()
+    done = run("-f", str(path), "--dry-run", env=env)
+    assert "no cluster access; the local file is used as it is" in done.stdout, done.stdout
+    assert done.returncode == 0, "a cluster that cannot be reached does not fail the dry run"
 
 
 def test_dry_run_fails_when_the_runtime_does_not_answer(short_dir: Path) -> None:

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from image_cri_shim import __version__
 from image_cri_shim.config import load
@@ -30,7 +29,8 @@ from tests import test_supervisor
 from tests.harness import Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
 from tests.harness.processes import wait_for
-from tests.test_supervisor import Service, alive, base_config, title
+from tests.harness.service import Service, alive, title
+from tests.test_supervisor import base_config
 
 # The master as tests/test_supervisor.py starts it (with a test NOTIFY_SOCKET), here with `program=`.
 short_dir = test_supervisor.short_dir
@@ -42,7 +42,15 @@ GOARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 NAME = f"image-cri-shim-{__version__}-linux-{GOARCH[os.uname().machine]}"
 MAPPED = ("supervisor", "workers", "syncer", "protos")  # linked into image_cri_shim/
 # What `make dist` builds from: a bundle older than any of these is built again.
-BUILT_FROM = ("pyproject.toml", "Makefile", "packaging", "systemd", "image_cri_shim", *MAPPED)
+BUILT_FROM = (
+    "pyproject.toml",
+    "Makefile",
+    "packaging",
+    "systemd",
+    "docs/examples",
+    "image_cri_shim",
+    *MAPPED,
+)
 
 pytestmark = pytest.mark.timeout(900)  # the first test waits for the build
 
@@ -156,10 +164,22 @@ def test_the_bundled_program_runs_the_service(
         )
         assert done.returncode == 0 and expected in done.stdout, done.stdout + done.stderr
 
-    # Reloads: the unit's ExecReload= (with $MAINPID as systemd fills it in), then a config edit.
-    reload = unit_line("ExecReload").replace("$MAINPID", str(service.process.pid))
-    ready = service.reload_and_wait(lambda: subprocess.run(["/bin/sh", "-c", reload], check=True, timeout=10))
+    # Reloads: the unit's ExecReload= (the bundled program, this config), then a config edit.
+    reload = (
+        unit_line("ExecReload")
+        .replace("/usr/local/bin/image-cri-shim", str(program))
+        .replace("/etc/image-cri-shim/config.yaml", str(service.config))
+    )
+    said: list[str] = []
+    ready = service.reload_and_wait(
+        lambda: said.append(
+            subprocess.run(
+                ["/bin/sh", "-c", reload], check=True, timeout=90, capture_output=True, text=True
+            ).stdout
+        )
+    )
     assert "serving gen=2" in ready["STATUS"], ready
+    assert said[0].startswith("reloaded: worker gen=2 serving"), said
     ready = service.reload_and_wait(lambda: service.edit(lambda c: c.update(timeout="20m")))
     assert "serving gen=3" in ready["STATUS"], ready
     assert "image-cri-shim: worker gen=3" in service.children().values()
@@ -171,13 +191,10 @@ def test_the_bundled_program_runs_the_service(
     assert not service.socket.exists()
     assert snapshot(program.parent.parent) == installed, "the program wrote into its own installation"
     assert not list(temp.iterdir()), "the program wrote into the temp dir"
-    unexpected = {p.name for p in short_dir.iterdir()} - {
-        "config.yaml",
-        "state",
-        "notify.sock",
-        "master.log",
-        "tmp",
-    }
+    # What the test itself put there: the config, the state dir, TMPDIR, and the harness's
+    # notify socket and log (tests/harness/service.py).
+    ours = {"config.yaml", "state", "tmp", "service.log", service.notify.path.name}
+    unexpected = {p.name for p in short_dir.iterdir()} - ours
     assert not unexpected, f"written into HOME: {unexpected}"
 
 
@@ -254,7 +271,7 @@ def test_install_twice_keep_the_config_then_uninstall(extracted: Path, tmp_path:
     assert stat.S_IMODE(unit.stat().st_mode) == 0o644
     assert unit.read_bytes() == (ROOT / "systemd" / "image-cri-shim.service").read_bytes()
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
-    assert config.read_bytes() == (ROOT / "packaging" / "config.example.yaml").read_bytes()
+    assert config.read_bytes() == (ROOT / "docs" / "examples" / "config.yaml").read_bytes()
 
     # Again: the same tree, and an operator's config is never touched.
     config.write_text("address: https://mine.example.com\n")
@@ -355,15 +372,19 @@ def test_the_wheel_holds_the_real_files_of_the_linked_folders(bundle: Path) -> N
         assert wheel.read(f"image_cri_shim/systemd/{unit}") == (ROOT / "systemd" / unit).read_bytes()
 
 
-def test_example_config_and_manifests(extracted: Path) -> None:
+def test_the_bundle_ships_the_examples_of_the_docs(extracted: Path) -> None:
+    """docs/examples/ is the one source: the bundle holds its files byte for byte (they are
+    validated in tests/test_examples.py), and the example config loads without a warning."""
+    examples = ROOT / "docs" / "examples"
+    shipped = {
+        "config.example.yaml": examples / "config.yaml",
+        "kubelet-config.yaml": examples / "kubelet-config.yaml",
+        **{f"manifests/{p.name}": p for p in (examples / "manifests").iterdir()},
+    }
+    assert sorted(p.name for p in (extracted / "manifests").iterdir()) == sorted(
+        p.name for p in (examples / "manifests").iterdir()
+    )
+    for name, source in shipped.items():
+        assert (extracted / name).read_bytes() == source.read_bytes(), name
     config = load(str(extracted / "config.example.yaml"))
     assert not config.warnings and config.registries
-    # The manifests are the examples of docs/configmap.md.
-    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "configmap.md").read_text(), re.DOTALL)
-    documented = [doc for block in blocks for doc in yaml.safe_load_all(block) if doc and "kind" in doc]
-    shipped = [
-        doc
-        for name in ("configmap.yaml", "rbac.yaml")
-        for doc in yaml.safe_load_all((extracted / "manifests" / name).read_text())
-    ]
-    assert shipped == documented

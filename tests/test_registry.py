@@ -1,10 +1,11 @@
-"""The registry client against real HTTP servers: auth flows, platforms, health and backoff."""
+"""The registry client against a real HTTP server: probes and auth flows.
+
+Registries that misbehave (errors, throttling, silence, broken auth, huge bodies) are in
+test_registry_faults.py."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from image_cri_shim import config, reference
 from image_cri_shim.workers import registry as reg
 from image_cri_shim.workers.registry import Answer, Platform, RegistryClient
-from tests.harness.tinyregistry import OCI_INDEX, TinyRegistry
+from tests.harness.tinyregistry import TinyRegistry
 
 AMD64 = Platform("linux", "amd64")
 MANIFEST = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}
@@ -107,130 +108,6 @@ def test_basic_auth(tiny: TinyRegistry) -> None:
     assert [p.answer for p in run_probes(good, "nginx:1.27", "nginx:1.27")] == [Answer.FOUND] * 2
     assert run_probes(bad, "nginx:1.27")[0].answer is Answer.DENIED
     assert run_probes(anonymous, "nginx:1.27")[0].answer is Answer.DENIED
-
-
-def test_token_endpoint_with_invalid_json_is_denied_not_a_crash(tiny: TinyRegistry) -> None:
-    tiny.behaviour.bearer = True
-    tiny.behaviour.token_body = b"{not json"
-    client = RegistryClient(registry_of(f"http://{tiny.host}"), AMD64)
-    assert run_probes(client, "nginx:1.27")[0].answer is Answer.DENIED
-
-
-def test_index_must_list_the_node_platform(tiny: TinyRegistry) -> None:
-    def index(*platforms: dict[str, str]) -> dict[str, object]:
-        return {
-            "schemaVersion": 2,
-            "manifests": [{"digest": "sha256:" + "0" * 64, "platform": p} for p in platforms],
-        }
-
-    tiny.add_manifest("library/multi", "1", index({"os": "linux", "architecture": "amd64"}), OCI_INDEX)
-    tiny.add_manifest("library/s390x", "1", index({"os": "linux", "architecture": "s390x"}), OCI_INDEX)
-    tiny.add_manifest(
-        "library/arm", "1", index({"os": "linux", "architecture": "arm", "variant": "v6"}), OCI_INDEX
-    )
-    client = RegistryClient(registry_of(f"http://{tiny.host}"), AMD64)
-    multi, foreign = run_probes(client, "multi:1", "s390x:1")
-    assert multi.answer is Answer.FOUND
-    assert foreign.answer is Answer.NO_PLATFORM
-    arm7 = RegistryClient(registry_of(f"http://{tiny.host}"), Platform("linux", "arm", "v7"))
-    assert run_probes(arm7, "arm:1")[0].answer is Answer.NO_PLATFORM
-
-
-def test_server_errors_back_off_and_recover(tiny: TinyRegistry) -> None:
-    clock = Clock()
-    client = RegistryClient(registry_of(f"http://{tiny.host}"), AMD64, clock=clock)
-
-    async def run() -> None:
-        ref = reference.parse("nginx:1.27")
-        try:
-            tiny.behaviour.status = 503
-            assert (await client.holds(ref)).answer is Answer.UNREACHABLE
-            asked = tiny.count()
-            assert (await client.holds(ref)).answer is Answer.SKIPPED
-            assert tiny.count() == asked, "a registry in backoff is not contacted"
-            tiny.behaviour.status = None
-            clock.now += reg.BACKOFF_FIRST
-            assert (await client.holds(ref)).answer is Answer.FOUND
-        finally:
-            await client.aclose()
-
-    asyncio.run(run())
-
-
-def test_backoff_grows_while_the_registry_stays_down(tiny: TinyRegistry) -> None:
-    clock = Clock()
-    tiny.behaviour.status = 500
-    client = RegistryClient(registry_of(f"http://{tiny.host}"), AMD64, clock=clock)
-
-    async def run() -> None:
-        ref = reference.parse("nginx:1.27")
-        try:
-            assert (await client.holds(ref)).answer is Answer.UNREACHABLE
-            clock.now += reg.BACKOFF_FIRST
-            assert (await client.holds(ref)).answer is Answer.UNREACHABLE
-            clock.now += reg.BACKOFF_FIRST  # the second period is twice as long
-            assert (await client.holds(ref)).answer is Answer.SKIPPED
-            clock.now += reg.BACKOFF_FIRST
-            assert (await client.holds(ref)).answer is Answer.UNREACHABLE
-        finally:
-            await client.aclose()
-
-    asyncio.run(run())
-
-
-def test_429_is_skipped_for_retry_after(tiny: TinyRegistry) -> None:
-    clock = Clock()
-    tiny.behaviour.status = 429
-    tiny.behaviour.retry_after = "120"
-    client = RegistryClient(registry_of(f"http://{tiny.host}"), AMD64, clock=clock)
-
-    async def run() -> None:
-        ref = reference.parse("nginx:1.27")
-        try:
-            throttled = await client.holds(ref)
-            assert throttled.answer is Answer.THROTTLED
-            assert "120" in throttled.detail
-            clock.now += 100
-            assert (await client.holds(ref)).answer is Answer.SKIPPED
-            tiny.behaviour.status = None
-            clock.now += 21
-            assert (await client.holds(ref)).answer is Answer.FOUND
-        finally:
-            await client.aclose()
-
-    asyncio.run(run())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def test_refused_connection_is_unreachable_at_once() -> None:
-    client = RegistryClient(registry_of(f"http://127.0.0.1:{free_port()}"), AMD64)
-    started = time.monotonic()
-    result = run_probes(client, "nginx:1.27")[0]
-    assert result.answer is Answer.UNREACHABLE
-    assert time.monotonic() - started < 2
-
-
-def test_silent_registry_costs_its_timeout_once() -> None:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    try:
-        address = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        client = RegistryClient(registry_of(address), AMD64)
-        started = time.monotonic()
-        first, second = run_probes(client, "nginx:1.27", "nginx:1.27")
-        elapsed = time.monotonic() - started
-        assert first.answer is Answer.UNREACHABLE
-        assert second.answer is Answer.SKIPPED
-        assert elapsed < reg.PROBE_TIMEOUT + 2
-    finally:
-        listener.close()
 
 
 def test_parse_challenge() -> None:

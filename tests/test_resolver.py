@@ -171,7 +171,7 @@ def test_negative_decisions_expire_sooner() -> None:
 
 
 def test_a_down_registry_is_skipped_and_used_again_after_recovery(three: Registries) -> None:
-    """A decision taken while a better candidate was down lives only as long as a negative one."""
+    """A decision taken while a better candidate was down lives only until that one is asked again."""
     high, mid, _ = three.servers
     for server in (high, mid):
         server.add_manifest("library/nginx", "1.27", MANIFEST)
@@ -186,7 +186,10 @@ def test_a_down_registry_is_skipped_and_used_again_after_recovery(three: Registr
             assert first.degraded
             assert [p.answer for _, p in first.answers] == [Answer.UNREACHABLE, Answer.FOUND]
             high.behaviour.status = None
-            three.clock.now += three.config.cache.negative_cache_ttl + 10
+            # The decision lives as long as the registry's backoff (5 s), not negativeCacheTTL (30 s).
+            three.clock.now += 4
+            assert (await resolver.resolve(ref)).target == first.target  # cached, still backing off
+            three.clock.now += 1.5
             again = await resolver.resolve(ref)
             assert again.target is not None and again.target.registry.domain == high.host
             assert not again.degraded

@@ -36,7 +36,8 @@ from tests.harness import (
 )
 from tests.harness.cri import CriClient
 from tests.harness.processes import ManagedProcess, wait_for
-from tests.test_supervisor import Load, NotifySocket, Service
+from tests.harness.service import NotifySocket, Service
+from tests.test_supervisor import Load
 from tests.test_worker import Stack, entry, failure, repo, tags
 
 REFUSAL_BUDGET = 2.0  # seconds: a refused pull asks the registries (fast here) and nothing else

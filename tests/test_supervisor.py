@@ -6,7 +6,6 @@ NOTIFY_SOCKET that records every message. Clients talk to the shim socket the wh
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -26,134 +25,12 @@ import yaml
 
 from tests.harness import Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
-from tests.harness.processes import ManagedProcess, wait_for
+from tests.harness.evidence import record
+from tests.harness.processes import wait_for
+from tests.harness.service import PROGRAM, Service, alive, start_service, title
 from tests.harness.tcpproxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class NotifySocket:
-    """A unix datagram socket standing in for systemd's, recording every message."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.messages: list[tuple[float, dict[str, str]]] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.settimeout(0.1)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._closed:
-            try:
-                data = self._sock.recv(65536).decode()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
-            with self._lock:
-                self.messages.append((time.monotonic(), fields))
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.messages)
-
-    def since(self, index: int) -> list[dict[str, str]]:
-        with self._lock:
-            return [m for _, m in self.messages[index:]]
-
-    def wait(self, key: str, value: str = "1", after: int = 0, timeout: float = 10.0) -> dict[str, str]:
-        """The first message from `after` on that carries key=value."""
-
-        def find() -> dict[str, str] | None:
-            for message in self.since(after):
-                if message.get(key) == value:
-                    return message
-            return None
-
-        found: dict[str, str] = wait_for(find, timeout, f"{key}={value} on the notify socket")
-        return found
-
-    def close(self) -> None:
-        self._closed = True
-        self._sock.close()
-
-
-class Service:
-    """A master started like systemd starts it, with what tests need around it."""
-
-    def __init__(self, directory: Path, process: ManagedProcess, notify: NotifySocket, config: Path) -> None:
-        self.directory = directory
-        self.process = process
-        self.notify = notify
-        self.config = config
-        self.socket = directory / "shim.sock"
-
-    def children(self) -> dict[int, str]:
-        """pid -> title of the master's children."""
-        return children(self.process.pid)
-
-    def child(self, prefix: str) -> int:
-        matches = [pid for pid, t in self.children().items() if t.startswith(prefix)]
-        assert len(matches) == 1, f"expected one child titled {prefix!r}: {self.children()}"
-        return matches[0]
-
-    def generation(self) -> int:
-        """The newest worker generation (an old one may still be draining)."""
-        titles = [t for t in self.children().values() if t.startswith("image-cri-shim: worker gen=")]
-        assert titles, f"no worker: {self.children()}"
-        return max(int(t.rsplit("=", 1)[1]) for t in titles)
-
-    def edit(self, change: Callable[[dict[str, Any]], None]) -> None:
-        """Replace the config by rename, as editors and the syncer do."""
-        data = yaml.safe_load(self.config.read_text())
-        change(data)
-        temp = self.config.with_suffix(".new")
-        temp.write_text(yaml.safe_dump(data))
-        os.rename(temp, self.config)
-
-    def reload_and_wait(self, trigger: Callable[[], object]) -> dict[str, str]:
-        """Trigger a reload; wait for RELOADING=1 then READY=1; returns the READY message."""
-        mark = self.notify.count()
-        trigger()
-        self.notify.wait("RELOADING", after=mark)
-        reloading_at = mark + next(
-            i for i, m in enumerate(self.notify.since(mark)) if m.get("RELOADING") == "1"
-        )
-        return self.notify.wait("READY", after=reloading_at + 1)
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie waiting to be reaped by whoever adopted it."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def children(parent: int) -> dict[int, str]:
-    """pid -> title of every process whose parent is `parent`."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
-                    found[int(entry)] = title(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
-def title(pid: int) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().split(b"\0")[0].decode(errors="replace")
 
 
 @pytest.fixture
@@ -171,25 +48,9 @@ def service_factory(short_dir: Path) -> Iterator[Callable[..., Service]]:
         config: dict[str, Any],
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
-        program: Sequence[str] = (sys.executable, "-m", "image_cri_shim"),
+        program: Sequence[str] = PROGRAM,
     ) -> Service:
-        path = short_dir / "config.yaml"
-        path.write_text(
-            yaml.safe_dump(
-                {"shim": str(short_dir / "shim.sock"), "stateDir": str(short_dir / "state"), **config}
-            )
-        )
-        notify = NotifySocket(short_dir / "notify.sock")
-        environment = {
-            **os.environ,
-            "NOTIFY_SOCKET": str(notify.path),
-            "HOME": str(short_dir),  # the syncer finds no cluster here and idles quietly
-            "KUBECONFIG": str(short_dir / "no-kubeconfig"),
-            **(env or {}),
-        }
-        argv = [*program, "-f", str(path)]
-        process = ManagedProcess(argv, short_dir / "master.log", env=environment, name="master")
-        service = Service(short_dir, process, notify, path)
+        service = start_service(short_dir, config, env=env, program=program, wait_ready=False)
         started.append(service)
         if wait_ready:
             service.notify.wait("READY", timeout=10)
@@ -197,12 +58,7 @@ def service_factory(short_dir: Path) -> Iterator[Callable[..., Service]]:
 
     yield start
     for service in started:
-        children = list(service.children())
-        service.process.stop(timeout=20)
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        service.notify.close()
+        service.stop(timeout=20)
         print(service.process.describe(lines=60))
 
 
@@ -324,7 +180,8 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     assert analyze is not None, "systemd-analyze is missing (Debian package systemd)"
     unit = (ROOT / "systemd" / "image-cri-shim.service").read_text()
-    assert "Type=notify\n" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    assert "Type=notify\n" in unit
+    assert "ExecReload=/usr/local/bin/image-cri-shim -f /etc/image-cri-shim/config.yaml --reload" in unit
     # verify checks that ExecStart exists: point it at this environment's entry point
     script = Path(sys.executable).parent / "image-cri-shim"
     (tmp_path / "image-cri-shim.service").write_text(
@@ -367,9 +224,20 @@ def test_twenty_reloads_under_load_lose_no_call(
         assert load.calls > calls_before, "clients keep being served after the reloads"
     finally:
         load.stop()
+    timing = (
+        f"reload to READY=1: p50 {sorted(latencies)[10] * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+    )
+    print(timing)
+    record(
+        "20 reloads under load (SIGHUP and config edits alternating)",
+        load=f"4 clients, ImageStatus + ListImages, {load.calls:,} calls",
+        faults="20 reloads, 0.1 s apart after each READY=1",
+        failed=f"{len(load.failures)}: {load.failures[0]}" if load.failures else 0,
+        lost="none",
+        result=f"every reload a new generation; {timing}",
+    )
     assert not load.failures, load.failures[:5]
     assert load.calls > 100
-    print(f"reload to READY=1: p50 {sorted(latencies)[10] * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
 
 
 def test_an_invalid_edit_keeps_the_running_worker(
@@ -385,6 +253,14 @@ def test_an_invalid_edit_keeps_the_running_worker(
         assert client.version().runtime_name == "containerd"
     ready = service.reload_and_wait(lambda: service.edit(lambda c: c.update(timeout="20m")))
     assert "serving gen=2" in ready["STATUS"]
+    record(
+        "an invalid config edit",
+        load="a client calling Version",
+        faults='config file edited to "timeout: soon"',
+        failed=0,
+        lost="none",
+        result="running worker kept, reason in the log and STATUS=; the next valid edit reloads",
+    )
 
 
 def test_a_slow_pull_survives_a_reload(
@@ -418,6 +294,14 @@ def test_a_slow_pull_survives_a_reload(
         assert result and result[0].startswith("sha256:")
     finally:
         proxy.stop()
+    record(
+        "a reload during a slow pull",
+        load="one PullImage through a registry proxy adding 0.4 s per chunk",
+        faults="SIGHUP while the pull runs",
+        failed=len(errors),
+        lost="none",
+        result="the old worker finishes the pull, then exits",
+    )
 
 
 # -- crash isolation ------------------------------------------------------------------------------------
@@ -444,6 +328,14 @@ def test_a_killed_worker_is_replaced_at_once(
     assert recovered < 2.0
     assert service.generation() == 2
     assert service.child("image-cri-shim: syncer") == syncer, "the syncer is not disturbed"
+    record(
+        "the worker killed (SIGKILL)",
+        load="a client calling Version every 20 ms",
+        faults="SIGKILL to the serving worker",
+        failed="calls until the replacement serves (UNAVAILABLE)",
+        lost="none",
+        result=f"replaced at once: served again after {recovered * 1000:.0f} ms; syncer untouched",
+    )
 
 
 def test_a_killed_syncer_is_restarted_without_disturbing_the_worker(
@@ -464,7 +356,15 @@ def test_a_killed_syncer_is_restarted_without_disturbing_the_worker(
         )
     finally:
         load.stop()
-    assert not load.failures
+    record(
+        "the syncer killed (SIGKILL)",
+        load=f"2 clients, ImageStatus + ListImages, {load.calls:,} calls",
+        faults="SIGKILL to the syncer",
+        failed=len(load.failures),
+        lost="none",
+        result="restarted with backoff; the worker untouched",
+    )
+    assert not load.failures, load.failures[:5]
     assert service.child("image-cri-shim: worker gen=1") == worker
 
 
@@ -475,11 +375,20 @@ def test_a_killed_master_leaves_no_child(
     children = list(service.children())
     assert len(children) == 2
     service.process.kill()
+    killed = time.monotonic()
 
     def gone() -> bool:
         return not any(alive(pid) for pid in children)
 
     wait_for(gone, 3, "the children to exit after the master was killed")
+    record(
+        "the master killed (SIGKILL)",
+        load="none",
+        faults="SIGKILL to the master",
+        failed=0,
+        lost="none",
+        result=f"worker and syncer exited within {(time.monotonic() - killed) * 1000:.0f} ms: no orphan",
+    )
 
 
 # -- the socket and the file ----------------------------------------------------------------------------
@@ -512,6 +421,14 @@ def test_a_stale_socket_is_replaced_and_a_live_one_is_not_taken(
     ]
     with CriClient(service.socket) as client:
         assert client.version().runtime_name == "containerd", "the first instance keeps its socket"
+    record(
+        "a stale shim socket at start; a second instance on a live one",
+        load="a client calling Version",
+        faults="socket file left by a killed run; a second `image-cri-shim -f` on the same path",
+        failed=0,
+        lost="none",
+        result="stale file replaced; the second instance exits 1 with one line, the first keeps serving",
+    )
 
 
 def test_a_deleted_config_file_keeps_the_worker(
@@ -519,16 +436,27 @@ def test_a_deleted_config_file_keeps_the_worker(
 ) -> None:
     service = service_factory({**base_config(containerd, registry_factory()), "reloadInterval": "1s"})
     saved = service.config.read_text()
-    service.config.unlink()
-    wait_for(
-        lambda: "config file is gone" in service.process.log_text(), 10, "the deleted file to be noticed"
+    load = Load(service.socket, threads=2)
+    try:
+        service.config.unlink()
+        wait_for(
+            lambda: "config file is gone" in service.process.log_text(), 10, "the deleted file to be noticed"
+        )
+        time.sleep(2.5)  # a few poll periods: still said once
+        assert service.process.log_text().count("config file is gone") == 1
+        assert service.generation() == 1
+        ready = service.reload_and_wait(
+            lambda: service.config.write_text(saved.replace("stateDir", "debug: true\nstateDir"))
+        )
+        assert "serving gen=2" in ready["STATUS"]
+    finally:
+        load.stop()
+    record(
+        "the config file deleted while running",
+        load=f"2 clients, ImageStatus + ListImages, {load.calls:,} calls",
+        faults="config file removed for 3 s, then written again",
+        failed=len(load.failures),
+        lost="none",
+        result="running worker kept, said once; the new file reloads",
     )
-    time.sleep(2.5)  # a few poll periods: still said once
-    assert service.process.log_text().count("config file is gone") == 1
-    assert service.generation() == 1
-    with CriClient(service.socket) as client:
-        assert client.version().runtime_name == "containerd"
-    ready = service.reload_and_wait(
-        lambda: service.config.write_text(saved.replace("stateDir", "debug: true\nstateDir"))
-    )
-    assert "serving gen=2" in ready["STATUS"]
+    assert not load.failures, load.failures[:5]

@@ -8,6 +8,7 @@ may appear in its log.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
@@ -24,6 +25,7 @@ import pytest
 
 from image_cri_shim.config import load
 from image_cri_shim.syncer.cluster import NODE_KUBECONFIGS
+from tests.harness.evidence import record
 from tests.harness.kubeapi import KubeApi
 from tests.harness.processes import HarnessError, ManagedProcess, wait_for
 
@@ -137,7 +139,7 @@ def warnings_for(proc: ManagedProcess, version: str) -> list[str]:
     return [
         line
         for line in proc.log_text().splitlines()
-        if line.startswith("level=warning") and f'configmap="version {version}"' in line
+        if " level=warning " in f" {line} " and f'configmap="version {version}"' in line
     ]
 
 
@@ -262,6 +264,15 @@ def test_malformed_versions_leave_the_file_and_are_logged_once(node: Node) -> No
     assert node.config.read_bytes() == good
     node.set_configmap(configmap("http://fixed.hub"))
     node.wait_config(lambda t: "fixed.hub" in t, "a good version after the bad ones")
+    record(
+        "malformed ConfigMap versions, then a re-list after the API server restarted",
+        load="syncer following the ConfigMap, reloadInterval 1 s",
+        faults=f"{len(cases)} bad versions (invalid YAML, bad priority, missing key, non-string password); "
+        "API server restart + compaction (410)",
+        failed=0,
+        lost="none: the config file stayed byte-for-byte until a good version",
+        result="each version logged once (also after the re-list); the next good version applied",
+    )
 
 
 def test_deleted_configmap_then_recreated(node: Node) -> None:
@@ -460,6 +471,14 @@ def test_write_failure_leaves_the_file_and_is_logged_once(node: Node) -> None:
     assert [p.name for p in node.config.parent.iterdir()] == ["config.yaml"]
     node.set_configmap(configmap("http://fits.hub"))
     node.wait_config(lambda t: "fits.hub" in t, "a version that fits")
+    record(
+        "config write fails midway: file size limit (RLIMIT_FSIZE)",
+        load="syncer following the ConfigMap, reloadInterval 1 s",
+        faults=f"a ConfigMap version larger than the {limit // 1024} KiB file size limit (EFBIG)",
+        failed=0,
+        lost="none: old file byte-for-byte, no temp file left",
+        result="warned once, retried quietly; the next version that fits is written",
+    )
 
 
 def test_unwritable_config_directory(node: Node) -> None:
@@ -484,3 +503,78 @@ def test_unwritable_config_directory(node: Node) -> None:
         assert node.config.read_bytes() == before and proc.alive()
     finally:
         node.config.parent.chmod(0o755)
+    record(
+        "config directory not writable",
+        load="syncer following the ConfigMap, reloadInterval 1 s",
+        faults="directory mode 0555, the syncer without CAP_DAC_OVERRIDE",
+        failed=0,
+        lost="none: old file byte-for-byte",
+        result="warned once (Permission denied), retried quietly, the syncer keeps running",
+    )
+
+
+def mount_tmpfs(path: Path, size: str) -> None:
+    """A tiny tmpfs at `path`; the test fails with the reason when mounting is not permitted."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the full-disk test (needs root): {done.stderr.strip()}")
+
+
+def fill(directory: Path) -> Path:
+    """Write a file in `directory` until the filesystem is full; returns it."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as err:
+        assert err.errno == errno.ENOSPC, err
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_full_filesystem_leaves_the_file_intact(tmp_path: Path, api: KubeApi) -> None:
+    """A write that fails on a full filesystem (ENOSPC): the old file stays byte-for-byte, and
+    the same version is written once there is room again."""
+    etc = tmp_path / "etc"
+    mount_tmpfs(etc, "256k")
+    try:
+        node = Node(tmp_path, api)
+        try:
+            node.set_configmap(configmap("http://roomy.hub"))
+            proc = node.start()
+            node.wait_config(lambda t: "roomy.hub" in t, "the initial sync")
+            synced = node.config.read_bytes()
+            filler = fill(etc)
+            version = node.set_configmap(configmap("http://full.hub"))
+            wait_for(
+                lambda: warnings_for(proc, version), 5, "the write failure warning", detail=node.describe
+            )
+            time.sleep(2.2)  # retried quietly at each reloadInterval
+            assert len(warnings_for(proc, version)) == 1
+            assert "No space left on device" in warnings_for(proc, version)[0]
+            assert node.config.read_bytes() == synced
+            assert sorted(p.name for p in etc.iterdir()) == ["config.yaml", "filler"]
+            filler.unlink()
+            node.wait_config(lambda t: "full.hub" in t, "the same version once there is room")
+        finally:
+            node.close()
+    finally:
+        done = subprocess.run(["umount", str(etc)], capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, f"umount {etc}: {done.stderr}"
+    record(
+        "config write fails midway: full filesystem (256 KiB tmpfs)",
+        load="syncer following the ConfigMap, reloadInterval 1 s",
+        faults="the filesystem filled up before a new ConfigMap version (ENOSPC)",
+        failed=0,
+        lost="none: old file byte-for-byte, no temp file left",
+        result="warned once, retried quietly; written as soon as there was room",
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from image_cri_shim.config import ConfigError, load
 from image_cri_shim.syncer.merge import Merged, merge
+from tests.harness.evidence import record
 from tests.harness.kubeapi import KubeApi
 from tests.harness.processes import ManagedProcess, wait_for
 
@@ -118,7 +119,16 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_file(tmp_path: Path) -
         f"{writes} writes, {reads} reads, {len(bad)} bad"
     )
     assert not bad, bad[:5]
-    assert len(procs) > 4 and writes > 100 and reads > 200
+    # bursts of versions are merged into one write, more so on a busy machine
+    assert len(procs) > 4 and writes >= CHANGES // 5 and reads > 200
     assert sorted(os.listdir(config.parent)) == ["config.yaml"], "leftover temp files are cleaned up at start"
     for proc in procs:
         assert "pw-" not in proc.log_text()
+    record(
+        "the syncer killed (SIGKILL) at random moments while the ConfigMap changes",
+        load=f"{CHANGES} ConfigMap versions; a reader loading the config file ({reads:,} reads)",
+        faults=f"{len(procs) - 1} SIGKILLs of the syncer ({torn} amid a write)",
+        failed=len(bad),
+        lost="none: every read a whole config; the last version applied after the restarts",
+        result=f"{writes} writes, temp files of killed writers removed at start (seed {seed})",
+    )

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from collections.abc import Callable
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config, ConfigError, Registry, load, resolve_cri
 from image_cri_shim.reference import ReferenceError, is_image_id, parse
 from image_cri_shim.workers.plan import Candidate, Decision, Excluded, explain, refusal, refused
-from image_cri_shim.workers.registry import Answer, RegistryClient, node_platform
+from image_cri_shim.workers.registry import Answer, Probe, RegistryClient, node_platform
 from image_cri_shim.workers.resolver import Resolver
 from image_cri_shim.workers.server import runtime_version
 from image_cri_shim.workers.upstream import Upstream
@@ -34,14 +36,25 @@ def _user(username: str) -> str:
     return f"user {username}" if username else "anonymous"
 
 
-def dry_run(path: str) -> int:
+# More lines for the report from outside the worker's rooms (the ConfigMap check lives with the
+# syncer, which alone imports kubernetes): given the config, they return lines to print.
+Section = Callable[[Config], list[str]]
+
+
+def dry_run(path: str, sections: dict[str, Section] | None = None) -> int:
     config = _load(path)
     if config is None:
         return 1
-    return asyncio.run(_dry_run(config))
+    return asyncio.run(_dry_run(config, sections or {}))
 
 
-async def _dry_run(config: Config) -> int:
+async def _timed(client: RegistryClient) -> tuple[Probe, float]:
+    started = time.monotonic()
+    probe = await client.ping()
+    return probe, time.monotonic() - started
+
+
+async def _dry_run(config: Config, sections: dict[str, Section]) -> int:
     print(f"config {config.path}: valid")
     for warning in config.warnings:
         print(f"  warning: {warning}")
@@ -60,18 +73,23 @@ async def _dry_run(config: Config) -> int:
     node = node_platform()
     clients = [RegistryClient(r, node) for r in config.registries]
     try:
-        probes = await asyncio.gather(*(c.ping() for c in clients))
+        probes = await asyncio.gather(*(_timed(c) for c in clients))
     finally:
         for client in clients:
             await client.aclose()
     print(f"  registries   (in the order they are tried; platform {node})")
-    for i, (registry, probe) in enumerate(zip(config.registries, probes, strict=True), 1):
-        verdict = "ok" if probe.answer is Answer.FOUND else str(probe)
+    for i, (registry, (probe, took)) in enumerate(zip(config.registries, probes, strict=True), 1):
+        verdict = f"ok in {took * 1000:.0f} ms" if probe.answer is Answer.FOUND else str(probe)
         who = _user(registry.username)
         print(f"    {i}. {registry.url}  priority {registry.priority}  {who}  /v2/: {verdict}")
         if registry.mirrors:
             print(f"       mirrors {describe_mirrors(registry)}")
     print(f"  upstream     {'true' if config.upstream else 'false'}: {_UPSTREAM[config.upstream]}")
+    for title, section in sections.items():
+        first, *rest = section(config) or [""]
+        print(f"  {title:<12} {first}")
+        for line in rest:
+            print(f"               {line}")
     if runtime is None:
         print(f"image-cri-shim: the container runtime at {cri} does not answer Version", file=sys.stderr)
         return 1

@@ -13,14 +13,16 @@ with NOT_FOUND and what each candidate answered, instead of going to the image's
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 from image_cri_shim import logs, reference
 from image_cri_shim.config import Registry
+from image_cri_shim.metrics import OFF
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.names import NameStore, reported, repository
@@ -62,8 +64,10 @@ class ImageService:
         registries: tuple[Registry, ...],
         names: NameStore,
         pull_upstream: bool = True,
+        metrics: Any = OFF,
     ) -> None:
         self._upstream = upstream
+        self._metrics = metrics
         self._resolve = resolve  # runs the resolver on the registry event loop
         self._names = names
         self._registries = registries
@@ -83,6 +87,7 @@ class ImageService:
     # -- PullImage ------------------------------------------------------------------------------
 
     def pull_image(self, method: str, raw: bytes, context: Context) -> bytes:
+        started = time.monotonic()  # the registry probes count against `timeout` too
         request = decode(cri.PullImageRequest, raw, context)
         source = parse_name(request.image.image)
         if source is None:
@@ -90,11 +95,11 @@ class ImageService:
         own = registry_for(source.domain, self._registries)
         decision = self._decide(source, own, context)
         if decision is not None and decision.target is not None and decision.rewritten:
-            return self._pull_rewritten(method, request, source, decision.target, context)
+            return self._pull_rewritten(method, request, source, decision.target, context, started)
         if decision is not None and refused(decision, self._registries, self._pull_upstream):
             log.debug("pull refused: upstream pulls are off", image=source, why=decision.reason())
             context.abort(grpc.StatusCode.NOT_FOUND, refusal(decision))
-        return self._pull_unchanged(method, raw, request, source, own, context)
+        return self._pull_unchanged(method, raw, request, source, own, context, started)
 
     def _decide(self, source: Reference, own: Registry | None, context: Context) -> Decision | None:
         """The resolver's decision; None when it failed and the image may go as asked."""
@@ -105,6 +110,7 @@ class ImageService:
                 log.error("rewrite decision failed, upstream pulls are off", image=source, error=repr(err))
                 context.abort(grpc.StatusCode.UNAVAILABLE, undecided(source))
             log.error("rewrite decision failed, pulling unchanged", image=source, error=repr(err))
+            self._metrics.decisions.labels("error", "").inc()
             return None
 
     def _pull_rewritten(
@@ -114,6 +120,7 @@ class ImageService:
         source: Reference,
         target: Candidate,
         context: Context,
+        started: float,
     ) -> bytes:
         """Pull the target with its registry's credentials; remember the name pair on success."""
         request.image.image = str(target.reference)
@@ -121,7 +128,7 @@ class ImageService:
         log.debug(
             "pull rewritten", image=source, target=target.reference, user=target.registry.username or "-"
         )
-        response = self._upstream.unary(method, request.SerializeToString(), context)
+        response = self._upstream.unary(method, request.SerializeToString(), context, started)
         self._names.record(reported(source), reported(target.reference))
         return response
 
@@ -133,15 +140,16 @@ class ImageService:
         source: Reference,
         own: Registry | None,
         context: Context,
+        started: float,
     ) -> bytes:
         """As asked; with the image's own registry's credentials when it is configured and the
         caller sent none."""
         if own is not None and own.has_credentials and not has_credentials(request.auth):
             set_credentials(request, own)
             log.debug("pull unchanged, registry credentials attached", image=source, user=own.username)
-            return self._upstream.unary(method, request.SerializeToString(), context)
+            return self._upstream.unary(method, request.SerializeToString(), context, started)
         log.debug("pull unchanged", image=source)
-        return self._upstream.unary(method, raw, context)
+        return self._upstream.unary(method, raw, context, started)
 
     # -- ImageStatus / ListImages / RemoveImage ----------------------------------------------------
 

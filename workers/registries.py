@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config
+from image_cri_shim.metrics import OFF
 from image_cri_shim.reference import Reference
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ T = TypeVar("T")
 
 
 class Registries:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: Any = OFF) -> None:
         self._config = config
+        self._metrics = metrics
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resolver: concurrent.futures.Future[Resolver] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, name="registries", daemon=True)
@@ -46,7 +48,7 @@ class Registries:
     def _run(self) -> None:
         import asyncio  # imported here: off the path to serving
 
-        from image_cri_shim.workers.registry import RegistryClient, node_platform
+        from image_cri_shim.workers.registry import PROBE_TIMEOUT, RegistryClient, node_platform
         from image_cri_shim.workers.resolver import Resolver
 
         config = self._config
@@ -54,9 +56,14 @@ class Registries:
         asyncio.set_event_loop(loop)
         try:
             node = node_platform()
-            clients = {r.domain: RegistryClient(r, node) for r in config.registries}
+            # A probe may use at most half of `timeout`: the pull it decides for needs the rest.
+            probe = min(PROBE_TIMEOUT, config.timeout / 2)
+            metrics = self._metrics
+            clients = {
+                r.domain: RegistryClient(r, node, timeout=probe, metrics=metrics) for r in config.registries
+            }
             self._resolver.set_result(
-                Resolver(config.registries, clients, config.cache, upstream=config.upstream)
+                Resolver(config.registries, clients, config.cache, upstream=config.upstream, metrics=metrics)
             )
         except BaseException as err:  # surfaces in resolve(), where a pull can report it
             self._resolver.set_exception(err)

@@ -27,15 +27,20 @@ import httpx
 
 from image_cri_shim import logs
 from image_cri_shim.config import Registry
+from image_cri_shim.metrics import OFF
 from image_cri_shim.reference import Reference
 
 log = logs.get("registry")
 
-PROBE_TIMEOUT = 5.0  # whole probe, token fetch included: a silent registry costs this once
+# One deadline for the whole probe (redirects and token fetch included). httpx's read timeout
+# alone restarts with every byte, so a server that trickles its headers would hold a probe forever.
+PROBE_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 3.0
 BACKOFF_FIRST = 5.0
 BACKOFF_MAX = 60.0
 TOKEN_MIN_LIFETIME = 60.0
-MAX_BODY = 4 << 20  # an index or manifest is a few KiB; refuse to read more than this
+MAX_BODY = 4 << 20  # an index or a token is a few KiB; a bigger body is refused, never read whole
+MAX_REDIRECTS = 5
 
 INDEX_TYPES = frozenset(
     {
@@ -115,6 +120,10 @@ class _Unreachable(Exception):
     """The registry could not be asked: connection error, timeout, 5xx."""
 
 
+class _TooLarge(Exception):
+    """A body over MAX_BODY: the registry does not hold a usable manifest there."""
+
+
 class _Throttled(Exception):
     def __init__(self, retry_after: float | None) -> None:
         super().__init__("HTTP 429")
@@ -169,19 +178,22 @@ class RegistryClient:
         node: Platform,
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = PROBE_TIMEOUT,
+        metrics: Any = OFF,
     ) -> None:
         self.registry = registry
+        self.timeout = timeout  # the whole probe's deadline
         self._node = node
         self._clock = clock
         self._http = httpx.AsyncClient(
             base_url=api_url(registry),
             verify=_ssl_context(registry),
-            timeout=httpx.Timeout(PROBE_TIMEOUT, connect=3.0),
-            follow_redirects=True,
-            max_redirects=5,
+            timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+            follow_redirects=False,  # followed in _send, which never reads a redirect's body
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=8, keepalive_expiry=60.0),
             transport=transport,
-            headers={"User-Agent": "image-cri-shim"},
+            # identity: a compressed body could expand far past MAX_BODY within one chunk
+            headers={"User-Agent": "image-cri-shim", "Accept-Encoding": "identity"},
         )
         self._basic = ""
         if registry.has_credentials:
@@ -193,22 +205,43 @@ class RegistryClient:
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, expiry)
         self._down_until = 0.0
         self._failures = 0
+        self._deadlines: set[asyncio.Timeout] = set()  # of the probes in flight
+        self._probe_seconds = metrics.probe_seconds
+        self._up = metrics.registry_up.labels(registry.domain)
+        self._up.set(1)
 
     # -- health -----------------------------------------------------------------------------
 
     def available(self) -> bool:
         return self._clock() >= self._down_until
 
-    def _mark_down(self, seconds: float | None = None) -> float:
+    def retry_in(self) -> float:
+        """Seconds until this registry is asked again (0 when it is not backing off)."""
+        return max(0.0, self._down_until - self._clock())
+
+    def _mark_down(self, seconds: float | None = None) -> tuple[float, bool]:
+        """Back off for `seconds` (or the next backoff step); (how long, whether it is news).
+
+        Probes that fail together count as one failure, so the backoff grows per period and
+        not per concurrent pull; the probes still in flight stop waiting now.
+        """
+        now = self._clock()
+        if now < self._down_until:
+            return self._down_until - now, False
         self._failures += 1
         if seconds is None:
             seconds = min(BACKOFF_FIRST * 2 ** (self._failures - 1), BACKOFF_MAX)
-        self._down_until = self._clock() + seconds
-        return seconds
+        self._down_until = now + seconds
+        self._up.set(0)
+        for deadline in self._deadlines:
+            if not deadline.expired():
+                deadline.reschedule(-1.0)
+        return seconds, True
 
     def _mark_up(self) -> None:
         if self._failures:
             log.info("registry is reachable again", registry=self.registry.domain)
+            self._up.set(1)
         self._failures = 0
         self._down_until = 0.0
 
@@ -218,7 +251,11 @@ class RegistryClient:
         """Whether this registry holds `ref` (its domain is ignored: the path and tag/digest count)."""
         if not self.available():
             return Probe(Answer.SKIPPED)
-        return await self._guarded(self._holds(ref))
+        started = time.monotonic()
+        probe = await self._guarded(self._holds(ref))
+        answer = probe.answer.name.lower()
+        self._probe_seconds.labels(self.registry.domain, answer).observe(time.monotonic() - started)
+        return probe
 
     async def ping(self) -> Probe:
         """GET /v2/ with the configured credentials (for --dry-run)."""
@@ -226,27 +263,34 @@ class RegistryClient:
 
     async def _guarded(self, probe: Coroutine[Any, Any, Probe]) -> Probe:
         try:
-            async with asyncio.timeout(PROBE_TIMEOUT):
-                result = await probe
+            async with asyncio.timeout(self.timeout) as deadline:
+                self._deadlines.add(deadline)
+                try:
+                    result = await probe
+                finally:
+                    self._deadlines.discard(deadline)
         except TimeoutError:
-            return self._down(f"no answer within {PROBE_TIMEOUT:g}s")
+            if not self.available():  # cut short: another probe found the registry down
+                return Probe(Answer.SKIPPED, "another probe found it down")
+            return self._down(f"no answer within {self.timeout:g}s")
         except _Throttled as err:
-            seconds = self._mark_down(err.retry_after)
+            seconds, _ = self._mark_down(err.retry_after)
             return Probe(Answer.THROTTLED, f"HTTP 429, skipped for {seconds:g}s")
         except _Unreachable as err:
             return self._down(str(err))
-        except httpx.TooManyRedirects:
-            return Probe(Answer.DENIED, "too many redirects")
+        except _TooLarge as err:
+            return Probe(Answer.NOT_FOUND, str(err))
         except (httpx.TransportError, ssl.SSLError, OSError) as err:
             return self._down(_describe(err))
         self._mark_up()
         return result
 
     def _down(self, why: str) -> Probe:
-        seconds = self._mark_down()
-        log.warning(
-            "registry unreachable", registry=self.registry.domain, error=why, retry_in=f"{seconds:g}s"
-        )
+        seconds, news = self._mark_down()
+        if news:
+            log.warning(
+                "registry unreachable", registry=self.registry.domain, error=why, retry_in=f"{seconds:g}s"
+            )
         return Probe(Answer.UNREACHABLE, why)
 
     async def _ping(self) -> Probe:
@@ -269,7 +313,7 @@ class RegistryClient:
         return Probe(Answer.FOUND, media_type or "manifest")
 
     async def _check_index(self, url: str, scope: str) -> Probe:
-        response = await self._request("GET", url, scope, body=True)
+        response = await self._request("GET", url, scope, body="index")
         if response.status_code != 200:
             return self._classify(response)
         try:
@@ -290,8 +334,11 @@ class RegistryClient:
 
     # -- HTTP with auth -----------------------------------------------------------------------
 
-    async def _request(self, method: str, url: str, scope: str, body: bool = False) -> httpx.Response:
-        """One request, answering an auth challenge once; raises _Unreachable/_Throttled."""
+    async def _request(self, method: str, url: str, scope: str, body: str = "") -> httpx.Response:
+        """One request, answering an auth challenge once; raises _Unreachable/_Throttled.
+
+        `body` names what is read (at most MAX_BODY of it); without it the body is never read.
+        """
         response = await self._send(method, url, self._auth_header(scope), body)
         if response.status_code == 401:
             header = await self._answer_challenge(response.headers.get("www-authenticate", ""), scope)
@@ -303,25 +350,24 @@ class RegistryClient:
             raise _Unreachable(f"HTTP {response.status_code}")
         return response
 
-    async def _send(self, method: str, url: str, auth: str, body: bool) -> httpx.Response:
+    async def _send(self, method: str, url: str, auth: str, body: str = "") -> httpx.Response:
+        """Send, following redirects here: httpx would read each redirect's body whole."""
         headers = {"Accept": ACCEPT}
         if auth:
             headers["Authorization"] = auth
         request = self._http.build_request(method, url, headers=headers)
-        response = await self._http.send(request, stream=True)
-        try:
-            if body:
-                chunks = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_BODY:
-                        raise _Unreachable(f"manifest larger than {MAX_BODY >> 20} MiB")
-                    chunks.append(chunk)
-                response._content = b"".join(chunks)
-        finally:
-            await response.aclose()
-        return response
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._http.send(request, stream=True)
+            try:
+                if response.next_request is None:
+                    if body and response.status_code == 200:
+                        response._content = await _read_bounded(response, body)
+                    return response
+                # httpx drops Authorization when a redirect leaves the registry's origin.
+                request = response.next_request
+            finally:
+                await response.aclose()
+        raise _Unreachable(f"redirect loop (more than {MAX_REDIRECTS} redirects)")
 
     def _auth_header(self, scope: str) -> str:
         if self._scheme == "basic":
@@ -344,11 +390,17 @@ class RegistryClient:
         return ""
 
     async def _fetch_token(self, scope: str) -> str:
+        realm = httpx.URL(self._bearer["realm"])
         query = {"service": self._bearer.get("service", "")}
         if scope:
             query["scope"] = scope
-        headers = {"Authorization": self._basic} if self._basic else {}
-        response = await self._http.get(self._bearer["realm"], params=query, headers=headers)
+        try:
+            response = await self._send("GET", str(realm.copy_merge_params(query)), self._basic, "token")
+        except httpx.TransportError as err:
+            raise _Unreachable(f"token endpoint {realm.netloc.decode()}: {_describe(err)}") from err
+        except _TooLarge as err:
+            log.warning("token endpoint answer refused", registry=self.registry.domain, error=str(err))
+            return ""
         if response.status_code == 429:
             raise _Throttled(_retry_after(response.headers.get("retry-after")))
         if response.status_code >= 500:
@@ -373,6 +425,21 @@ class RegistryClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+async def _read_bounded(response: httpx.Response, what: str) -> bytes:
+    """The body, or _TooLarge as soon as it is known to exceed MAX_BODY (never read whole)."""
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise _TooLarge(f"{what} larger than {MAX_BODY >> 20} MiB")
+    chunks = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _TooLarge(f"{what} larger than {MAX_BODY >> 20} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _describe(err: BaseException) -> str:

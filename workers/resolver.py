@@ -9,16 +9,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from cachetools import TLRUCache
 
 from image_cri_shim import logs
 from image_cri_shim.config import CacheConfig, Registry
+from image_cri_shim.metrics import OFF
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.plan import Candidate, Decision, Planner, refused
 from image_cri_shim.workers.registry import Answer, Probe, RegistryClient
 
 log = logs.get("resolver")
+
+
+class _Cache(TLRUCache[str, Decision]):
+    """The decision cache, counting what it drops to make room (not what expires)."""
+
+    def __init__(self, evictions: Any, maxsize: int, ttu: Any, timer: Callable[[], float]) -> None:
+        super().__init__(maxsize=maxsize, ttu=ttu, timer=timer)
+        self._evictions = evictions
+
+    def popitem(self) -> tuple[str, Decision]:
+        self._evictions.inc()
+        return super().popitem()
 
 
 class Resolver:
@@ -31,15 +45,17 @@ class Resolver:
         cache: CacheConfig,
         clock: Callable[[], float] = time.monotonic,
         upstream: bool = True,
+        metrics: Any = OFF,
     ) -> None:
         self._plan = Planner(registries)
         self._upstream = upstream  # config `upstream`: only for saying what happens next
         self.clients = clients
         self._positive_ttl = cache.image_cache_ttl
         self._negative_ttl = cache.negative_cache_ttl
+        self._metrics = metrics
         self._cache: TLRUCache[str, Decision] | None = None
         if cache.image_cache_size > 0:
-            self._cache = TLRUCache(maxsize=cache.image_cache_size, ttu=self._expiry, timer=clock)
+            self._cache = _Cache(metrics.cache_evictions, cache.image_cache_size, self._expiry, clock)
         self._inflight: dict[str, asyncio.Future[Decision]] = {}
         self.hits = 0
         self.misses = 0
@@ -49,8 +65,18 @@ class Resolver:
         return self._plan.registries
 
     def _expiry(self, _key: str, decision: Decision, now: float) -> float:
-        good = decision.target is not None and not decision.degraded
-        return now + (self._positive_ttl if good else self._negative_ttl)
+        if decision.target is not None and not decision.degraded:
+            return now + self._positive_ttl
+        if decision.degraded:
+            # made without a registry that was down: decide again once it is asked again, so
+            # traffic returns to it when it recovers, not a whole negativeCacheTTL later
+            waits = [
+                self.clients[c.registry.domain].retry_in()
+                for c, probe in decision.answers
+                if probe.answer in (Answer.UNREACHABLE, Answer.SKIPPED, Answer.THROTTLED)
+            ]
+            return now + min([self._negative_ttl, *waits])
+        return now + self._negative_ttl
 
     def cache_size(self) -> int:
         return len(self._cache) if self._cache is not None else 0
@@ -61,15 +87,29 @@ class Resolver:
             decision = self._cache.get(key)
             if decision is not None:
                 self.hits += 1
+                self._metrics.cache_hits.inc()
+                self._count(decision)
                 return decision
         self.misses += 1
+        self._metrics.cache_misses.inc()
         pending = self._inflight.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._decide(ref))
             self._inflight[key] = pending
             pending.add_done_callback(lambda _: self._inflight.pop(key, None))
         # shield: a caller that gives up must not cancel the probe the others wait for.
-        return await asyncio.shield(pending)
+        decision = await asyncio.shield(pending)
+        self._count(decision)
+        return decision
+
+    def _count(self, decision: Decision) -> None:
+        if decision.target is not None:
+            result, registry = "rewritten", decision.target.registry.domain
+        elif refused(decision, self.registries, self._upstream):
+            result, registry = "refused", ""
+        else:
+            result, registry = "unchanged", ""
+        self._metrics.decisions.labels(result, registry).inc()
 
     async def _decide(self, ref: Reference) -> Decision:
         started = time.monotonic()

@@ -32,6 +32,7 @@ import grpc
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config
+from image_cri_shim.metrics import WorkerMetrics, active
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.workers.images import Context, ImageService
 from image_cri_shim.workers.names import NameStore
@@ -61,6 +62,9 @@ THREADS = 256
 # reaches its age instead gets a two-phase GOAWAY while the server keeps serving. A worker
 # that is replaced therefore waits for its connections to age out before it stops.
 CONNECTION_AGE = 5.0
+# Connection ages carry up to 10 % jitter; the margin covers a GOAWAY a client reads late on a
+# busy node (one call was lost to a 0.5 s margin under CPU starvation).
+HANDOVER = CONNECTION_AGE * 1.1 + 2.5
 SERVER_OPTIONS = (
     *MESSAGE_OPTIONS,
     ("grpc.max_connection_age_ms", int(CONNECTION_AGE * 1000)),
@@ -201,7 +205,7 @@ class Stop:
         """Let every client connection reach its age: each gets a graceful GOAWAY while this
         server still serves, so clients reconnect (to the socket's new owner) without a single
         call arriving at a server that has begun to stop."""
-        deadline = time.monotonic() + CONNECTION_AGE * 1.2 + 0.5
+        deadline = time.monotonic() + HANDOVER
         while not self.now.is_set() and time.monotonic() < deadline:
             self.now.wait(0.2)
 
@@ -209,10 +213,11 @@ class Stop:
 def serve(config: Config, cri_socket: str, ready: ReadyPipe) -> None:
     """Serve on the shim socket until SIGTERM/SIGINT, then hand over, drain, and return."""
     stop = Stop()
-    upstream = Upstream(cri_socket, config.timeout)
-    registries = Registries(config)
+    metrics = WorkerMetrics(active(config.metrics_address))
+    upstream = Upstream(cri_socket, config.timeout, metrics)
+    registries = Registries(config, metrics)
     images = ImageService(
-        upstream, registries.resolve, config.registries, NameStore(config.state_dir), config.upstream
+        upstream, registries.resolve, config.registries, NameStore(config.state_dir), config.upstream, metrics
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"), options=SERVER_OPTIONS
@@ -243,7 +248,7 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe) -> None:
         stop.wait()
         started = time.monotonic()
         if not stop.now.is_set():
-            log.info("handing clients over", within=f"{CONNECTION_AGE * 1.2 + 0.5:g}s")
+            log.info("handing clients over", within=f"{HANDOVER:g}s")
             stop.handover()
         log.info("draining", grace=f"{config.timeout:g}s")
         server.stop(grace=config.timeout).wait()

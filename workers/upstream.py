@@ -9,10 +9,13 @@ by the configured `timeout`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
+
+from image_cri_shim.metrics import OFF
 
 MAX_MESSAGE = 16 << 20
 
@@ -21,6 +24,22 @@ MESSAGE_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.max_send_message_length", MAX_MESSAGE),
 )
 
+# While the runtime is down, calls fail at once with UNAVAILABLE and the channel retries the
+# connection on its own, waiting longer after each failure. grpc's default cap is 120 s, so
+# after a long outage the shim would keep failing for up to two minutes after the runtime is
+# back. A connection attempt to a local socket costs next to nothing: try every second.
+RECONNECT_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
+# How grpc words an UNAVAILABLE of the shim's own channel: the runtime could not be reached
+# (not started, stopped, crashed), or the connection broke during the call (the runtime stopped).
+_CONNECT_FAILED = ("failed to connect", "connection refused", "no such file")
+_CONNECTION_LOST = ("socket closed", "connection reset", "broken pipe", "stream removed")
+# What grpc says when the shim's channel refuses an answer over MAX_MESSAGE.
+_TOO_LARGE = "Received message larger than max"
+
 # Metadata a server sees that belongs to the transport, not to the caller.
 _TRANSPORT_KEYS = frozenset({"user-agent", ":authority", "grpc-accept-encoding", "grpc-timeout"})
 
@@ -28,38 +47,47 @@ Context = grpc.ServicerContext
 
 
 class Upstream:
-    def __init__(self, socket_path: str, timeout: float) -> None:
+    def __init__(self, socket_path: str, timeout: float, metrics: Any = OFF) -> None:
         self.target = f"unix://{socket_path}"
         self.timeout = timeout
+        self._seconds = metrics.cri_seconds
         self.channel = grpc.insecure_channel(
             self.target,
             options=(
                 *MESSAGE_OPTIONS,
                 ("grpc.enable_retries", 0),
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
+                *RECONNECT_OPTIONS,
             ),
         )
         self._unary: dict[str, grpc.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._unary_stream: dict[str, grpc.UnaryStreamMultiCallable[bytes, bytes]] = {}
         self._stream_stream: dict[str, grpc.StreamStreamMultiCallable[bytes, bytes]] = {}
 
-    def deadline(self, context: Context) -> float:
+    def deadline(self, context: Context, started: float | None = None) -> float:
+        """The caller's remaining time, capped by what is left of `timeout` since the call began
+        (a PullImage spends part of it asking registries)."""
+        budget = self.timeout if started is None else max(0.0, self.timeout - (time.monotonic() - started))
         remaining = context.time_remaining()
-        return self.timeout if remaining is None else min(remaining, self.timeout)
+        return budget if remaining is None else min(remaining, budget)
 
     @staticmethod
     def metadata(context: Context) -> tuple[tuple[str, str | bytes], ...]:
         return tuple((k, v) for k, v in (context.invocation_metadata() or ()) if k not in _TRANSPORT_KEYS)
 
-    def unary(self, method: str, request: bytes, context: Context) -> bytes:
+    def unary(self, method: str, request: bytes, context: Context, started: float | None = None) -> bytes:
+        """Forward one call; `started`: when the caller's call began, if the shim spent time on it."""
         call = self._unary.get(method)
         if call is None:
             call = self._unary[method] = self.channel.unary_unary(method, _registered_method=True)  # type: ignore[call-arg]
+        begin = time.monotonic()
         try:
-            response: bytes = call(request, timeout=self.deadline(context), metadata=self.metadata(context))
+            response: bytes = call(
+                request, timeout=self.deadline(context, started), metadata=self.metadata(context)
+            )
         except grpc.RpcError as err:
+            self._seconds.labels(method[1:], err.code().name).observe(time.monotonic() - begin)
             self.abort(context, err)
+        self._seconds.labels(method[1:], "OK").observe(time.monotonic() - begin)
         return response
 
     def unary_stream(self, method: str, request: bytes, context: Context) -> Iterator[bytes]:
@@ -86,18 +114,28 @@ class Upstream:
 
     def abort(self, context: Context, err: grpc.RpcError) -> NoReturn:
         code: grpc.StatusCode = err.code()
-        details: str = err.details() or ""
-        if code == grpc.StatusCode.UNAVAILABLE and _is_connect_failure(details):
-            details = f"container runtime at {self.target} is unreachable: {details}"
         trailing = err.trailing_metadata()
         if trailing:
             context.set_trailing_metadata(tuple((m.key, m.value) for m in trailing))
-        context.abort(code, details)
+        context.abort(code, self.explain(code, err.details() or ""))
+
+    def explain(self, code: grpc.StatusCode, details: str) -> str:
+        """A failure of the shim's own channel names the runtime; the runtime's answers pass as
+        they are."""
+        runtime = f"container runtime at {self.target}"
+        if code == grpc.StatusCode.UNAVAILABLE and _says(details, _CONNECT_FAILED):
+            return f"{runtime} is unreachable: {details}"
+        if code == grpc.StatusCode.UNAVAILABLE and _says(details, _CONNECTION_LOST):
+            return f"connection to the {runtime} was lost: {details}"
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in details:
+            # grpc's own words would read as if the caller's request were too large
+            return f"answer of the {runtime} is over {MAX_MESSAGE >> 20} MiB: {details}"
+        return details
 
     def close(self) -> None:
         self.channel.close()
 
 
-def _is_connect_failure(details: str) -> bool:
+def _says(details: str, phrases: tuple[str, ...]) -> bool:
     text = details.lower()
-    return "failed to connect" in text or "connection refused" in text or "no such file" in text
+    return any(phrase in text for phrase in phrases)

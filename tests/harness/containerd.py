@@ -13,6 +13,7 @@ Findings on containerd 1.6.20 with `registry.config_path` set (checked by tests/
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -91,6 +92,8 @@ class Containerd:
         self.log_path = workdir / "containerd.log"
         self.process: ManagedProcess | None = None
         self.start_seconds = 0.0
+        #: time.monotonic() when CRI `Version` last answered at the end of `start`
+        self.answered_at = 0.0
 
     @property
     def address(self) -> str:
@@ -166,20 +169,46 @@ disabled_plugins = [{disabled}]
         except BaseException:
             process.stop()
             raise
-        self.start_seconds = time.monotonic() - started
+        self.answered_at = time.monotonic()
+        self.start_seconds = self.answered_at - started
 
     def version(self, timeout: float = 5.0) -> v1.VersionResponse:
-        """CRI v1 `Version`, on a throw-away channel."""
+        """CRI v1 `Version`, on a throw-away channel with a connection of its own.
+
+        grpc shares connections between channels of one process that have the same target
+        and options; one of those may be waiting out a reconnect backoff after a restart,
+        and this call must see containerd itself, not that wait.
+        """
         if not self.socket.exists():
             raise FileNotFoundError(f"{self.socket} does not exist")
-        with grpc.insecure_channel(self.address) as channel:
+        with grpc.insecure_channel(self.address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
             stub = v1_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
             response: v1.VersionResponse = stub.Version(v1.VersionRequest(), timeout=timeout)
             return response
 
     def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM: containerd shuts down and removes its socket; `start` brings it back."""
         if self.process is not None:
             self.process.stop(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: the socket file stays, refusing connections."""
+        if self.process is not None:
+            self.process.kill()
+
+    def freeze(self) -> None:
+        """SIGSTOP: a runtime that hangs; connections stay open and nothing answers."""
+        if self.process is not None:
+            self.process.signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None:
+            self.process.signal(signal.SIGCONT)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop (if running) and start again on the same root, state and socket."""
+        self.stop()
+        self.start(timeout)
 
     def log_tail(self, lines: int = 40) -> str:
         return self.process.log_tail(lines) if self.process is not None else ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -39,6 +40,25 @@ _MODULES: dict[str, tuple[ModuleType, ModuleType]] = {
     "v1": (v1, v1_grpc),
     "v1alpha2": (v1alpha2, v1alpha2_grpc),
 }
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of a CRI service, as its own descriptors declare it."""
+
+    path: str  # "/runtime.v1.RuntimeService/Version"
+    client_streaming: bool
+    server_streaming: bool
+
+
+def methods(version: CriVersion) -> builtins.list[Method]:
+    """Every ImageService and RuntimeService method of `version`, from the CRI package's descriptors."""
+    pb, _ = _MODULES[version]
+    return [
+        Method(f"/{service.full_name}/{method.name}", method.client_streaming, method.server_streaming)
+        for service in pb.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
 
 
 class CriClient:

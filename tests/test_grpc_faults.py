@@ -1,0 +1,455 @@
+"""Hostile clients against the proxy worker: garbage to every CRI method, messages over 16 MiB
+both ways, streaming clients that vanish, and a thousand connections dropped half-open.
+
+The worker runs as the master starts it, in front of a containerd of this module's own
+(garbage reaches every RuntimeService method, so not the containerd other tests share), or of
+a small in-process runtime for what containerd 1.6 cannot do: streams that last and answers
+over 16 MiB. After each scenario the same pid serves the socket, ImageStatus answers, and the
+worker's file descriptors and threads are back where they were.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as v1
+
+from tests.harness import Containerd, ManagedProcess, wait_for
+from tests.harness.cri import VERSIONS, CriClient, Method, methods
+from tests.harness.evidence import record
+from tests.harness.streaming_runtime import UNKNOWN_METHOD
+from tests.test_worker import Shim, Stack
+
+MAX_MESSAGE = 16 << 20
+SEED = 20240611
+GARBAGE_SIZES = (1, 5, 64, 1024, 65536)
+# The image methods the shim decodes; every other method is forwarded as bytes.
+DECODED = ("PullImage", "ImageStatus", "RemoveImage", "ListImages")
+# No registry is reached in these scenarios; the config needs one all the same.
+NO_REGISTRY = [{"address": "http://127.0.0.1:9"}]
+ABSENT = "docker.io/library/absent:1"
+
+
+# -- what the worker holds, and who serves the socket ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Usage:
+    fds: int
+    threads: int
+
+    def __str__(self) -> str:
+        return f"{self.fds} fds, {self.threads} threads"
+
+
+def usage(pid: int) -> Usage:
+    return Usage(len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task")))
+
+
+def settles(pid: int, before: Usage, *, fds: int = 2, threads: int = 2, timeout: float = 15.0) -> Usage:
+    """Wait until the worker holds at most `fds`/`threads` more than `before`; returns its usage."""
+
+    def back() -> Usage | None:
+        now = usage(pid)
+        return now if now.fds <= before.fds + fds and now.threads <= before.threads + threads else None
+
+    what = f"the worker to hold no more than {before} (+{fds} fds, +{threads} threads)"
+    return wait_for(back, timeout, what, detail=lambda: f"now: {usage(pid)}")
+
+
+def serving_pid(path: Path) -> int:
+    """The pid of the process listening on the unix socket `path` (SO_PEERCRED)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return int(pid)
+
+
+def still_serving(shim: Shim, client: CriClient) -> None:
+    """The same worker serves the socket and answers ImageStatus."""
+    assert shim.process.alive(), shim.process.describe()
+    assert serving_pid(shim.socket) == shim.process.pid, "another process serves the shim socket"
+    assert client.status(ABSENT) is None
+    assert "Traceback" not in shim.log(), shim.log()
+
+
+def warm(client: CriClient) -> None:
+    """The calls that create the worker's lazy state (multicallables, the decoded path)."""
+    for _ in range(3):
+        client.status(ABSENT)
+        client.version()
+
+
+def outcome(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    """(code, message) of a call, OK included."""
+    try:
+        call()
+    except grpc.RpcError as err:
+        return err.code(), err.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def histogram(codes: collections.Counter[grpc.StatusCode]) -> str:
+    return ", ".join(f"{code.name} {count}" for code, count in codes.most_common())
+
+
+# -- a runtime for answers over 16 MiB and streams that last ----------------------------------------
+
+SIZED = "/runtime.v1.RuntimeService/ListContainers"
+EVENTS = "/runtime.v1.RuntimeService/GetContainerEvents"
+LIST_IMAGES = "/runtime.v1.ImageService/ListImages"
+FOREVER = b"forever"
+
+
+def sized(request: bytes) -> bytes:
+    """A request of digits asks for an answer of that many bytes; any other answers its length."""
+    return bytes(int(request)) if request.isdigit() else str(len(request)).encode()
+
+
+class FaultRuntime:
+    """`SIZED` answers any size; `EVENTS` streams one event of the size asked, or with `FOREVER`
+    an event every 50 ms until cancelled; `UNKNOWN_METHOD` echoes a bidirectional stream;
+    `LIST_IMAGES` answers one byte over 16 MiB; no image is present. It counts the streams open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.open_streams = 0
+        unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=unlimited)
+        self._server.add_generic_rpc_handlers((self._Handler(self),))
+        self._server.add_insecure_port(f"unix://{path}")
+        self._server.start()
+
+    def _opened(self, context: grpc.ServicerContext) -> None:
+        def closed() -> None:
+            with self._lock:
+                self.open_streams -= 1
+
+        with self._lock:
+            self.open_streams += 1
+        context.add_callback(closed)
+
+    def stop(self) -> None:
+        self._server.stop(grace=None).wait(5)
+
+    class _Handler(grpc.GenericRpcHandler):
+        def __init__(self, runtime: FaultRuntime) -> None:
+            self.runtime = runtime
+
+        def service(self, details: grpc.HandlerCallDetails) -> Any:
+            method: str = details.method
+            if method == SIZED:
+                return grpc.unary_unary_rpc_method_handler(lambda request, context: sized(request))
+            if method == "/runtime.v1.ImageService/ImageStatus":  # no image is present
+                return grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
+            if method == LIST_IMAGES:
+                return grpc.unary_unary_rpc_method_handler(lambda request, context: bytes(MAX_MESSAGE + 1))
+            if method == EVENTS:
+                return grpc.unary_stream_rpc_method_handler(self.events)
+            if method == UNKNOWN_METHOD:
+                return grpc.stream_stream_rpc_method_handler(self.echo)
+            if method == "/runtime.v1.RuntimeService/Version":
+                answer = v1.VersionResponse(runtime_name="fault-runtime").SerializeToString()
+                return grpc.unary_unary_rpc_method_handler(lambda request, context: answer)
+            return None
+
+        def events(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+            if request != FOREVER:
+                yield sized(request)
+                return
+            self.runtime._opened(context)
+            while context.is_active():
+                yield b"event"
+                time.sleep(0.05)
+
+        def echo(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+            self.runtime._opened(context)
+            for request in requests:
+                yield b"echo:" + request
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
+    daemon = Containerd(tmp_path_factory.mktemp("faults-containerd"))
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def fault_runtime(stack: Stack) -> Iterator[FaultRuntime]:
+    runtime = FaultRuntime(stack.dir / "runtime.sock")
+    yield runtime
+    runtime.stop()
+
+
+def raw_channel(shim: Shim, send_limit: int = MAX_MESSAGE) -> grpc.Channel:
+    """A channel to the shim that will send up to `send_limit` and receive anything."""
+    options = [("grpc.max_send_message_length", send_limit), ("grpc.max_receive_message_length", -1)]
+    return grpc.insecure_channel(f"unix://{shim.socket}", options=options)
+
+
+def invoke(channel: grpc.Channel, method: Method | str, payload: bytes, timeout: float = 10.0) -> Any:
+    """Call `method` with raw bytes whatever its kind; a stream's answers are collected."""
+    if isinstance(method, str):
+        return list(bidi(channel, method)(iter([payload]), timeout=timeout))
+    if method.server_streaming:
+        stream: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(method.path)
+        return list(stream(payload, timeout=timeout))
+    unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method.path)
+    return unary(payload, timeout=timeout)
+
+
+def events(channel: grpc.Channel) -> grpc.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(EVENTS)
+
+
+def bidi(channel: grpc.Channel, method: str = UNKNOWN_METHOD) -> grpc.StreamStreamMultiCallable[bytes, bytes]:
+    return channel.stream_stream(method)
+
+
+# -- scenarios ----------------------------------------------------------------------------------------
+
+
+def test_garbage_to_every_cri_method_of_both_versions(own_containerd: Containerd, stack: Stack) -> None:
+    shim = stack.start_on(own_containerd.address, NO_REGISTRY)
+    client = stack.cri(shim.socket)
+    warm(client)
+    before = usage(shim.process.pid)
+    rng = random.Random(SEED)
+    targets: list[Method | str] = [m for version in VERSIONS for m in methods(version)]
+    targets += ["/runtime.v1.RuntimeService/SomeFutureMethod", "/runtime.v1.NotACriService/Method"]
+    through_shim, direct = raw_channel(shim), grpc.insecure_channel(own_containerd.address)
+    codes: collections.Counter[grpc.StatusCode] = collections.Counter()
+    differ: list[str] = []
+    try:
+        for size in GARBAGE_SIZES:
+            for method in targets:
+                payload = rng.randbytes(size)
+                code, message = outcome(lambda: invoke(through_shim, method, payload))  # noqa: B023
+                codes[code] += 1
+                name = method if isinstance(method, str) else method.path
+                assert code != grpc.StatusCode.DEADLINE_EXCEEDED, f"{name} with {size} bytes: no answer"
+                assert "Exception" not in message, f"{name} with {size} bytes: inside the shim: {message}"
+                if name.rsplit("/", 1)[1] in DECODED and "ImageService" in name:
+                    if code == grpc.StatusCode.INVALID_ARGUMENT:
+                        assert message.startswith("malformed"), message
+                    continue
+                if "Cri" in name:  # not a CRI service: the worker answers itself
+                    assert code == grpc.StatusCode.UNIMPLEMENTED, (code, message)
+                    continue
+                # Forwarded as bytes: containerd's own answer, unchanged.
+                expected = outcome(lambda: invoke(direct, method, payload))  # noqa: B023
+                if (code, message) != expected:
+                    differ.append(f"{name} ({size} B): shim {code.name} {message!r}, direct {expected}")
+    finally:
+        through_shim.close()
+        direct.close()
+    assert not differ, "\n".join(differ[:5])
+    still_serving(shim, client)
+    after = settles(shim.process.pid, before)
+    calls = sum(codes.values())
+    record(
+        "random bytes to every CRI method of both versions",
+        load=f"{len(targets)} methods (v1, v1alpha2, 2 unknown) x {len(GARBAGE_SIZES)} sizes, {calls} calls",
+        faults=f"seeded random payloads of {', '.join(map(str, GARBAGE_SIZES))} bytes",
+        failed=f"{calls - codes[grpc.StatusCode.OK]} answered with an error as expected: {histogram(codes)}",
+        lost="none",
+        result=f"forwarded answers equal containerd's; pid unchanged; {before} -> {after}",
+    )
+
+
+def test_messages_over_16_mib_both_ways(fault_runtime: FaultRuntime, stack: Stack) -> None:
+    shim = stack.start_on(str(fault_runtime.path), NO_REGISTRY)
+    client = stack.cri(shim.socket)
+    warm(client)
+    before = usage(shim.process.pid)
+    channel = raw_channel(shim, send_limit=2 * MAX_MESSAGE)
+    over = MAX_MESSAGE + 1
+    try:
+        # At the limit, both ways: served.
+        limit = Method(SIZED, False, False)
+        assert invoke(channel, limit, b"x" * MAX_MESSAGE, 30) == str(MAX_MESSAGE).encode()
+        assert len(invoke(channel, limit, str(MAX_MESSAGE).encode(), 30)) == MAX_MESSAGE
+        # Requests over it, to each kind of method: refused by the worker.
+        requests: list[Method | str] = [
+            Method("/runtime.v1.ImageService/ImageStatus", False, False),
+            Method(SIZED, False, False),
+            Method(EVENTS, False, True),
+            UNKNOWN_METHOD,
+        ]
+        for method in requests:
+            code, message = outcome(lambda: invoke(channel, method, b"x" * over, 30))  # noqa: B023
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (method, code, message)
+        # Answers over it, unary, streamed, and to a method the shim decodes.
+        asked = str(over).encode()
+        answers: list[tuple[Method | str, bytes]] = [
+            (Method(SIZED, False, False), asked),
+            (Method(EVENTS, False, True), asked),
+            (Method(LIST_IMAGES, False, False), b""),
+        ]
+        for method, payload in answers:
+            code, message = outcome(lambda: invoke(channel, method, payload, 30))  # noqa: B023
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (method, code, message)
+            assert message.startswith(f"answer of the container runtime at unix://{fault_runtime.path}"), (
+                message
+            )
+    finally:
+        channel.close()
+    still_serving(shim, client)
+    after = settles(shim.process.pid, before)
+    record(
+        "messages just over 16 MiB, both ways",
+        load="4 requests and 3 answers of 16 MiB + 1 byte (unary, streams, decoded and passthrough)",
+        faults="requests and runtime answers one byte over the 16 MiB limit",
+        failed="7, all RESOURCE_EXHAUSTED (expected); 16 MiB exactly passes both ways",
+        lost="none",
+        result=f"an answer over 16 MiB reaches the caller as RESOURCE_EXHAUSTED 'answer of the container"
+        f" runtime at unix://… is over 16 MiB'; pid unchanged; {before} -> {after}",
+    )
+
+
+CLIENT = """
+import sys, threading, grpc
+channel = grpc.insecure_channel(sys.argv[1])
+held = threading.Event()
+def requests():
+    yield b"a"
+    held.wait()
+calls = []
+for _ in range(int(sys.argv[2])):
+    events = channel.unary_stream(sys.argv[3])(b"forever")
+    next(events)
+    echo = channel.stream_stream(sys.argv[4])(requests())
+    next(echo)
+    calls += [events, echo]
+print("streams open", flush=True)
+held.wait(120)
+"""
+
+
+def test_streaming_clients_that_vanish(fault_runtime: FaultRuntime, stack: Stack) -> None:
+    shim = stack.start_on(str(fault_runtime.path), NO_REGISTRY)
+    client = stack.cri(shim.socket)
+    warm(client)
+    streams = 8  # of each kind, per client
+
+    def all_closed(what: str) -> None:
+        still_open = lambda: f"{fault_runtime.open_streams} still open"  # noqa: E731
+        wait_for(
+            lambda: fault_runtime.open_streams == 0, 10, f"the streams to close ({what})", detail=still_open
+        )
+
+    def killed_client(round: int) -> None:
+        process = ManagedProcess(
+            [sys.executable, "-c", CLIENT, f"unix://{shim.socket}", str(streams), EVENTS, UNKNOWN_METHOD],
+            stack.dir / f"client-{round}.log",
+            name="stream-client",
+        )
+        try:
+            wait_for(lambda: "streams open" in process.log_text(), 20, "the streams", detail=process.describe)
+            assert fault_runtime.open_streams == 2 * streams
+        finally:
+            process.kill()
+        all_closed("client killed")
+
+    def closed_channel() -> None:
+        channel = raw_channel(shim)
+        held = threading.Event()
+
+        def requests() -> Iterator[bytes]:
+            yield b"a"
+            held.wait(30)
+
+        calls: list[Iterator[bytes]] = []  # a call that is no longer referenced is cancelled
+        try:
+            for _ in range(streams):
+                calls.append(events(channel)(FOREVER, timeout=60))
+                calls.append(bidi(channel)(requests(), timeout=60))
+                next(calls[-2])
+                next(calls[-1])
+            assert fault_runtime.open_streams == 2 * streams
+        finally:
+            channel.close()
+            held.set()
+        all_closed("channel closed")
+
+    # One round of each first: the worker's thread pool grows to the streams' number once.
+    killed_client(0)
+    closed_channel()
+    before = usage(shim.process.pid)
+    rounds = 3
+    for round in range(1, rounds + 1):
+        killed_client(round)
+        closed_channel()
+    still_serving(shim, client)
+    after = settles(shim.process.pid, before, threads=4)  # a leak would be 16 per round
+    record(
+        "streaming clients that vanish mid-stream",
+        load=f"{rounds + 1} rounds x 2 clients x {2 * streams} open streams (server and bidirectional)",
+        faults="client process SIGKILLed; channel closed mid-stream",
+        failed="none (the vanished clients' streams are cancelled)",
+        lost="none",
+        result=f"every upstream stream cancelled; pid unchanged; {before} -> {after}",
+    )
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
+
+
+def test_a_thousand_connections_opened_and_dropped(own_containerd: Containerd, stack: Stack) -> None:
+    shim = stack.start_on(own_containerd.address, NO_REGISTRY)
+    client = stack.cri(shim.socket)
+    warm(client)
+    before = usage(shim.process.pid)
+    rng = random.Random(SEED)
+    kinds: collections.Counter[str] = collections.Counter()
+    total, batch = 1000, 100
+    for start in range(0, total, batch):
+        opened = []
+        for number in range(start, start + batch):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(5)
+            sock.connect(str(shim.socket))
+            kind = ("nothing", "partial preface", "preface and garbage", "preface and settings")[number % 4]
+            if kind == "partial preface":
+                sock.sendall(PREFACE[: rng.randrange(1, len(PREFACE))])
+            elif kind == "preface and garbage":
+                sock.sendall(PREFACE + rng.randbytes(rng.randrange(1, 512)))
+            else:  # a well-formed start of a connection that then disappears
+                sock.sendall(PREFACE + SETTINGS)
+            kinds[kind] += 1
+            opened.append(sock)
+        during = usage(shim.process.pid)
+        for sock in opened:
+            sock.close()
+    still_serving(shim, client)
+    after = settles(shim.process.pid, before)
+    record(
+        "1,000 connections opened and dropped",
+        load=f"{total} unix socket connections, {batch} open at a time",
+        faults=", ".join(f"{count} {kind}" for kind, count in kinds.items()),
+        failed="none",
+        lost="none",
+        result=f"pid unchanged; {before} -> {during.fds} fds with {batch} open -> {after}",
+    )
