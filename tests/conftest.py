@@ -141,6 +141,14 @@ def shim_factory() -> Iterator[ShimFactory]:
 
 
 @pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="t-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def blackhole() -> Iterator[Blackhole]:
     with Blackhole() as hole:
         yield hole

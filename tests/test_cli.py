@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 
 from image_cri_shim import __version__
@@ -31,13 +27,6 @@ def run(
         check=False,
         env={**os.environ, **(env or {})},
     )
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="cli-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def write(directory: Path, config: dict[str, object]) -> Path:

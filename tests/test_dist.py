@@ -33,7 +33,6 @@ from tests.harness.service import Service, alive, title
 from tests.test_supervisor import base_config
 
 # The master as tests/test_supervisor.py starts it (with a test NOTIFY_SOCKET), here with `program=`.
-short_dir = test_supervisor.short_dir
 service_factory = test_supervisor.service_factory
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,9 +25,9 @@ from tests.harness.kubeapi import KubeApi
 from tests.harness.processes import wait_for
 from tests.harness.registry import free_port
 from tests.harness.service import Service, start_service
-from tests.test_supervisor import base_config, service_factory, short_dir
+from tests.test_supervisor import base_config, service_factory
 
-__all__ = ["service_factory", "short_dir"]  # fixtures used here
+__all__ = ["service_factory"]  # a fixture used here
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

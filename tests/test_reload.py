@@ -17,9 +17,9 @@ from image_cri_shim.changes import changed_keys
 from image_cri_shim.config import parse
 from tests.harness import Containerd, RegistryFactory
 from tests.harness.service import Service
-from tests.test_supervisor import base_config, service_factory, short_dir
+from tests.test_supervisor import base_config, service_factory
 
-__all__ = ["service_factory", "short_dir"]  # fixtures used here
+__all__ = ["service_factory"]  # a fixture used here
 
 
 def reload_command(config: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:

@@ -18,12 +18,10 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,13 +119,6 @@ def run_command(transcript: Transcript, what: str, argv: list[str], env: dict[st
 
 def cli(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "image_cri_shim", "-f", str(config), *args]
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sec-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

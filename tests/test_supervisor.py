@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,13 +30,6 @@ from tests.harness.service import PROGRAM, Service, alive, start_service, title
 from tests.harness.tcpproxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="svc-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
