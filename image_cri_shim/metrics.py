@@ -150,6 +150,7 @@ class SyncerMetrics(_Catalog):
         )
         self.syncs = self.counter(
             "configmap_syncs_total",
-            "ConfigMap versions applied: written, unchanged, rejected (invalid) or failed (write error).",
+            "ConfigMap states handled: written, unchanged, absent (no ConfigMap or key), rejected (invalid)"
+            " or failed (write error).",
             ("result",),
         )

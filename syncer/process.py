@@ -113,7 +113,10 @@ class _Syncer:
         outcome = apply(seen, self._ref, self._path, local)
         logs.register_secret(*outcome.passwords)
         if outcome.problem is not None:
-            self._metrics.syncs.labels("failed" if outcome.retry else "rejected").inc()
+            absent = seen.data is None or self._ref.key not in seen.data
+            self._metrics.syncs.labels(
+                "failed" if outcome.retry else "absent" if absent else "rejected"
+            ).inc()
             self._report(outcome.problem)
             if not outcome.retry:
                 self._settled = (seen.identity, local)
