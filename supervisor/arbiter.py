@@ -15,17 +15,20 @@ import queue
 import signal
 import stat
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from image_cri_shim import logs
 from image_cri_shim.changes import changed_keys
 from image_cri_shim.config import Config, ConfigError, load
 from image_cri_shim.metrics import MasterMetrics, active
-from image_cri_shim.supervisor import exporter
+from image_cri_shim.supervisor import samples
 from image_cri_shim.supervisor.children import Child, start_syncer, start_worker
 from image_cri_shim.supervisor.control import ControlServer, Request, control_path
 from image_cri_shim.supervisor.notify import Notifier
 from image_cri_shim.supervisor.watch import ConfigFile, DirectoryWatch, content_hash
+
+if TYPE_CHECKING:
+    from image_cri_shim.supervisor.endpoint import Endpoint
 
 log = logs.get("master")
 
@@ -42,7 +45,7 @@ class Master:
         self.config = config
         self.metrics_dir = metrics_dir
         self.metrics = MasterMetrics(active(config.metrics_address))
-        self.exporter: exporter.Exporter | None = None
+        self.endpoint: Endpoint | None = None
         self.control: ControlServer | None = None
         # `--reload` clients: (reloads started when they asked, request); each is answered by
         # the end of the first reload that started after it asked.
@@ -97,8 +100,8 @@ class Master:
             self.watch.stop()
             if self.control is not None:
                 self.control.close()
-            if self.exporter is not None:
-                self.exporter.close()
+            if self.endpoint is not None:
+                self.endpoint.close()
         self.cleanup()
         return self.exit_code
 
@@ -201,7 +204,7 @@ class Master:
             if child is None or (code := child.exited()) is None:
                 continue
             if self.metrics_dir is not None:
-                exporter.retire(self.metrics_dir, child.pid)
+                samples.retire(self.metrics_dir, child.pid)
             if child is self.worker:
                 self.on_worker_died(child, code)
             elif child is self.pending:
@@ -393,9 +396,9 @@ class Master:
     def serve_metrics(self, old_address: str | None) -> None:
         """(Re)start the endpoint for the current `metricsAddress`; a failure is said, not fatal:
         metrics must never keep the image service from running."""
-        if self.exporter is not None:
-            self.exporter.close()
-            self.exporter = None
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
         address = self.config.metrics_address
         if address is None or self.metrics_dir is None:
             if old_address is not None:
@@ -403,9 +406,11 @@ class Master:
             return
         if not self.metrics.recording:
             self.metrics = MasterMetrics(active(address))
+        from image_cri_shim.supervisor.endpoint import Endpoint, EndpointError  # only when configured
+
         try:
-            self.exporter = exporter.Exporter(address, self.metrics_dir, self.health)
-        except exporter.ExporterError as err:
+            self.endpoint = Endpoint(address, self.metrics_dir, self.health)
+        except EndpointError as err:
             log.error("metrics endpoint unavailable, the image service is not affected", reason=str(err))
             return
         log.info("metrics endpoint", address=address, paths="/metrics,/healthz")

@@ -9,7 +9,7 @@ from setproctitle import setproctitle
 
 from image_cri_shim.startup import StartupError, prepare
 from image_cri_shim.supervisor.arbiter import Master
-from image_cri_shim.supervisor.exporter import prepare_dir, remove_dir
+from image_cri_shim.supervisor.samples import prepare_dir, remove_dir
 
 
 def run(config_path: str) -> int:

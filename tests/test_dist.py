@@ -30,6 +30,7 @@ from tests.harness import Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
 from tests.harness.processes import wait_for
 from tests.harness.service import Service, alive, title
+from tests.test_metrics import get, scrape, value
 from tests.test_supervisor import base_config
 
 # The master as tests/test_supervisor.py starts it (with a test NOTIFY_SOCKET), here with `program=`.
@@ -136,7 +137,12 @@ def test_the_bundled_program_runs_the_service(
     registry = registry_factory()
     image_factory(registry, "library/bundled", "1")
     started = time.monotonic()
-    service = service_factory(base_config(containerd, registry), env={"TMPDIR": str(temp)}, program=[program])
+    metrics = str(short_dir / "metrics.sock")
+    service = service_factory(
+        {**base_config(containerd, registry), "metricsAddress": metrics},
+        env={"TMPDIR": str(temp)},
+        program=[program],
+    )
     print(f"bundled program: exec to READY=1 in {(time.monotonic() - started) * 1000:.0f} ms")
 
     # One process per role, each the program itself (no interpreter, no unpacking parent).
@@ -154,6 +160,10 @@ def test_the_bundled_program_runs_the_service(
     with CriClient(service.socket) as client:
         client.pull("bundled:1")
         assert client.status("bundled:1") is not None
+    # The metrics endpoint and prometheus-client, loaded only when configured, are in the bundle.
+    assert get(metrics, "/healthz") == (200, "ok: worker gen=1 serving\n")
+    samples = scrape(metrics)
+    assert value(samples, "rewrite_decisions_total", result="rewritten", registry=registry.host) == 1
     with CriClient(containerd.socket) as direct:
         assert direct.status(f"{registry.host}/library/bundled:1") is not None, "the pull was not rewritten"
 
