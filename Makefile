@@ -10,7 +10,7 @@ STAMP    := $(VENV)/.installed
 FREEZE   := build/freeze
 DIST_TOOLS := 'build>=1.2' 'pyinstaller>=6.10,<7' 'setuptools>=68'
 
-.PHONY: test demo bench soak reliability dist lint typecheck protos system-deps venv clean
+.PHONY: test demo bench soak reliability docs dist lint typecheck protos system-deps venv clean
 
 test: system-deps venv lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -54,7 +54,6 @@ protos: venv
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos protos/cri.proto
 
 # Regenerate docs/configuration.md and the table of docs/metrics.md from the code (tests fail when stale).
-.PHONY: docs
 docs: venv
 	$(BIN)/python -m tests.configdoc
 	$(BIN)/python -m tests.metricsdoc
