@@ -79,6 +79,9 @@ Fixed:
   SIGTERM). The handover now lasts 8 s.
 - The master's control socket failed with a traceback when the shim socket's directory could not
   be made; the service now reports it in one line and the worker's own error stops the start.
+- A connection that never sent the HTTP/2 preface kept a descriptor of the worker for grpc's
+  default handshake timeout, 120 s (and the 1,000-connection test's "nothing" connections did send
+  a preface); the worker now closes silent connections after 10 s.
 
 Kept, by design:
 

@@ -28,6 +28,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2 as v1
 
+from image_cri_shim.workers.server import HANDSHAKE_TIMEOUT
 from tests.harness import Containerd, ManagedProcess, wait_for
 from tests.harness.cri import VERSIONS, CriClient, Method, methods
 from tests.harness.evidence import record
@@ -436,7 +437,7 @@ def test_a_thousand_connections_opened_and_dropped(own_containerd: Containerd, s
                 sock.sendall(PREFACE[: rng.randrange(1, len(PREFACE))])
             elif kind == "preface and garbage":
                 sock.sendall(PREFACE + rng.randbytes(rng.randrange(1, 512)))
-            else:  # a well-formed start of a connection that then disappears
+            elif kind == "preface and settings":  # a well-formed start of a connection that then disappears
                 sock.sendall(PREFACE + SETTINGS)
             kinds[kind] += 1
             opened.append(sock)
@@ -453,3 +454,42 @@ def test_a_thousand_connections_opened_and_dropped(own_containerd: Containerd, s
         lost="none",
         result=f"pid unchanged; {before} -> {during.fds} fds with {batch} open -> {after}",
     )
+
+
+def test_connections_that_never_speak_are_closed_by_the_worker(
+    own_containerd: Containerd, stack: Stack
+) -> None:
+    shim = stack.start_on(own_containerd.address, NO_REGISTRY)
+    client = stack.cri(shim.socket)
+    warm(client)
+    before = usage(shim.process.pid)
+    silent = []
+    for _ in range(50):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(shim.socket))
+        sock.settimeout(HANDSHAKE_TIMEOUT + 10)
+        silent.append(sock)
+    started = time.monotonic()
+    closed_after = []
+    try:
+        for sock in silent:
+            while sock.recv(4096):  # the server's SETTINGS, then its close
+                pass
+            closed_after.append(time.monotonic() - started)
+    finally:
+        for sock in silent:
+            sock.close()
+    still_serving(shim, client)
+    after = settles(shim.process.pid, before)
+    slowest = max(closed_after)
+    record(
+        "connections that never send the HTTP/2 preface",
+        load="50 unix socket connections held open, silent",
+        faults="no preface, no bytes at all",
+        failed="none",
+        lost="none",
+        result=f"all closed by the worker within {slowest:.1f} s (bound {HANDSHAKE_TIMEOUT:g} s); "
+        f"{before} -> {after}",
+    )
+    assert len(closed_after) == 50
+    assert slowest < HANDSHAKE_TIMEOUT + 5, f"{slowest:.1f}s"

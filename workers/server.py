@@ -65,10 +65,14 @@ CONNECTION_AGE = 5.0
 # Connection ages carry up to 10 % jitter; the margin covers a GOAWAY a client reads late on a
 # busy node (one call was lost to a 0.5 s margin under CPU starvation).
 HANDOVER = CONNECTION_AGE * 1.1 + 2.5
+# A connection that never sends the HTTP/2 preface is closed after this (grpc's default is
+# 120 s): a client that opens connections and stays silent cannot pile up descriptors.
+HANDSHAKE_TIMEOUT = 10.0
 SERVER_OPTIONS = (
     *MESSAGE_OPTIONS,
     ("grpc.max_connection_age_ms", int(CONNECTION_AGE * 1000)),
     ("grpc.max_connection_age_grace_ms", 2**31 - 1),  # in-flight calls are bounded by `timeout`
+    ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT * 1000)),
 )
 
 
