@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import stat
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config, ConfigError, load, resolve_cri
@@ -47,6 +49,13 @@ def prepare(path: str, role: str, first: bool = True, **log_fields: object) -> t
         for warning in config.warnings:
             logs.get(role).warning(warning)
     return config, cri_socket
+
+
+def remove_socket(path: str) -> None:
+    """Remove the unix socket file at `path` (left by a killed run); anything else is left alone."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
 
 
 def serving(path: str) -> bool:

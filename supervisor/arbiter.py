@@ -9,11 +9,9 @@ wake-up. Nothing here imports grpc or kubernetes: the master stays small and for
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import queue
 import signal
-import stat
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +19,7 @@ from image_cri_shim import logs
 from image_cri_shim.changes import changed_keys
 from image_cri_shim.config import Config, ConfigError, load
 from image_cri_shim.metrics import MasterMetrics, active
+from image_cri_shim.startup import remove_socket
 from image_cri_shim.supervisor import samples
 from image_cri_shim.supervisor.children import Child, start_syncer, start_worker
 from image_cri_shim.supervisor.control import ControlServer, Request, control_path
@@ -451,7 +450,5 @@ class Master:
 
     def cleanup(self) -> None:
         """After the children are gone: remove a socket a killed worker may have left."""
-        with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.lstat(self.config.shim).st_mode):
-                os.unlink(self.config.shim)
+        remove_socket(self.config.shim)
         log.info("stopped")

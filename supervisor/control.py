@@ -14,11 +14,12 @@ import contextlib
 import json
 import os
 import socket
-import stat
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from image_cri_shim.startup import remove_socket
 
 # A reload can queue behind one in progress: two worker starts, each bounded by the master.
 REPLY_TIMEOUT = 80.0  # below the unit's TimeoutStartSec=, which also bounds ExecReload=
@@ -50,9 +51,7 @@ class ControlServer:
         self._on_request = on_request
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)  # left by a killed master; start-up made sure none is alive
+        remove_socket(path)  # left by a killed master; start-up made sure none is alive
         old = os.umask(0o177)
         try:
             self._sock.bind(path)

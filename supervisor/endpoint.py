@@ -10,11 +10,13 @@ import http.server
 import os
 import socket
 import socketserver
-import stat
 import threading
 from collections.abc import Callable
 
-from image_cri_shim.supervisor.samples import FILES, Health
+from image_cri_shim.startup import remove_socket
+from image_cri_shim.supervisor.samples import FILES
+
+Health = Callable[[], tuple[bool, str]]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -101,9 +103,7 @@ class Endpoint:
 def _listen(address: str) -> _Server:
     try:
         if address.startswith("/"):
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.lstat(address).st_mode):
-                    os.unlink(address)  # left by a killed run; a live one cannot exist (one master)
+            remove_socket(address)  # left by a killed run; a live one cannot exist (one master)
             os.makedirs(os.path.dirname(address), mode=0o755, exist_ok=True)
             server: _Server = _UnixServer(address, _Handler)
             os.chmod(address, 0o660)

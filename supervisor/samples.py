@@ -1,8 +1,8 @@
 """The metrics samples of all three processes: files in one directory that every process
 writes (prometheus-client's multiprocess mode), served by the master (`endpoint.py`). This
-module owns that directory. It lives next to the shim socket (a
-tmpfs on every systemd host), is emptied when the master starts (one master per shim socket,
-start-up checks that), and is removed when it stops.
+module owns that directory. It lives next to the shim socket (a tmpfs on every systemd host),
+is emptied when the master starts (one master per shim socket, start-up checks that), and is
+removed when it stops.
 
 A child that exits leaves counter and histogram files behind: that is what keeps totals across
 worker swaps. So that hundreds of reloads do not leave hundreds of files for every scrape to
@@ -16,12 +16,10 @@ import glob
 import os
 import shutil
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from image_cri_shim.metrics import DIR_ENV
 
-Health = Callable[[], tuple[bool, str]]
 # A scrape and a fold never overlap: a scrape must not read a file twice (once folded) or
 # open one that is being removed.
 FILES = threading.Lock()
@@ -52,26 +50,23 @@ def retire(directory: str, pid: int) -> None:
     gauges = glob.glob(os.path.join(directory, f"gauge_live*_{pid}.db"))
     if not gauges and not any(os.path.exists(path) for path in files.values()):
         return
-    from prometheus_client.mmap_dict import MmapedDict
+    from prometheus_client import mmap_dict
 
+    mmaped: Any = mmap_dict.MmapedDict  # untyped in prometheus-client
     with FILES:
-        _fold(directory, pid, gauges, files, MmapedDict)
-
-
-def _fold(directory: str, pid: int, gauges: list[str], files: dict[str, str], mmaped: Any) -> None:
-    for path in gauges:
-        with contextlib.suppress(FileNotFoundError):
+        for path in gauges:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        for kind, path in files.items():
+            if not os.path.exists(path):
+                continue
+            source = mmaped(path, read_mode=True)
+            totals = mmaped(os.path.join(directory, f"{kind}_retired.db"))
+            try:
+                for key, value, timestamp in source.read_all_values():
+                    old, _ = totals.read_value(key)
+                    totals.write_value(key, old + value, timestamp)
+            finally:
+                source.close()
+                totals.close()
             os.unlink(path)
-    for kind, path in files.items():
-        if not os.path.exists(path):
-            continue
-        source = mmaped(path, read_mode=True)
-        totals = mmaped(os.path.join(directory, f"{kind}_retired.db"))
-        try:
-            for key, value, timestamp in source.read_all_values():
-                old, _ = totals.read_value(key)
-                totals.write_value(key, old + value, timestamp)
-        finally:
-            source.close()
-            totals.close()
-        os.unlink(path)
