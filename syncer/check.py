@@ -8,18 +8,16 @@ cluster.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes import client as k8s
-
 from image_cri_shim.changes import changed_keys
 from image_cri_shim.config import Config
 from image_cri_shim.syncer import cluster
+from image_cri_shim.syncer.follow import list_configmap
 from image_cri_shim.syncer.merge import Rejected, merge
-from image_cri_shim.syncer.snapshot import ABSENT, Snapshot, from_object
+from image_cri_shim.syncer.snapshot import Snapshot
 
 TIMEOUT = (5, 10)  # connect, read: a dry run should not hang on an unreachable API server
 
@@ -31,18 +29,7 @@ def configmap_lines(config: Config, local_text: str, env: Mapping[str, str] = os
         return ["off (configMap.enabled: false)"]
 
     def listing(api: Any) -> Snapshot:
-        core: Any = k8s.CoreV1Api(api)
-        response = core.list_namespaced_config_map(
-            ref.namespace,
-            field_selector=f"metadata.name={ref.name}",
-            _preload_content=False,
-            _request_timeout=TIMEOUT,
-        )
-        try:
-            items = json.loads(response.data).get("items") or []
-        finally:
-            response.release_conn()
-        return next((from_object(i) for i in items if i.get("metadata", {}).get("name") == ref.name), ABSENT)
+        return list_configmap(api, ref, TIMEOUT).snapshot
 
     found = cluster.connect(cluster.sources(env), listing, env)
     if isinstance(found, cluster.NoCluster):

@@ -93,7 +93,7 @@ class Follower:
         self._publish = publish
         self._retry_every = retry_every
         self._env = dict(os.environ if env is None else env)
-        self._selector = f"metadata.name={ref.name}"
+        self._selector = _field_selector(ref)
         self._stopped = threading.Event()
         self._response: Any = None
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
@@ -207,25 +207,7 @@ class Follower:
 
     def _list(self, api: Any) -> Listing:
         """One LIST of the ConfigMap (also the probe that says a source works)."""
-        core: Any = k8s.CoreV1Api(api)  # typed for the decoded list; we ask for the raw response
-        response = core.list_namespaced_config_map(
-            self._ref.namespace,
-            field_selector=self._selector,
-            _preload_content=False,
-            _request_timeout=(CONNECT_TIMEOUT, LIST_READ_TIMEOUT),
-        )
-        try:
-            body = json.loads(response.data)
-        finally:
-            response.release_conn()
-        version = body.get("metadata", {}).get("resourceVersion") if isinstance(body, dict) else None
-        if not isinstance(version, str) or not isinstance(body.get("items"), list):
-            raise ValueError("the list response has no resourceVersion or items")
-        snapshot = ABSENT
-        for item in body["items"]:
-            if _name_of(item) == self._ref.name:
-                snapshot = from_object(item)
-        return Listing(version, snapshot)
+        return list_configmap(api, self._ref)
 
     def _take(self, listing: Listing) -> None:
         self._resume_from = listing.version
@@ -306,6 +288,36 @@ def _events(response: Any) -> Iterator[Any]:
                 yield json.loads(line)
     if pending.strip():
         yield json.loads(pending)
+
+
+def list_configmap(
+    api: Any, ref: ConfigMapRef, timeout: tuple[float, float] = (CONNECT_TIMEOUT, LIST_READ_TIMEOUT)
+) -> Listing:
+    """One LIST of the ConfigMap `ref`, by a field selector on its name (all the RBAC grants)."""
+    core: Any = k8s.CoreV1Api(api)  # typed for the decoded list; we ask for the raw response
+    response = core.list_namespaced_config_map(
+        ref.namespace,
+        field_selector=_field_selector(ref),
+        _preload_content=False,
+        _request_timeout=timeout,
+    )
+    try:
+        body = json.loads(response.data)
+    finally:
+        response.release_conn()
+    version = body.get("metadata", {}).get("resourceVersion") if isinstance(body, dict) else None
+    if not isinstance(version, str) or not isinstance(body.get("items"), list):
+        raise ValueError("the list response has no resourceVersion or items")
+    snapshot = ABSENT
+    for item in body["items"]:
+        if _name_of(item) == ref.name:
+            snapshot = from_object(item)
+    return Listing(version, snapshot)
+
+
+def _field_selector(ref: ConfigMapRef) -> str:
+    """Only this ConfigMap: list and watch by name, which a Role with `resourceNames` allows."""
+    return f"metadata.name={ref.name}"
 
 
 def _name_of(obj: Any) -> str | None:
