@@ -102,14 +102,15 @@ class Resolver:
         self._count(decision)
         return decision
 
-    def _count(self, decision: Decision) -> None:
+    def _outcome(self, decision: Decision) -> str:
+        """What PullImage does with `decision`: rewritten, refused (upstream: false) or unchanged."""
         if decision.target is not None:
-            result, registry = "rewritten", decision.target.registry.domain
-        elif refused(decision, self.registries, self._upstream):
-            result, registry = "refused", ""
-        else:
-            result, registry = "unchanged", ""
-        self._metrics.decisions.labels(result, registry).inc()
+            return "rewritten"
+        return "refused" if refused(decision, self.registries, self._upstream) else "unchanged"
+
+    def _count(self, decision: Decision) -> None:
+        registry = decision.target.registry.domain if decision.target is not None else ""
+        self._metrics.decisions.labels(self._outcome(decision), registry).inc()
 
     async def _decide(self, ref: Reference) -> Decision:
         started = time.monotonic()
@@ -118,11 +119,7 @@ class Resolver:
             self._cache[str(ref)] = decision
         elapsed = f"{(time.monotonic() - started) * 1000:.0f}ms"
         if decision.target is None:
-            fate = (
-                "refused (upstream: false)"
-                if refused(decision, self.registries, self._upstream)
-                else "unchanged"
-            )
+            fate = "refused (upstream: false)" if self._outcome(decision) == "refused" else "unchanged"
             log.info("rewrite decision", image=ref, target=fate, why=decision.reason(), took=elapsed)
         else:
             log.info(
