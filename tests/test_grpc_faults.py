@@ -11,7 +11,6 @@ worker's file descriptors and threads are back where they were.
 from __future__ import annotations
 
 import collections
-import os
 import random
 import socket
 import struct
@@ -20,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,8 @@ from image_cri_shim.workers.server import HANDSHAKE_TIMEOUT
 from tests.harness import Containerd, ManagedProcess, wait_for
 from tests.harness.cri import VERSIONS, CriClient, Method, methods
 from tests.harness.evidence import record
+from tests.harness.service import Usage
+from tests.harness.service import usage as read_usage
 from tests.harness.streaming_runtime import UNKNOWN_METHOD
 from tests.test_worker import Shim, Stack
 
@@ -48,17 +48,11 @@ ABSENT = "docker.io/library/absent:1"
 # -- what the worker holds, and who serves the socket ----------------------------------------------
 
 
-@dataclass(frozen=True)
-class Usage:
-    fds: int
-    threads: int
-
-    def __str__(self) -> str:
-        return f"{self.fds} fds, {self.threads} threads"
-
-
 def usage(pid: int) -> Usage:
-    return Usage(len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task")))
+    """The worker's open descriptors and threads; it must still be running."""
+    found = read_usage(pid)
+    assert found is not None, f"pid {pid} is gone"
+    return found
 
 
 def settles(pid: int, before: Usage, *, fds: int = 2, threads: int = 2, timeout: float = 15.0) -> Usage:

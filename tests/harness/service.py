@@ -128,6 +128,9 @@ class Usage:
     fds: int
     threads: int
 
+    def __str__(self) -> str:
+        return f"{self.fds} fds, {self.threads} threads"
+
 
 def usage(pid: int) -> Usage | None:
     """RSS, open descriptors and threads of `pid`, or None when it is gone."""
