@@ -155,10 +155,6 @@ class Master:
                 self.answer_waiters(ok=False, reason="the service is stopping")
             else:
                 self.reload("command")
-        elif request.command == "status":
-            request.answer(
-                ok=True, status=logs.redact(self.status_line()), generation=self.serving_generation()
-            )
         else:
             request.answer(ok=False, reason=f"unknown command {request.command!r}")
 
