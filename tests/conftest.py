@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,15 @@ from tests.harness import (
     ShimFactory,
     evidence,
 )
+from tests.harness.containerd import ROOT_PACKAGES
+from tests.harness.rootfs import debian_root
 from tests.test_worker import Stack
 
 # Tests using any of these fixtures are marked `integration` (deselect with -m "not integration").
-REAL_PARTS = {"containerd", "registry_factory", "image_factory", "cri_client", "shim_factory", "blackhole"}
+REAL_PARTS = {
+    "containerd", "containerd_of", "registry_factory", "image_factory", "cri_client", "shim_factory",
+    "blackhole",
+}  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -86,6 +91,31 @@ def containerd(tmp_path_factory: pytest.TempPathFactory, certs_d: CertsDir) -> I
     daemon.start()
     yield daemon
     daemon.stop()
+
+
+#: Debian suites whose containerd the tests also run against, with the release each ships.
+SUITES = {"trixie": "1.7.", "sid": "2."}
+
+
+@pytest.fixture(scope="session")
+def containerd_of(
+    tmp_path_factory: pytest.TempPathFactory, certs_d: CertsDir
+) -> Iterator[Callable[[str], Containerd]]:
+    """`containerd_of("trixie")`: that Debian suite's containerd, chrooted, one per suite for the
+    session (the root is built on first use, then cached); every one is stopped at the end."""
+    daemons: dict[str, Containerd] = {}
+
+    def get(suite: str) -> Containerd:
+        if suite not in daemons:
+            root = debian_root(suite, ROOT_PACKAGES)
+            daemon = Containerd(tmp_path_factory.mktemp(f"containerd-{suite}"), certs_d, root=root)
+            daemon.start()
+            daemons[suite] = daemon
+        return daemons[suite]
+
+    yield get
+    for daemon in daemons.values():
+        daemon.stop()
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,13 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
+from tests.conftest import SUITES
 from tests.harness import (
     VERSIONS,
     Blackhole,
@@ -67,6 +69,38 @@ def test_pull_status_remove_from_plain_registry(
     assert client.status(image.reference) is None
     # Finding: containerd 1.6 pulls loopback registries over plain http with no hosts.toml at all.
     assert not containerd.certs_d.host_dir(registry.host).exists()
+
+
+@pytest.mark.timeout(300)  # a first run builds the Debian root
+@pytest.mark.parametrize("suite", SUITES)
+def test_containerd_of_a_debian_suite_pulls_from_a_plain_loopback_registry(
+    containerd_of: Callable[[str], Containerd],
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    cri_client: CriClientFactory,
+    suite: str,
+) -> None:
+    daemon = containerd_of(suite)
+    client = cri_client(daemon.socket)
+    assert client.version().runtime_version.startswith(SUITES[suite])
+    assert daemon.release.startswith(SUITES[suite])
+    image = image_factory(registry_factory(), f"harness/{suite}", "v1")
+
+    image_id = client.pull(image.reference)
+
+    status = client.status(image.reference)
+    assert status is not None and status.id == image_id
+    assert image.reference in status.repo_tags
+    assert image.digest_reference in status.repo_digests
+    client.remove(image.reference)
+    assert client.status(image.reference) is None
+    old = cri_client(daemon.socket, "v1alpha2")
+    if daemon.major >= 2:  # 2.x dropped v1alpha2
+        with pytest.raises(grpc.RpcError) as err:
+            old.version()
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    else:
+        assert old.version().runtime_api_version == "v1alpha2"
 
 
 def test_htpasswd_registry_needs_credentials(

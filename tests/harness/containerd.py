@@ -8,13 +8,32 @@ Findings on containerd 1.6.20 with `registry.config_path` set (checked by tests/
   (or `skip_verify = true`). Without it containerd speaks http to it and gets "400 Bad Request";
   with `server` alone it tries https, rejects the unknown CA, then falls back to http (again 400).
   Docker's `certs.d/<host:port>/ca.crt` pattern alone does not switch a loopback host to https.
+
+`Containerd(..., root=debian_root("trixie", ROOT_PACKAGES))` runs the containerd of another Debian
+userland instead (trixie: 1.7.24, sid: 2.1.9), chrooted, with the work directory mounted in.
+Findings on those (checked by tests/test_harness.py):
+- 2.x reads config `version = 3`: the image side (snapshotter, registry) lives under
+  `[plugins."io.containerd.cri.v1.images"]`, CNI under `[plugins."io.containerd.cri.v1.runtime"]`;
+  the server settings stay under `[plugins."io.containerd.grpc.v1.cri"]`.
+- 2.x unpacks through the transfer service, which needs the native snapshotter named in
+  `[[plugins."io.containerd.transfer.v1.local".unpack_config]]` (with `platform = "linux"`).
+  Without it (checked by hand on 2.1.9, overlayfs disabled as here) the transfer plugin fails to
+  load ('snapshotter "overlayfs" not found'), the CRI plugins with it, and every CRI call is
+  UNIMPLEMENTED; reportedly, with overlayfs present, pulls fail with "no unpack platforms defined".
+- 2.x serves CRI v1 only; a v1alpha2 call is UNIMPLEMENTED.
+- 1.7 and 2.1 pull from a loopback `127.0.0.1:PORT` registry without a hosts.toml too: they try
+  https first and fall back to plain http.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -22,6 +41,10 @@ from cri_api.v1 import api_pb2 as v1
 from cri_api.v1 import api_pb2_grpc as v1_grpc
 
 from .processes import HarnessError, ManagedProcess, check_socket_path, wait_for
+from .rootfs import chrooted
+
+#: What a Debian root needs to run pods with its own containerd.
+ROOT_PACKAGES = ("containerd", "runc")
 
 # Snapshotters that cannot work or are not wanted here; "native" needs no kernel support.
 _DISABLED_PLUGINS = [
@@ -82,9 +105,24 @@ class CertsDir:
 class Containerd:
     """One containerd daemon under `workdir`, reachable at `self.socket`."""
 
-    def __init__(self, workdir: Path, certs_d: CertsDir | None = None, extra_config: str = "") -> None:
-        """`extra_config` is TOML appended to the generated config."""
+    def __init__(
+        self,
+        workdir: Path,
+        certs_d: CertsDir | None = None,
+        extra_config: str = "",
+        *,
+        root: Path | None = None,
+        binds: Sequence[Path] = (),
+    ) -> None:
+        """`extra_config` is TOML appended to the generated config. With `root`, the containerd
+        of that userland runs chrooted into it; `workdir`, the certs.d directory and `binds`
+        are mounted in at their own paths."""
         self.workdir = workdir
+        self.root = root
+        self.binds = tuple(binds)
+        #: `containerd --version`'s version, e.g. "1.7.24~ds1"; its major number picks the config
+        self.release = installed_version(root)
+        self.major = int(self.release.split(".", 1)[0])
         self.extra_config = extra_config
         self.socket = check_socket_path(workdir / "containerd.sock")
         self.certs_d = certs_d or CertsDir(workdir / "certs.d")
@@ -104,56 +142,17 @@ class Containerd:
         w = self.workdir
         for sub in ("root", "state", "tmp", "opt", "cni/bin", "cni/net.d"):
             (w / sub).mkdir(parents=True, exist_ok=True)
-        cri = 'plugins."io.containerd.grpc.v1.cri"'
-        disabled = ", ".join(_toml_str(p) for p in _DISABLED_PLUGINS)
-        self.config_path.write_text(f"""\
-version = 2
-root = {_toml_str(w / "root")}
-state = {_toml_str(w / "state")}
-temp = {_toml_str(w / "tmp")}
-disabled_plugins = [{disabled}]
-
-[grpc]
-  address = {_toml_str(self.socket)}
-  max_recv_message_size = 16777216
-  max_send_message_size = 16777216
-
-[ttrpc]
-  address = {_toml_str(str(self.socket) + ".ttrpc")}
-
-[debug]
-  level = "info"
-
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = {_toml_str(w / "opt")}
-  [{cri}]
-    disable_tcp_service = true
-    stream_server_address = "127.0.0.1"
-    stream_server_port = "0"
-    [{cri}.cni]
-      # Empty private dirs: the node's CNI setup must not matter; image service needs none.
-      bin_dir = {_toml_str(w / "cni/bin")}
-      conf_dir = {_toml_str(w / "cni/net.d")}
-    [{cri}.containerd]
-      snapshotter = "native"
-    [{cri}.registry]
-      config_path = {_toml_str(self.certs_d.path)}
-{self.extra_config}""")
+        render = config_v3 if self.major >= 2 else config_v2
+        self.config_path.write_text(render(w, self.socket, self.certs_d.path) + self.extra_config)
 
     def start(self, timeout: float = 30.0) -> None:
         """Start containerd and wait until CRI `Version` answers on the socket."""
-        binary = shutil.which("containerd")
-        if binary is None:
-            raise HarnessError("containerd is not on PATH (Debian: apt-get install containerd)")
         if self.process is not None and self.process.alive():
             return
         self.write_config()
         self.socket.unlink(missing_ok=True)
         started = time.monotonic()
-        self.process = ManagedProcess(
-            [binary, "--config", self.config_path], self.log_path, name="containerd"
-        )
+        self.process = ManagedProcess(self.command(), self.log_path, name="containerd")
         process = self.process
 
         def version_answers() -> bool:
@@ -171,6 +170,14 @@ disabled_plugins = [{disabled}]
             raise
         self.answered_at = time.monotonic()
         self.start_seconds = self.answered_at - started
+
+    def command(self) -> list[str]:
+        """containerd's argv: the host's binary, or the root's run chrooted (same pid either way)."""
+        argv = ["--config", str(self.config_path)]
+        if self.root is None:
+            return [containerd_binary(), *argv]
+        mounts = {self.workdir, self.certs_d.path, *self.binds}
+        return chrooted(self.root, ["containerd", *argv], sorted(mounts))
 
     def version(self, timeout: float = 5.0) -> v1.VersionResponse:
         """CRI v1 `Version`, on a throw-away channel with a connection of its own.
@@ -215,3 +222,99 @@ disabled_plugins = [{disabled}]
 
     def describe(self) -> str:
         return self.process.describe() if self.process is not None else "containerd not started"
+
+
+def containerd_binary() -> str:
+    binary = shutil.which("containerd")
+    if binary is None:
+        raise HarnessError("containerd is not on PATH (Debian: apt-get install containerd)")
+    return binary
+
+
+@functools.cache
+def installed_version(root: Path | None) -> str:
+    """The version `containerd --version` prints: the host's, or that of the one in `root`."""
+    argv = [containerd_binary(), "--version"] if root is None else chrooted(root, ["containerd", "--version"])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    found = re.search(r" v?(\d+\.\d+\.\d+\S*)", done.stdout)
+    if done.returncode != 0 or found is None:
+        raise HarnessError(f"containerd --version ({root or 'host'}) said: {done.stdout}{done.stderr}")
+    return found.group(1)
+
+
+def _common(workdir: Path, socket: Path, version: int) -> str:
+    """The top of either config: own root, state and sockets, nothing but the native snapshotter."""
+    disabled = ", ".join(_toml_str(p) for p in _DISABLED_PLUGINS)
+    return f"""\
+version = {version}
+root = {_toml_str(workdir / "root")}
+state = {_toml_str(workdir / "state")}
+temp = {_toml_str(workdir / "tmp")}
+disabled_plugins = [{disabled}]
+
+[grpc]
+  address = {_toml_str(socket)}
+  max_recv_message_size = 16777216
+  max_send_message_size = 16777216
+
+[ttrpc]
+  address = {_toml_str(str(socket) + ".ttrpc")}
+
+[debug]
+  level = "info"
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = {_toml_str(workdir / "opt")}
+"""
+
+
+def config_v2(workdir: Path, socket: Path, certs_d: Path) -> str:
+    """containerd 1.x: every CRI setting under the one `io.containerd.grpc.v1.cri` plugin."""
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    return (
+        _common(workdir, socket, 2)
+        + f"""\
+  [{cri}]
+    disable_tcp_service = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    # runc may not lower its oom_score_adj below containerd's own here
+    restrict_oom_score_adj = true
+    [{cri}.cni]
+      # Private dirs: the node's CNI setup must not matter; pod tests fill them.
+      bin_dir = {_toml_str(workdir / "cni/bin")}
+      conf_dir = {_toml_str(workdir / "cni/net.d")}
+    [{cri}.containerd]
+      snapshotter = "native"
+    [{cri}.registry]
+      config_path = {_toml_str(certs_d)}
+"""
+    )
+
+
+def config_v3(workdir: Path, socket: Path, certs_d: Path) -> str:
+    """containerd 2.x: the CRI settings split into images, runtime and server plugins."""
+    images = 'plugins."io.containerd.cri.v1.images"'
+    runtime = 'plugins."io.containerd.cri.v1.runtime"'
+    return (
+        _common(workdir, socket, 3)
+        + f"""\
+  [plugins."io.containerd.grpc.v1.cri"]
+    disable_tcp_service = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+  [{images}]
+    snapshotter = "native"
+    [{images}.registry]
+      config_path = {_toml_str(certs_d)}
+  [{runtime}]
+    restrict_oom_score_adj = true
+    [{runtime}.cni]
+      bin_dir = {_toml_str(workdir / "cni/bin")}
+      conf_dir = {_toml_str(workdir / "cni/net.d")}
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = "linux"
+    snapshotter = "native"
+"""
+    )
