@@ -57,6 +57,8 @@ DEFAULT_STATE_DIR = "/var/lib/image-cri-shim"
 DEFAULT_TIMEOUT = 900.0  # 15m
 DEFAULT_RELOAD_INTERVAL = 15.0
 DEFAULT_PRIORITY = 500
+# A node file that leaves the registries to the ConfigMap: the shim serves, rewriting nothing.
+PASSTHROUGH = "no registry configured: images pass through unchanged until the ConfigMap sets registries"
 DEFAULT_OFFLINE_PRIORITY = 1000
 PRIORITY_MIN, PRIORITY_MAX = 0, 10000
 
@@ -371,10 +373,12 @@ def _int(ctx: _Ctx, key: str, value: object) -> int:
     return value
 
 
-def _count(ctx: _Ctx, key: str, value: object) -> int:
+def _cache_size(ctx: _Ctx, key: str, value: object) -> int:
+    """A negative size disables the cache, with a warning (the Go shim took it that way)."""
     number = _int(ctx, key, value)
     if number < 0:
-        ctx.fail(key, f"must be 0 or more, got {_show(number)}")
+        ctx.warn(key, f"{_show(number)} is negative: the decision cache is disabled")
+        return 0
     return number
 
 
@@ -634,8 +638,9 @@ _REGISTRY: dict[str, _Rule] = {
         " may contain `:`. Empty: anonymous. In the ConfigMap also `{username: ..., password: ...}`.",
         example="puller:PASSWORD",
     ),
+    # Zero means "not set", as in the Go shim (and as offlinePriority's zero does).
     "priority": _Rule(
-        partial(_priority, None),
+        partial(_priority, DEFAULT_PRIORITY),
         DEFAULT_PRIORITY,
         kind="integer",
         doc=f"Higher is tried first (ties: `address` first, then by host). Clamped to"
@@ -672,11 +677,11 @@ _REGISTRY: dict[str, _Rule] = {
 
 _CACHE: dict[str, _Rule] = {
     "imageCacheSize": _Rule(
-        _count,
+        _cache_size,
         CacheConfig.image_cache_size,
-        kind="integer ≥ 0",
+        kind="integer",
         doc="The most rewrite decisions kept (least recently used go first). `0` disables the cache: every"
-        " PullImage asks the registries afresh.",
+        " PullImage asks the registries afresh; a negative value does too, with a warning.",
         example="2048",
     ),
     # Zero means "default" as in the Go shim, whose written files carry "0s" for unset TTLs.
@@ -789,7 +794,9 @@ _TOP: dict[str, _Rule] = {
         kind="http:// or https:// URL",
         unset="none",
         doc='The primary ("offline") registry, tried with priority `offlinePriority`. At least one of'
-        " `address` and `registries` must be set. ConfigMap: `sealos.address`.",
+        " `address` and `registries` must be set, unless ConfigMap sync is on: a node file without"
+        " either passes images through unchanged until the ConfigMap sets registries. ConfigMap:"
+        " `sealos.address`.",
         example="https://registry.company.com",
     ),
     "auth": _Rule(
@@ -1012,8 +1019,11 @@ def parse(text: str, path: str) -> Config:
             if document.get(name) not in (None, "", False, {}):
                 ctx.warn(name, "has no effect without address")
     registries.extend(top["registries"])
+    config_map = top["configMap"]
     if not registries:
-        ctx.fail(None, "no registry configured: set address or registries")
+        if not config_map.get("enabled", ConfigMapRef.enabled):
+            ctx.fail(None, "no registry configured: set address or registries")
+        ctx.warn(None, PASSTHROUGH)
     _check_unique(ctx, registries)
 
     shim = top["shim"]
@@ -1021,7 +1031,6 @@ def parse(text: str, path: str) -> Config:
         if top[name] == shim:
             ctx.fail(name, f"is the same socket as shim ({_show(shim)})")
     cache = top["cache"]
-    config_map = top["configMap"]
     return Config(
         path=path,
         shim=shim,

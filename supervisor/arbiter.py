@@ -421,7 +421,7 @@ class Master:
 
     def status_line(self) -> str:
         serving = f"serving gen={self.worker.generation}" if self.worker is not None else "no worker"
-        registries = ", ".join(r.domain for r in self.config.registries)
+        registries = ", ".join(r.domain for r in self.config.registries) or "none (passthrough)"
         return f"{serving}; registries: {registries}; last reload: {self.last_reload}"
 
     # -- syncer and shutdown -------------------------------------------------------------------------------

@@ -286,7 +286,8 @@ registries:
 @pytest.mark.parametrize(
     ("value", "priority", "warning"),
     [
-        ("0", 0, None),
+        ("0", 500, None),  # "not set", as in sealos
+        ("1", 1, None),
         ("10000", 10000, None),
         ("-5", 0, "registries[0].priority: -5 is outside 0..10000, using 0"),
         ("20000", 10000, "registries[0].priority: 20000 is outside 0..10000, using 10000"),
@@ -406,7 +407,6 @@ BAD: list[tuple[str, str, str]] = [
     (MIN + "timeout: [1s]\n", "timeout", "got a list"),
     (MIN + "reloadInterval: 15\n", "reloadInterval", 'e.g. "30s"'),
     (MIN + "cache: 5\n", "cache", "expected a mapping, got 5"),
-    (MIN + "cache: {imageCacheSize: -1}\n", "cache.imageCacheSize", "must be 0 or more, got -1"),
     (MIN + "cache: {imageCacheSize: big}\n", "cache.imageCacheSize", 'expected an integer, got "big"'),
     (MIN + "cache: {imageCacheTTL: 30}\n", "cache.imageCacheTTL", 'e.g. "30s"'),
     (MIN + "cache: {negativeCacheTTL: 1x}\n", "cache.negativeCacheTTL", 'unknown unit "x"'),
@@ -558,7 +558,10 @@ def test_mirrors_and_upstream_message_lines() -> None:
             f'config {P}: registries[0].address: registry "h" is already configured at address',
         ),
         ("", f"config {P}: the file is empty: at least address or registries must be set"),
-        ("force: true\n", f"config {P}: no registry configured: set address or registries"),
+        (
+            "force: true\nconfigMap: {enabled: false}\n",
+            f"config {P}: no registry configured: set address or registries",
+        ),
         ("[a, b]\n", f"config {P}: expected a mapping of settings at the top level, got a list"),
         ("just text\n", f"config {P}: expected a mapping of settings at the top level, got a string"),
         (
@@ -570,6 +573,19 @@ def test_mirrors_and_upstream_message_lines() -> None:
 )
 def test_exact_lines(text: str, line: str) -> None:
     assert str(err(text)) == line
+
+
+def test_negative_cache_size_is_a_warning_and_disables_the_cache() -> None:
+    c = ok(MIN + "cache: {imageCacheSize: -10}\n")
+    assert c.cache.image_cache_size == 0
+    warning = "cache.imageCacheSize: -10 is negative: the decision cache is disabled"
+    assert c.warnings == (f"config {P}: {warning}",)
+
+
+def test_no_registries_with_configmap_sync_is_a_passthrough_with_one_warning() -> None:
+    c = ok("shim: /run/s.sock\ncri: /run/containerd/containerd.sock\n")
+    assert c.registries == ()
+    assert c.warnings == (f"config {P}: {cfg.PASSTHROUGH}",)
 
 
 def test_comment_only_file_is_empty() -> None:
@@ -984,7 +1000,7 @@ def test_any_document_gives_config_or_config_error(document: object) -> None:
         assert str(e).startswith(f"config {P}: ")
         assert "\n" not in str(e)
     else:
-        assert c.registries
+        assert c.registries or (c.config_map.enabled and f"config {P}: {cfg.PASSTHROUGH}" in c.warnings)
 
 
 @settings(max_examples=300, deadline=None)

@@ -138,7 +138,7 @@ def test_defaults_come_from_the_model() -> None:
     text = configdoc.TARGET.read_text()
     assert f"| `shim` | absolute path or unix:// URL | `{config.DEFAULT_SHIM}` |" in text
     assert f"| `registries[].priority` | integer | `{config.DEFAULT_PRIORITY}` |" in text
-    assert f"| `cache.imageCacheSize` | integer ≥ 0 | `{config.CacheConfig.image_cache_size}` |" in text
+    assert f"| `cache.imageCacheSize` | integer | `{config.CacheConfig.image_cache_size}` |" in text
     for socket in config.CRI_SOCKETS:
         assert f"`{socket}`" in text
 
