@@ -134,6 +134,12 @@ class WorkerMetrics(_Catalog):
             "0 from a failed probe until one succeeds (skipped while backing off), else 1.",
             ("registry",),
         )
+        self.failovers = self.counter(
+            "pull_failovers_total",
+            "Rewritten pulls that failed for a cause of the registry they went to, and were tried "
+            "at the next source; by that registry and cause (not_found, denied, connection...).",
+            ("registry", "cause"),
+        )
         self.cri_seconds = self.histogram(
             "cri_call_duration_seconds",
             "Unary calls forwarded to the container runtime, by method and gRPC status code.",

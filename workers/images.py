@@ -25,6 +25,7 @@ from image_cri_shim.config import Registry
 from image_cri_shim.metrics import OFF
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
+from image_cri_shim.workers.failover import Decisions, Puller
 from image_cri_shim.workers.names import NameStore, reported, repository
 from image_cri_shim.workers.plan import Candidate, Decision, Planner, refusal, refused, registry_for
 from image_cri_shim.workers.upstream import Upstream
@@ -65,8 +66,10 @@ class ImageService:
         names: NameStore,
         pull_upstream: bool = True,
         metrics: Any = OFF,
+        decisions: Decisions | None = None,
     ) -> None:
         self._upstream = upstream
+        self._puller = Puller(upstream, decisions)  # failover through the resolver's decisions
         self._metrics = metrics
         self._resolve = resolve  # runs the resolver on the registry event loop
         self._names = names
@@ -95,7 +98,7 @@ class ImageService:
         own = registry_for(source.domain, self._registries)
         decision = self._decide(source, own, context)
         if decision is not None and decision.target is not None and decision.rewritten:
-            return self._pull_rewritten(method, request, source, decision.target, context, started)
+            return self._pull_rewritten(method, raw, request, source, decision.target, context, started)
         if decision is not None and refused(decision, self._registries, self._pull_upstream):
             log.debug("pull refused: upstream pulls are off", image=source, why=decision.reason())
             context.abort(grpc.StatusCode.NOT_FOUND, refusal(decision))
@@ -116,20 +119,36 @@ class ImageService:
     def _pull_rewritten(
         self,
         method: str,
+        raw: bytes,
         request: cri.PullImageRequest,
         source: Reference,
         target: Candidate,
         context: Context,
         started: float,
     ) -> bytes:
-        """Pull the target with its registry's credentials; remember the name pair on success."""
-        request.image.image = str(target.reference)
-        set_credentials(request, target.registry)
-        log.debug(
-            "pull rewritten", image=source, target=target.reference, user=target.registry.username or "-"
-        )
-        response = self._upstream.unary(method, request.SerializeToString(), context, started)
-        self._names.record(reported(source), reported(target.reference))
+        """Pull the target with its registry's credentials, failing over to the next source when
+        that registry fails the pull; remember the name pair of the attempt that succeeded."""
+        own = registry_for(source.domain, self._registries)
+
+        def build(candidate: Candidate | None) -> bytes:
+            if candidate is None or candidate.reference == source:
+                return self._unchanged(raw, request, source, own if candidate is None else candidate.registry)
+            attempt = cri.PullImageRequest()
+            attempt.CopyFrom(request)
+            attempt.image.image = str(candidate.reference)
+            set_credentials(attempt, candidate.registry)
+            log.debug(
+                "pull rewritten",
+                image=source,
+                target=candidate.reference,
+                user=candidate.registry.username or "-",
+            )
+            return attempt.SerializeToString()
+
+        unchanged = self._pull_upstream or own is not None
+        response, pulled = self._puller.pull(method, source, target, build, unchanged, context, started)
+        if pulled is not None:
+            self._names.record(reported(source), reported(pulled.reference))
         return response
 
     def _pull_unchanged(
@@ -142,14 +161,21 @@ class ImageService:
         context: Context,
         started: float,
     ) -> bytes:
-        """As asked; with the image's own registry's credentials when it is configured and the
-        caller sent none."""
+        return self._upstream.unary(method, self._unchanged(raw, request, source, own), context, started)
+
+    def _unchanged(
+        self, raw: bytes, request: cri.PullImageRequest, source: Reference, own: Registry | None
+    ) -> bytes:
+        """The request as asked; with the image's own registry's credentials when it is
+        configured and the caller sent none."""
         if own is not None and own.has_credentials and not has_credentials(request.auth):
-            set_credentials(request, own)
+            attached = cri.PullImageRequest()
+            attached.CopyFrom(request)
+            set_credentials(attached, own)
             log.debug("pull unchanged, registry credentials attached", image=source, user=own.username)
-            return self._upstream.unary(method, request.SerializeToString(), context, started)
+            return attached.SerializeToString()
         log.debug("pull unchanged", image=source)
-        return self._upstream.unary(method, raw, context, started)
+        return raw
 
     # -- ImageStatus / ListImages / RemoveImage ----------------------------------------------------
 

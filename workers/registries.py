@@ -25,7 +25,8 @@ from image_cri_shim.reference import Reference
 if TYPE_CHECKING:
     import asyncio
 
-    from image_cri_shim.workers.plan import Decision
+    from image_cri_shim.workers.failures import Verdict
+    from image_cri_shim.workers.plan import Candidate, Decision
     from image_cri_shim.workers.resolver import Resolver
 
 log = logs.get("worker")
@@ -80,6 +81,18 @@ class Registries:
         """The decision for `ref` (cached, or made afresh by probing); blocks the calling thread."""
         resolver = self._resolver.result(RESOLVE_TIMEOUT)
         return self._submit(resolver.resolve(ref)).result(RESOLVE_TIMEOUT)
+
+    def failover(
+        self, ref: Reference, failed: Candidate, tried: frozenset[str], verdict: Verdict
+    ) -> Decision:
+        """The next decision after a pull through `failed` failed (`Resolver.failover`); blocks."""
+        resolver = self._resolver.result(RESOLVE_TIMEOUT)
+        return self._submit(resolver.failover(ref, failed, tried, verdict)).result(RESOLVE_TIMEOUT)
+
+    def forget(self, ref: Reference, failed: Candidate) -> None:
+        """Drop the decision through `failed` (`Resolver.forget`); blocks."""
+        resolver = self._resolver.result(RESOLVE_TIMEOUT)
+        self._submit(resolver.forget(ref, failed)).result(RESOLVE_TIMEOUT)
 
     def log_stats_every(self, interval: float) -> None:
         self._resolver.add_done_callback(lambda _: self._submit(self._log_stats(interval)))

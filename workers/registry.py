@@ -238,6 +238,12 @@ class RegistryClient:
                 deadline.reschedule(-1.0)
         return seconds, True
 
+    def pull_failed(self, why: str, *, down: bool) -> None:
+        """A pull through this registry failed for a cause of its own. A connection-level cause
+        (`down`) backs it off as a failed probe does; a missing blob or a refusal does not."""
+        if down:
+            self._down(f"pull failed: {why}")
+
     def _mark_up(self) -> None:
         if self._failures:
             log.info("registry is reachable again", registry=self.registry.domain)

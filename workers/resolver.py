@@ -17,6 +17,7 @@ from image_cri_shim import logs
 from image_cri_shim.config import CacheConfig, Registry
 from image_cri_shim.metrics import OFF
 from image_cri_shim.reference import Reference
+from image_cri_shim.workers.failures import Cause, Verdict
 from image_cri_shim.workers.plan import Candidate, Decision, Planner, refused
 from image_cri_shim.workers.registry import Answer, Probe, RegistryClient
 
@@ -57,6 +58,7 @@ class Resolver:
         if cache.image_cache_size > 0:
             self._cache = _Cache(metrics.cache_evictions, cache.image_cache_size, self._expiry, clock)
         self._inflight: dict[str, asyncio.Future[Decision]] = {}
+        self._failovers: dict[tuple[str, frozenset[str]], asyncio.Future[Decision]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -132,13 +134,75 @@ class Resolver:
             )
         return decision
 
-    async def probe(self, ref: Reference, *, everyone: bool = False) -> Decision:
+    async def forget(self, ref: Reference, failed: Candidate) -> None:
+        """Drop the cached decision for `ref` if it still goes through `failed` (a pull through
+        it failed for a cause no other registry could fix: decide afresh next time)."""
+        if self._cache is None:
+            return
+        current = self._cache.get(str(ref))
+        if current is not None and current.target == failed:
+            self._cache.pop(str(ref), None)
+
+    async def failover(
+        self, ref: Reference, failed: Candidate, tried: frozenset[str], verdict: Verdict
+    ) -> Decision:
+        """The decision after a pull through `failed` failed (`tried`: the registries pulled from
+        so far, `failed`'s included): the next candidate that holds the image, or none.
+
+        The decision through `failed` is dropped at once. Pulls that fail through the same
+        target together share one failover (one log line, one count); a pull that fails after
+        another one already failed over takes that decision.
+        """
+        key = str(ref)
+        if self._cache is not None:
+            current = self._cache.get(key)
+            if current is not None and _past(current, tried):
+                return current
+            self._cache.pop(key, None)
+        flight = (key, tried)
+        pending = self._failovers.get(flight)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fail_over(ref, failed, tried, verdict))
+            self._failovers[flight] = pending
+            pending.add_done_callback(lambda _: self._failovers.pop(flight, None))
+        return await asyncio.shield(pending)
+
+    async def _fail_over(
+        self, ref: Reference, failed: Candidate, tried: frozenset[str], verdict: Verdict
+    ) -> Decision:
+        client = self.clients[failed.registry.domain]
+        client.pull_failed(verdict.why, down=verdict.registry_down)
+        self._metrics.failovers.labels(failed.registry.domain, verdict.cause.value).inc()
+        probed = await self.probe(ref, skip=tried)
+        pulled = (failed, Probe(_answer(verdict), f"pull failed: {verdict.why}"))
+        decision = Decision(
+            ref, probed.target, (pulled, *probed.answers), probed.degraded or verdict.registry_down
+        )
+        if self._cache is not None:
+            self._cache[str(ref)] = decision
+        to = self._next(decision, tried)
+        log.info("pull failover", image=ref, **{"from": failed.reference}, to=to, why=verdict.why)
+        return decision
+
+    def _next(self, decision: Decision, tried: frozenset[str]) -> object:
+        """Where a pull goes after a failover, for the log line."""
+        if decision.target is not None:
+            return decision.target.reference
+        if self._outcome(decision) == "refused":
+            return "none (upstream: false)"
+        if decision.source.domain in tried:
+            return "none (every candidate failed)"
+        return f"{decision.source} (unchanged)"
+
+    async def probe(
+        self, ref: Reference, *, everyone: bool = False, skip: frozenset[str] = frozenset()
+    ) -> Decision:
         """Ask the candidates (concurrently) and take the first in order that holds the image.
 
         `everyone` waits for the answers after the target too (`--resolve` shows them all);
-        the decision is the same.
+        the decision is the same. Registries whose domain is in `skip` are not asked.
         """
-        candidates = self._plan(ref)
+        candidates = [c for c in self._plan(ref) if c.registry.domain not in skip]
         tasks = [
             asyncio.ensure_future(self.clients[c.registry.domain].holds(c.reference)) for c in candidates
         ]
@@ -161,3 +225,15 @@ class Resolver:
             for task in tasks:
                 task.cancel()
         return Decision(ref, target, tuple(answers), degraded)
+
+
+def _answer(verdict: Verdict) -> Answer:
+    """A failed pull as a probe answer, for the decision made after it."""
+    if verdict.registry_down:
+        return Answer.UNREACHABLE
+    return Answer.DENIED if verdict.cause is Cause.DENIED else Answer.NOT_FOUND
+
+
+def _past(decision: Decision, tried: frozenset[str]) -> bool:
+    """Whether `decision` was made after every pull in `tried` failed: it points elsewhere."""
+    return decision.target is None or decision.target.registry.domain not in tried

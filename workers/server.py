@@ -221,7 +221,13 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe) -> None:
     upstream = Upstream(cri_socket, config.timeout, metrics)
     registries = Registries(config, metrics)
     images = ImageService(
-        upstream, registries.resolve, config.registries, NameStore(config.state_dir), config.upstream, metrics
+        upstream,
+        registries.resolve,
+        config.registries,
+        NameStore(config.state_dir),
+        config.upstream,
+        metrics,
+        decisions=registries,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"), options=SERVER_OPTIONS

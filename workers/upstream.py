@@ -76,6 +76,13 @@ class Upstream:
 
     def unary(self, method: str, request: bytes, context: Context, started: float | None = None) -> bytes:
         """Forward one call; `started`: when the caller's call began, if the shim spent time on it."""
+        try:
+            return self.call(method, request, context, started)
+        except grpc.RpcError as err:
+            self.abort(context, err)
+
+    def call(self, method: str, request: bytes, context: Context, started: float | None = None) -> bytes:
+        """`unary`, but a failed call raises its grpc.RpcError (for a caller that may try again)."""
         call = self._unary.get(method)
         if call is None:
             call = self._unary[method] = self.channel.unary_unary(method, _registered_method=True)  # type: ignore[call-arg]
@@ -86,7 +93,7 @@ class Upstream:
             )
         except grpc.RpcError as err:
             self._seconds.labels(method[1:], err.code().name).observe(time.monotonic() - begin)
-            self.abort(context, err)
+            raise
         self._seconds.labels(method[1:], "OK").observe(time.monotonic() - begin)
         return response
 

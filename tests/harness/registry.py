@@ -213,6 +213,11 @@ class Registry:
         if self.process is not None:
             self.process.stop(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the port and the stored images stay for a later start()."""
+        if self.process is not None:
+            self.process.kill()
+
     def restart(self) -> Registry:
         self.stop()
         return self.start()

@@ -1,0 +1,98 @@
+"""What a real containerd answers when a pull fails, for every fault the classifier knows.
+
+`python -m tests.pullmessages` starts this machine's containerd (with its own root), provokes
+each fault of `FAULTS` by pulling straight from it, and writes what it answered into
+tests/pull-messages.json under its version, next to what other versions answered. The table
+tests of tests/test_failures.py read that file, so the words of every version checked stay
+checked on any machine; the provoking tests there run the same faults against the containerd
+of the test session.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from image_cri_shim.workers.failures import Cause
+from tests.harness import CertAuthority, CertsDir, Containerd, CriClient, ImageBuilder, RegistryFactory
+from tests.harness.pullfaults import PullFaults
+
+FILE = Path(__file__).with_name("pull-messages.json")
+
+# fault (see PullFaults) -> what the classifier must make of the runtime's answer
+FAULTS = {
+    "manifest-missing": Cause.NOT_FOUND,
+    "blob-missing": Cause.NOT_FOUND,
+    "platform-missing": Cause.NOT_FOUND,
+    "refused": Cause.CONNECTION,
+    "status:blob-500": Cause.SERVER_ERROR,
+    "status:blob-502": Cause.SERVER_ERROR,
+    "status:manifest-503": Cause.SERVER_ERROR,
+    "status:blob-401": Cause.DENIED,
+    "status:blob-403": Cause.DENIED,
+    "status:manifest-403": Cause.DENIED,
+    "status:blob-429": Cause.THROTTLED,
+    "status:manifest-429": Cause.THROTTLED,
+    "denied": Cause.DENIED,
+    "killed-mid-pull": Cause.CONNECTION,
+    "digest-mismatch": Cause.BAD_CONTENT,
+    "deadline": Cause.DEADLINE,
+    "unpack": Cause.UNPACK,
+    "invalid-reference": Cause.INVALID_REFERENCE,
+}
+
+
+def load() -> dict[str, list[dict[str, str]]]:
+    """runtime version -> [{fault, code, message, cause}]"""
+    if not FILE.exists():
+        return {}
+    table: dict[str, list[dict[str, str]]] = json.loads(FILE.read_text())
+    return table
+
+
+def collect(faults: PullFaults, expected: dict[str, Cause] = FAULTS) -> list[dict[str, str]]:
+    rows = []
+    for fault, cause in expected.items():
+        code, message = faults.provoke(fault)
+        rows.append({"fault": fault, "code": code, "message": message, "cause": cause.name})
+        print(f"  {fault}: {code} {message}", flush=True)
+    return rows
+
+
+def save(version: str, rows: list[dict[str, str]]) -> None:
+    table = load()
+    table[version] = rows
+    FILE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+def run(containerd: Containerd, work: Path) -> tuple[str, list[dict[str, str]]]:
+    """Provoke every fault against a started `containerd`; its version and the rows."""
+    registries = RegistryFactory(work / "registries", CertAuthority.create(work / "ca"), containerd.certs_d)
+    client = CriClient(containerd.socket)
+    try:
+        version = f"containerd {containerd.version().runtime_version}"
+        print(version, flush=True)
+        return version, collect(PullFaults(client, registries, ImageBuilder(work / "images"), work))
+    finally:
+        client.close()
+        registries.close()
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="pullmessages-") as tmp:
+        work = Path(tmp)
+        containerd = Containerd(work / "containerd", CertsDir(work / "certs.d"))
+        containerd.start()
+        try:
+            version, rows = run(containerd, work)
+        finally:
+            containerd.stop()
+    save(version, rows)
+    print(f"wrote {len(rows)} messages of {version} to {FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

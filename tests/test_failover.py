@@ -1,0 +1,339 @@
+"""Pull-time failover: a rewritten PullImage that the target registry fails goes on to the next
+source, in the same call.
+
+The resolver's part (drop the decision, count, one failover for pulls that fail together) is
+tested against tiny registries; the rest end to end, with the worker in front of the real
+containerd and real docker-registry instances that lose blobs, answer 5xx or die mid-pull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from image_cri_shim import config, reference
+from image_cri_shim.metrics import WorkerMetrics
+from image_cri_shim.workers.failures import Cause, Verdict
+from image_cri_shim.workers.plan import Candidate
+from image_cri_shim.workers.registry import Answer, RegistryClient
+from image_cri_shim.workers.resolver import Resolver
+from tests.harness.evidence import record
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.images import push
+from tests.harness.pullfaults import MIB, big_content, corrupt_layer, delete_layer
+from tests.harness.registry import Registry
+from tests.harness.tinyregistry import TinyRegistry
+from tests.test_registry import MANIFEST, Clock
+from tests.test_registry_faults import AMD64
+from tests.test_worker import Shim, Stack, entry, failure, repo, tags
+
+MISSING = Verdict(Cause.NOT_FOUND, "not found")
+RESET = Verdict(Cause.CONNECTION, "connection reset")
+
+# -- the resolver's part ---------------------------------------------------------------------------
+
+
+class Three:
+    """A resolver over three tiny registries (priorities 900, 500, 100) that all hold nginx:1.27."""
+
+    def __init__(self) -> None:
+        self.servers = [TinyRegistry() for _ in range(3)]
+        for server in self.servers:
+            server.add_manifest("library/nginx", "1.27", MANIFEST)
+        priorities = zip(self.servers, (900, 500, 100), strict=True)
+        text = "registries:\n" + "".join(f"  - {{address: {s.url}, priority: {p}}}\n" for s, p in priorities)
+        cfg = config.parse(text, "t.yaml")
+        self.clock = Clock()
+        self.metrics = WorkerMetrics(recording=True)
+        self.clients = {
+            r.domain: RegistryClient(r, AMD64, clock=self.clock, metrics=self.metrics) for r in cfg.registries
+        }
+        self.resolver = Resolver(
+            cfg.registries, self.clients, cfg.cache, clock=self.clock, metrics=self.metrics
+        )
+        self.ref = reference.parse("nginx:1.27")
+        self.loop = asyncio.new_event_loop()
+
+    def run(self, coroutine: object) -> object:
+        return self.loop.run_until_complete(coroutine)  # type: ignore[arg-type]
+
+    def target(self) -> Candidate:
+        decision = self.loop.run_until_complete(self.resolver.resolve(self.ref))
+        assert decision.target is not None
+        return decision.target
+
+    def failed_over(self, registry: str, cause: Cause) -> float:
+        value: float = self.metrics.failovers.labels(registry, cause.value)._value.get()
+        return value
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            self.loop.run_until_complete(client.aclose())
+        self.loop.close()
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture
+def three() -> Iterator[Three]:
+    resolver = Three()
+    yield resolver
+    resolver.close()
+
+
+def test_failover_drops_the_decision_and_names_the_next_holder(three: Three) -> None:
+    first = three.target()
+    assert first.registry.domain == three.servers[0].host
+    decision = three.loop.run_until_complete(
+        three.resolver.failover(three.ref, first, frozenset({first.registry.domain}), MISSING)
+    )
+    assert decision.target is not None and decision.target.registry.domain == three.servers[1].host
+    assert decision.answers[0][0] == first and decision.answers[0][1].answer is Answer.NOT_FOUND
+    assert three.target() == decision.target, "the decision through the failed registry is gone"
+    assert three.clients[first.registry.domain].available(), "a missing blob does not back it off"
+    assert three.failed_over(first.registry.domain, Cause.NOT_FOUND) == 1
+
+    second = decision.target
+    tried = frozenset({first.registry.domain, second.registry.domain})
+    last = three.loop.run_until_complete(three.resolver.failover(three.ref, second, tried, RESET))
+    assert last.target is not None and last.target.registry.domain == three.servers[2].host
+    assert not three.clients[second.registry.domain].available(), "a connection failure backs it off"
+    tried |= {last.target.registry.domain}
+    nothing = three.loop.run_until_complete(three.resolver.failover(three.ref, last.target, tried, MISSING))
+    assert nothing.target is None
+    assert [c.registry.domain for c, _ in nothing.answers] == [three.servers[2].host]
+
+
+def test_pulls_that_fail_together_fail_over_once(three: Three) -> None:
+    first = three.target()
+    tried = frozenset({first.registry.domain})
+    asked = three.servers[1].count()
+
+    async def eight() -> list[object]:
+        return await asyncio.gather(
+            *(three.resolver.failover(three.ref, first, tried, MISSING) for _ in range(8))
+        )
+
+    decisions = three.loop.run_until_complete(eight())
+    assert len({id(d) for d in decisions}) == 1, "one shared decision"
+    late = three.loop.run_until_complete(three.resolver.failover(three.ref, first, tried, MISSING))
+    assert late is decisions[0], "a pull that fails later takes the decision already made"
+    assert three.failed_over(first.registry.domain, Cause.NOT_FOUND) == 1
+    probes = three.servers[1].count() - asked
+    assert probes == 1, f"the next registry was asked {probes} times"
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+FAILOVER = re.compile(r'msg="pull failover".*')
+
+
+def failovers(shim: Shim) -> list[str]:
+    return FAILOVER.findall(shim.log())
+
+
+def pair(stack: Stack, size: int = 0) -> tuple[str, Registry, Registry]:
+    """A primary and a backup registry that both hold the same new image (`size`: hex digits of
+    content that does not compress, for a layer of `size / 2` bytes)."""
+    primary, backup = stack.registries(), stack.registries()
+    name = repo()
+    content = big_content(size) if size else uuid.uuid4().hex
+    for registry in (primary, backup):
+        stack.images(registry, name, "1", content=content)
+    return name, primary, backup
+
+
+def test_partial_mirror_fails_over_in_the_same_pull(stack: Stack) -> None:
+    name, primary, backup = pair(stack)
+    delete_layer(primary, name, "1")
+    shim = stack.start([entry(primary, 900), entry(backup, 100)])
+    client = stack.cri(shim.socket)
+    started = time.monotonic()
+    client.pull(f"{name}:1")
+    seconds = time.monotonic() - started
+    caller = f"docker.io/{name}:1"
+    assert f"{backup.host}/{name}:1" in tags(client, caller)
+    lines = failovers(shim)
+    assert len(lines) == 1, shim.log()
+    assert f"from={primary.host}/{name}:1" in lines[0] and f"to={backup.host}/{name}:1" in lines[0]
+    assert 'why="not found"' in lines[0], lines[0]
+    again = time.monotonic()
+    client.pull(f"{name}:1")
+    cached = time.monotonic() - again
+    assert len(failovers(shim)) == 1, "the next pull goes to the backup at once"
+    record(
+        "partial mirror: the primary lost a layer blob (worker, containerd)",
+        load="2 PullImage",
+        faults="layer blob deleted from the primary's storage; manifest still served",
+        failed=0,
+        lost="none",
+        result=f"first pull succeeded from the backup in {seconds:.2f} s (one failover); next {cached:.2f} s",
+    )
+
+
+def test_primary_killed_mid_pull_fails_over_in_the_same_pull(stack: Stack) -> None:
+    name, primary, backup = pair(stack, 16 * MIB)
+    proxy = FaultProxy(primary.port)
+    proxy.fault.rate = 2 * MIB
+    try:
+        shim = stack.start([entry(f"http://{proxy.host}", 900), entry(backup, 100)])
+        client = stack.cri(shim.socket)
+        killed: list[float] = []
+
+        def kill() -> None:
+            primary.kill()
+            killed.append(time.monotonic())
+
+        killer = threading.Timer(1.5, kill)
+        started = time.monotonic()
+        killer.start()
+        client.pull(f"{name}:1", timeout=60)
+        done = time.monotonic()
+        killer.cancel()
+    finally:
+        proxy.stop()
+    assert killed, "the pull ended before the primary was killed"
+    assert proxy.cuts, "the primary's answer was cut short"
+    assert f"{backup.host}/{name}:1" in tags(client, f"{name}:1")
+    lines = failovers(shim)
+    assert len(lines) == 1 and f"to={backup.host}/{name}:1" in lines[0], shim.log()
+    assert "registry unreachable" in shim.log(), "the primary is backed off"
+    record(
+        "primary registry SIGKILLed in the middle of a pull (worker, containerd)",
+        load="1 PullImage of an 8 MiB layer at 2 MiB/s",
+        faults="primary docker-registry SIGKILLed 1.5 s into the pull",
+        failed=0,
+        lost="none",
+        result=(
+            f"the same PullImage succeeded from the backup {done - proxy.cuts[0]:.2f} s after the"
+            f" connection broke ({done - killed[0]:.2f} s after the kill, what the killed registry had"
+            f" sent still arriving; {done - started:.2f} s in all); primary backed off"
+        ),
+    )
+
+
+def test_every_source_failing_is_one_error_naming_each_attempt(stack: Stack) -> None:
+    name, primary, backup = pair(stack)
+    delete_layer(primary, name, "1")
+    proxy = FaultProxy(backup.port)
+    proxy.fault.status = 500
+    try:
+        shim = stack.start([entry(primary, 900), entry(f"http://{proxy.host}", 100)], upstream=False)
+        code, message = failure(lambda: stack.cri(shim.socket).pull(f"{name}:1"))
+    finally:
+        proxy.stop()
+    assert message.startswith(f"docker.io/{name}:1: every source tried failed: "), message
+    assert f"{primary.host}/{name}:1: not found (" in message
+    assert f"{proxy.host}/{name}:1: HTTP 500 (" in message
+    assert code == grpc.StatusCode.UNKNOWN
+    assert len(failovers(shim)) == 2
+    record(
+        "every registry fails the pull (worker, containerd, upstream: false)",
+        load="1 PullImage",
+        faults="primary lost a layer blob; backup answers 500 on blobs",
+        failed="1 (expected)",
+        lost="none",
+        result=f"one {code.name} error naming both attempts: {message[:150]}...",
+    )
+
+
+def test_after_the_last_candidate_the_callers_reference_is_pulled(stack: Stack) -> None:
+    name, mirror, own = pair(stack)
+    delete_layer(mirror, name, "1")
+    shim = stack.start([entry(mirror)])
+    client = stack.cri(shim.socket)
+    caller = f"{own.host}/{name}:1"
+    client.pull(caller)
+    assert caller in tags(stack.direct(), caller), "pulled as the caller asked"
+    lines = failovers(shim)
+    assert len(lines) == 1 and f'to="{caller} (unchanged)"' in lines[0], lines
+
+    # and when that fails too, the error names both attempts
+    other = repo()
+    stack.images(mirror, other, "1")
+    delete_layer(mirror, other, "1")
+    _, message = failure(lambda: client.pull(f"{own.host}/{other}:1"))
+    assert f"{mirror.host}/{other}:1: not found (" in message
+    assert f"{own.host}/{other}:1: not found (" in message, message
+
+
+def test_a_deadline_is_not_failed_over(stack: Stack) -> None:
+    name, primary, backup = pair(stack, 8 * MIB)
+    slow, watched = FaultProxy(primary.port), FaultProxy(backup.port)
+    slow.fault.rate = MIB
+    try:
+        shim = stack.start([entry(f"http://{slow.host}", 900), entry(f"http://{watched.host}", 100)])
+        started = time.monotonic()
+        code, _ = failure(lambda: stack.cri(shim.socket).pull(f"{name}:1", timeout=2))
+        seconds = time.monotonic() - started
+    finally:
+        slow.stop()
+        watched.stop()
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert watched.count("/blobs/") == 0 and not failovers(shim), shim.log()
+    record(
+        "caller's deadline ends during a slow pull (worker, containerd)",
+        load="1 PullImage with a 2 s deadline",
+        faults="primary sends at 1 MiB/s a 4 MiB layer; a backup holds the image",
+        failed="1 (DEADLINE_EXCEEDED, expected)",
+        lost="none",
+        result=f"returned after {seconds:.1f} s, no second attempt (backup sent no blob)",
+    )
+
+
+def test_an_unpack_error_is_not_failed_over(stack: Stack) -> None:
+    primary, backup = stack.registries(), stack.registries()
+    name = repo()
+    layout = corrupt_layer(stack.images.layout(uuid.uuid4().hex))
+    push(layout, primary, name, "1", tmpdir=stack.dir)
+    stack.images(backup, name, "1")
+    shim = stack.start([entry(primary, 900), entry(backup, 100)])
+    code, message = failure(lambda: stack.cri(shim.socket).pull(f"{name}:1"))
+    assert "failed to extract layer" in message and not failovers(shim), message
+    assert not message.startswith(f"docker.io/{name}:1: every"), "the runtime's answer, unchanged"
+    assert code == grpc.StatusCode.UNKNOWN
+    failure(lambda: stack.cri(shim.socket).pull(f"{name}:1"))
+    assert shim.log().count('msg="rewrite decision"') == 2, "the decision did not outlive the failed pull"
+
+
+def test_eight_pulls_meeting_the_failure_together_fail_over_once(stack: Stack) -> None:
+    name, primary, backup = pair(stack)
+    delete_layer(primary, name, "1")
+    shim = stack.start([entry(primary, 900), entry(backup, 100)])
+    client = stack.cri(shim.socket)
+    errors: list[BaseException] = []
+    seconds: list[float] = []
+
+    def pull() -> None:
+        started = time.monotonic()
+        try:
+            client.pull(f"{name}:1", timeout=60)
+            seconds.append(time.monotonic() - started)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=pull) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert not errors, errors[:2]
+    assert len(seconds) == 8
+    lines = failovers(shim)
+    assert len(lines) == 1, lines
+    assert f"{backup.host}/{name}:1" in tags(client, f"{name}:1")
+    record(
+        "8 concurrent pulls of one image meet a partial mirror (worker, containerd)",
+        load="8 concurrent PullImage of the same image",
+        faults="layer blob deleted from the primary's storage",
+        failed=0,
+        lost="none",
+        result=f"one failover, all 8 succeeded from the backup, slowest in {max(seconds):.2f} s",
+    )

@@ -1,0 +1,118 @@
+"""The pull-failure classifier: every message real containerd versions answered with, and each
+failure provoked against the test session's real containerd.
+
+tests/pull-messages.json holds what containerd said when each fault was provoked
+(`python -m tests.pullmessages` writes it, with the same code the provoking test below runs),
+so the words of every version checked stay checked here, without sockets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from image_cri_shim.workers.failures import Cause, Verdict, classify
+from tests.harness import CriClientFactory, ImageBuilder, RegistryFactory
+from tests.harness.pullfaults import PullFaults
+from tests.pullmessages import FAULTS, load
+
+NOT_RETRYABLE = frozenset(
+    {
+        Cause.DEADLINE,
+        Cause.CANCELLED,
+        Cause.DISK_FULL,
+        Cause.LOCAL,
+        Cause.UNPACK,
+        Cause.INVALID_REFERENCE,
+        Cause.RUNTIME,
+        Cause.UNKNOWN,
+    }
+)
+
+
+def recorded() -> list[tuple[str, str, str, str, Cause]]:
+    return [
+        (version, row["fault"], row["code"], row["message"], Cause[row["cause"]])
+        for version, rows in sorted(load().items())
+        for row in rows
+    ]
+
+
+def test_every_fault_was_recorded_for_every_version() -> None:
+    table = load()
+    assert any(version.startswith("containerd 1.6") for version in table), sorted(table)
+    for version, rows in table.items():
+        assert {row["fault"] for row in rows} >= set(FAULTS), version
+
+
+@pytest.mark.parametrize(
+    ("version", "fault", "code", "message", "cause"),
+    recorded(),
+    ids=[f"{r[0].split()[-1]}-{r[1]}" for r in recorded()],
+)
+def test_real_messages_are_classified(
+    version: str, fault: str, code: str, message: str, cause: Cause
+) -> None:
+    verdict = classify(code, message)
+    assert verdict.cause is cause, f"{version}, {fault}: {code} {message}"
+    assert verdict.retryable == (cause not in NOT_RETRYABLE)
+
+
+# Answers after which no registry could help. The disk-full one is containerd 1.6's, provoked by
+# hand with its root on a 1 MiB tmpfs; the runtime's own channel failing is grpc's wording.
+NEVER_RETRIED = [
+    (
+        "UNKNOWN",
+        'failed to pull and unpack image "127.0.0.1:52947/library/big:1": failed to copy: write /tmp/df'
+        "/ctd/root/io.containerd.content.v1.content/ingest/344cdd0ed9/data: no space left on device",
+        Cause.DISK_FULL,
+    ),
+    (
+        "UNAVAILABLE",
+        "failed to connect to all addresses; last error: UNKNOWN: unix:/run/containerd/containerd.sock:"
+        " connection refused",
+        Cause.RUNTIME,
+    ),
+    ("UNKNOWN", "something new happened", Cause.UNKNOWN),
+    ("UNKNOWN", 'failed to pull and unpack image "x": something nobody has seen', Cause.UNKNOWN),
+    ("CANCELLED", "context canceled", Cause.CANCELLED),
+    ("DEADLINE_EXCEEDED", "Deadline Exceeded", Cause.DEADLINE),
+    (
+        "UNKNOWN",
+        'failed to pull and unpack image "x": failed to extract layer sha256:00: unexpected EOF',
+        Cause.UNPACK,
+    ),
+    (
+        "UNKNOWN",
+        'failed to pull and unpack image "x": failed to copy: open /var/lib/containerd/x: permission denied',
+        Cause.LOCAL,
+    ),
+]
+
+
+@pytest.mark.parametrize(("code", "message", "cause"), NEVER_RETRIED)
+def test_what_no_registry_can_fix_is_not_retried(code: str, message: str, cause: Cause) -> None:
+    verdict = classify(code, message)
+    assert verdict.cause is cause
+    assert not verdict.retryable and not verdict.registry_down
+
+
+def test_only_connection_level_causes_back_the_registry_off() -> None:
+    down = {cause for cause in Cause if Verdict(cause, "").registry_down}
+    assert down == {Cause.CONNECTION, Cause.SERVER_ERROR, Cause.THROTTLED}
+
+
+@pytest.mark.parametrize(("fault", "cause"), FAULTS.items(), ids=list(FAULTS))
+def test_provoked_failures_are_classified(
+    fault: str,
+    cause: Cause,
+    cri_client: CriClientFactory,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    tmp_path: Path,
+) -> None:
+    faults = PullFaults(cri_client(), registry_factory, image_factory, tmp_path)
+    code, message = faults.provoke(fault)
+    assert code != "OK", f"{fault}: the pull succeeded"
+    assert classify(code, message).cause is cause, f"{fault}: {code} {message}"

@@ -1,0 +1,144 @@
+"""A rewritten PullImage, and its failover to the next source when the target registry fails it.
+
+The pull goes to the decision's target first. When the runtime answers with a failure that lies
+with that registry (`failures.classify`), the resolver drops the decision through it and names
+the next candidate that holds the image (`Resolver.failover`); the same request is sent there
+with that registry's credentials, and so on, then to the caller's reference unchanged where
+`upstream` allows it. Every attempt runs within what is left of `timeout` and the caller's
+deadline. A failure no registry can fix ends the pull at once with the runtime's answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn, Protocol
+
+import grpc
+
+from image_cri_shim import logs
+from image_cri_shim.reference import Reference
+from image_cri_shim.workers.failures import Verdict, classify
+from image_cri_shim.workers.plan import Candidate, Decision
+from image_cri_shim.workers.upstream import Upstream
+
+if TYPE_CHECKING:  # the HTTP client is loaded only once the worker serves
+    from image_cri_shim.workers.registry import Probe
+
+log = logs.get("failover")
+
+Context = grpc.ServicerContext
+
+
+class Decisions(Protocol):
+    """The resolver's side of a failover (run on the registry event loop by `Registries`)."""
+
+    def failover(self, ref: Reference, failed: Candidate, tried: frozenset[str], why: Verdict) -> Decision:
+        """The next decision after a pull through `failed` failed (`tried`: every registry
+        pulled from so far)."""
+
+    def forget(self, ref: Reference, failed: Candidate) -> None:
+        """Drop the decision through `failed`, if it is still the one cached."""
+
+
+# The request for one attempt: through a candidate, or (None) as the caller asked.
+Build = Callable[[Candidate | None], bytes]
+MIN_REMAINING = 0.1  # seconds: with less left, another attempt could only end in DEADLINE_EXCEEDED
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    name: str  # the image name pulled
+    code: grpc.StatusCode
+    details: str
+    verdict: Verdict
+
+
+def summary(source: Reference, attempts: Sequence[Attempt], rest: Sequence[tuple[Candidate, Probe]]) -> str:
+    """The error when every attempt failed: each attempt with what it got, then what the other
+    candidates answered (as the `upstream: false` refusal lists them)."""
+    parts = [f"{a.name}: {a.verdict.why} ({a.details})" for a in attempts]
+    parts += [f"{c.reference}: {p}" for c, p in rest]
+    return f"{source}: every source tried failed: " + "; ".join(parts)
+
+
+class Puller:
+    def __init__(self, upstream: Upstream, decisions: Decisions | None) -> None:
+        self._upstream = upstream
+        self._decisions = decisions  # None: no failover (the attempt's error goes back as it is)
+
+    def pull(
+        self,
+        method: str,
+        source: Reference,
+        target: Candidate,
+        build: Build,
+        unchanged: bool,
+        context: Context,
+        started: float,
+    ) -> tuple[bytes, Candidate | None]:
+        """The response, and the candidate it came through (None: the caller's reference).
+
+        `unchanged`: whether the caller's reference may be pulled when no candidate is left.
+        """
+        attempts: list[Attempt] = []
+        tried: set[str] = set()
+        current: Candidate | None = target
+        while True:
+            try:
+                return self._upstream.call(method, build(current), context, started), current
+            except grpc.RpcError as err:
+                details = err.details() or ""
+                name = str(current.reference) if current is not None else str(source)
+                attempts.append(Attempt(name, err.code(), details, classify(err.code().name, details)))
+                if current is None:
+                    self._give_up(context, err, source, attempts, ())
+                if not self._may_retry(attempts[-1].verdict, context, started):
+                    self._forget(source, current)  # never outlives a failed pull through it
+                    self._give_up(context, err, source, attempts, ())
+                tried.add(current.registry.domain)
+                decision = self._next(source, current, frozenset(tried), attempts[-1].verdict)
+                if decision is None:
+                    self._give_up(context, err, source, attempts, ())
+                if decision.target is None and (not unchanged or source.domain in tried):
+                    self._give_up(context, err, source, attempts, decision.answers[1:])
+                current = decision.target
+
+    def _may_retry(self, verdict: Verdict, context: Context, started: float) -> bool:
+        return (
+            self._decisions is not None
+            and verdict.retryable
+            and context.is_active()
+            and self._upstream.deadline(context, started) > MIN_REMAINING
+        )
+
+    def _next(
+        self, source: Reference, failed: Candidate, tried: frozenset[str], why: Verdict
+    ) -> Decision | None:
+        assert self._decisions is not None
+        try:
+            return self._decisions.failover(source, failed, tried, why)
+        except Exception as err:  # a fault of the shim's own: the runtime's answer goes back
+            log.error("failover decision failed", image=source, error=repr(err))
+            return None
+
+    def _forget(self, source: Reference, failed: Candidate) -> None:
+        if self._decisions is None:
+            return
+        try:
+            self._decisions.forget(source, failed)
+        except Exception as err:
+            log.error("dropping a decision failed", image=source, error=repr(err))
+
+    def _give_up(
+        self,
+        context: Context,
+        err: grpc.RpcError,
+        source: Reference,
+        attempts: Sequence[Attempt],
+        rest: Sequence[tuple[Candidate, Probe]],
+    ) -> NoReturn:
+        """One attempt: the runtime's answer unchanged. Several: the last one's code, and each."""
+        if len(attempts) == 1 and not rest:
+            self._upstream.abort(context, err)
+        context.abort(attempts[-1].code, summary(source, attempts, rest))
