@@ -31,8 +31,8 @@ from tests.test_worker import Stack
 
 # Tests using any of these fixtures are marked `integration` (deselect with -m "not integration").
 REAL_PARTS = {
-    "containerd", "containerd_of", "registry_factory", "image_factory", "cri_client", "shim_factory",
-    "blackhole",
+    "containerd", "containerd_of", "small_disk_of", "registry_factory", "image_factory", "cri_client",
+    "shim_factory", "blackhole",
 }  # fmt: skip
 
 
@@ -111,6 +111,34 @@ def containerd_of(
             daemon = Containerd(tmp_path_factory.mktemp(f"containerd-{suite}"), certs_d, root=root)
             daemon.start()
             daemons[suite] = daemon
+        return daemons[suite]
+
+    yield get
+    for daemon in daemons.values():
+        daemon.stop()
+
+
+#: containerd's root in `small_disk_of`: its metadata fits, an image with an 8 MiB layer does not.
+SMALL_DISK = "4m"
+
+
+@pytest.fixture(scope="session")
+def small_disk_of(
+    containerd: Containerd,
+    containerd_of: Callable[[str], Containerd],
+    tmp_path_factory: pytest.TempPathFactory,
+    certs_d: CertsDir,
+) -> Iterator[Callable[[str], Containerd]]:
+    """`small_disk_of("host")` (or a suite of SUITES): that containerd with a root of SMALL_DISK,
+    for "disk full" tests; started on first use, stopped at the end."""
+    daemons: dict[str, Containerd] = {}
+
+    def get(suite: str) -> Containerd:
+        if suite not in daemons:
+            root = None if suite == "host" else containerd_of(suite).root
+            work = tmp_path_factory.mktemp(f"small-{suite}")
+            daemons[suite] = Containerd(work, certs_d, root=root, disk=SMALL_DISK)
+            daemons[suite].start()
         return daemons[suite]
 
     yield get

@@ -13,7 +13,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -24,6 +24,8 @@ from image_cri_shim.workers.failures import Cause, Verdict
 from image_cri_shim.workers.plan import Candidate
 from image_cri_shim.workers.registry import Answer, RegistryClient
 from image_cri_shim.workers.resolver import Resolver
+from tests.conftest import SMALL_DISK, SUITES
+from tests.harness import Containerd
 from tests.harness.evidence import record
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.images import push
@@ -34,6 +36,7 @@ from tests.test_registry import MANIFEST, Clock
 from tests.test_registry_faults import AMD64
 from tests.test_worker import Shim, Stack, entry, failure, repo, tags
 
+RUNTIMES = ("host", *SUITES)  # this machine's containerd (1.6), and Debian's 1.7 and 2.x
 MISSING = Verdict(Cause.NOT_FOUND, "not found")
 RESET = Verdict(Cause.CONNECTION, "connection reset")
 
@@ -150,10 +153,18 @@ def pair(stack: Stack, size: int = 0) -> tuple[str, Registry, Registry]:
     return name, primary, backup
 
 
-def test_partial_mirror_fails_over_in_the_same_pull(stack: Stack) -> None:
+def runtime(suite: str, stack: Stack, containerd_of: Callable[[str], Containerd]) -> Containerd:
+    return stack.containerd if suite == "host" else containerd_of(suite)
+
+
+@pytest.mark.parametrize("suite", RUNTIMES)
+def test_partial_mirror_fails_over_in_the_same_pull(
+    suite: str, stack: Stack, containerd_of: Callable[[str], Containerd]
+) -> None:
+    daemon = runtime(suite, stack, containerd_of)
     name, primary, backup = pair(stack)
     delete_layer(primary, name, "1")
-    shim = stack.start([entry(primary, 900), entry(backup, 100)])
+    shim = stack.start_on(daemon.address, [entry(primary, 900), entry(backup, 100)])
     client = stack.cri(shim.socket)
     started = time.monotonic()
     client.pull(f"{name}:1")
@@ -169,7 +180,7 @@ def test_partial_mirror_fails_over_in_the_same_pull(stack: Stack) -> None:
     cached = time.monotonic() - again
     assert len(failovers(shim)) == 1, "the next pull goes to the backup at once"
     record(
-        "partial mirror: the primary lost a layer blob (worker, containerd)",
+        f"partial mirror: the primary lost a layer blob (worker, containerd {daemon.release})",
         load="2 PullImage",
         faults="layer blob deleted from the primary's storage; manifest still served",
         failed=0,
@@ -178,12 +189,16 @@ def test_partial_mirror_fails_over_in_the_same_pull(stack: Stack) -> None:
     )
 
 
-def test_primary_killed_mid_pull_fails_over_in_the_same_pull(stack: Stack) -> None:
+@pytest.mark.parametrize("suite", RUNTIMES)
+def test_primary_killed_mid_pull_fails_over_in_the_same_pull(
+    suite: str, stack: Stack, containerd_of: Callable[[str], Containerd]
+) -> None:
+    daemon = runtime(suite, stack, containerd_of)
     name, primary, backup = pair(stack, 16 * MIB)
     proxy = FaultProxy(primary.port)
     proxy.fault.rate = 2 * MIB
     try:
-        shim = stack.start([entry(f"http://{proxy.host}", 900), entry(backup, 100)])
+        shim = stack.start_on(daemon.address, [entry(f"http://{proxy.host}", 900), entry(backup, 100)])
         client = stack.cri(shim.socket)
         killed: list[float] = []
 
@@ -206,7 +221,7 @@ def test_primary_killed_mid_pull_fails_over_in_the_same_pull(stack: Stack) -> No
     assert len(lines) == 1 and f"to={backup.host}/{name}:1" in lines[0], shim.log()
     assert "registry unreachable" in shim.log(), "the primary is backed off"
     record(
-        "primary registry SIGKILLed in the middle of a pull (worker, containerd)",
+        f"primary registry SIGKILLed in the middle of a pull (worker, containerd {daemon.release})",
         load="1 PullImage of an 8 MiB layer at 2 MiB/s",
         faults="primary docker-registry SIGKILLed 1.5 s into the pull",
         failed=0,
@@ -285,6 +300,30 @@ def test_a_deadline_is_not_failed_over(stack: Stack) -> None:
         failed="1 (DEADLINE_EXCEEDED, expected)",
         lost="none",
         result=f"returned after {seconds:.1f} s, no second attempt (backup sent no blob)",
+    )
+
+
+def test_a_full_disk_is_not_failed_over(stack: Stack, small_disk_of: Callable[[str], Containerd]) -> None:
+    small = small_disk_of("host")
+    name, primary, backup = pair(stack, 16 * MIB)
+    watched = FaultProxy(backup.port)
+    try:
+        shim = stack.start_on(small.address, [entry(primary, 900), entry(f"http://{watched.host}", 100)])
+        started = time.monotonic()
+        code, message = failure(lambda: stack.cri(shim.socket).pull(f"{name}:1"))
+        seconds = time.monotonic() - started
+    finally:
+        watched.stop()
+    assert "no space left on device" in message and code == grpc.StatusCode.UNKNOWN, message
+    assert watched.count("/blobs/") == 0 and not failovers(shim), shim.log()
+    assert not message.startswith(f"docker.io/{name}:1: every"), "the runtime's answer, unchanged"
+    record(
+        "disk full during a pull (worker, containerd)",
+        load="1 PullImage of an 8 MiB layer",
+        faults=f"containerd's root is a {SMALL_DISK} tmpfs; a backup holds the image",
+        failed="1 (no space left on device, expected)",
+        lost="none",
+        result=f"returned after {seconds:.1f} s with the runtime's message, no second attempt",
     )
 
 

@@ -64,9 +64,10 @@ class Verdict:
         return self.cause in _DOWN
 
 
-# Every containerd pull failure that reached a registry is wrapped in this (1.6, 1.7, 2.x); a
-# message without it did not come from the pull itself, and is never failed over.
-PULL_PREFIX = "failed to pull and unpack image"
+# Every containerd pull failure that reached a registry is wrapped in the first (1.6, 1.7, 2.x),
+# except 2.x's "no match for platform" for an index without the node's platform. A message with
+# none of them did not come from the pull itself, and is never failed over.
+PULL_PHRASES = ("failed to pull and unpack image", "no match for platform in manifest")
 
 # Checked in order, on the lower-cased message; the first that matches wins. The node's faults
 # come first: a full disk shows up inside a "failed to copy" like a registry's, and a corrupt
@@ -105,6 +106,7 @@ _REGISTRY: tuple[tuple[str, Cause, str], ...] = (
     ("unexpected commit digest", Cause.BAD_CONTENT, "content does not match its digest"),
     ("no match for platform in manifest", Cause.NOT_FOUND, "no manifest for this platform"),
     ("unauthorized", Cause.DENIED, "unauthorized"),
+    ("authorization failed", Cause.DENIED, "unauthorized"),
     ("forbidden", Cause.DENIED, "forbidden"),
     ("denied", Cause.DENIED, "denied"),
     (": not found", Cause.NOT_FOUND, "not found"),
@@ -137,7 +139,7 @@ def classify(code: str, message: str) -> Verdict:
     for phrase, cause, why in _NODE:
         if phrase in text:
             return Verdict(cause, why)
-    if PULL_PREFIX not in text:
+    if not any(phrase in text for phrase in PULL_PHRASES):
         if code == "UNAVAILABLE":
             return Verdict(Cause.RUNTIME, "container runtime unavailable")
         return Verdict(Cause.UNKNOWN, "unrecognised error")

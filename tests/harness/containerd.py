@@ -113,13 +113,17 @@ class Containerd:
         *,
         root: Path | None = None,
         binds: Sequence[Path] = (),
+        disk: str | None = None,
     ) -> None:
         """`extra_config` is TOML appended to the generated config. With `root`, the containerd
         of that userland runs chrooted into it; `workdir`, the certs.d directory and `binds`
-        are mounted in at their own paths."""
+        are mounted in at their own paths. `disk` ("4m"): containerd's root directory (content
+        store, snapshots) is a tmpfs of that size, for "disk full" tests; mounted in the
+        daemon's own mount namespace, it vanishes with the daemon."""
         self.workdir = workdir
         self.root = root
         self.binds = tuple(binds)
+        self.disk = disk
         #: `containerd --version`'s version, e.g. "1.7.24~ds1"; its major number picks the config
         self.release = installed_version(root)
         self.major = int(self.release.split(".", 1)[0])
@@ -174,10 +178,16 @@ class Containerd:
     def command(self) -> list[str]:
         """containerd's argv: the host's binary, or the root's run chrooted (same pid either way)."""
         argv = ["--config", str(self.config_path)]
+        small = self.workdir / "root"
         if self.root is None:
-            return [containerd_binary(), *argv]
-        mounts = {self.workdir, self.certs_d.path, *self.binds}
-        return chrooted(self.root, ["containerd", *argv], sorted(mounts))
+            command = [containerd_binary(), *argv]
+        else:
+            mounts = {self.workdir, self.certs_d.path, *self.binds, *([small] if self.disk else [])}
+            command = chrooted(self.root, ["containerd", *argv], sorted(mounts))
+        if self.disk is None:
+            return command
+        script = f'mount --make-rprivate / && mount -t tmpfs -o size={self.disk} tmpfs "$0" && exec "$@"'
+        return ["unshare", "--mount", "sh", "-c", script, str(small), *command]
 
     def version(self, timeout: float = 5.0) -> v1.VersionResponse:
         """CRI v1 `Version`, on a throw-away channel with a connection of its own.

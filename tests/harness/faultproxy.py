@@ -77,6 +77,17 @@ class FaultProxy:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
+            def handle_one_request(self) -> None:
+                # containerd 1.7 and 2.x try https first on a loopback host and fall back to http
+                # only on the answer a Go server gives a TLS hello on a plain port; give it too.
+                if self.rfile.peek(1)[:1] == b"\x16":  # type: ignore[attr-defined]
+                    self.wfile.write(
+                        b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+                    )
+                    self.close_connection = True
+                    return
+                super().handle_one_request()
+
             def do_HEAD(self) -> None:
                 self._forward()
 

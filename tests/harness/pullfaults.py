@@ -22,6 +22,7 @@ import grpc
 from .cri import CriClient
 from .faultproxy import FaultProxy
 from .images import OCI_MANIFEST, ImageBuilder, OciLayout, foreign_platform, push
+from .processes import HarnessError
 from .registry import Registry, RegistryFactory, free_port
 
 MIB = 1 << 20
@@ -60,9 +61,16 @@ class PullFaults:
     """The faults, by name; `provoke(name)` returns (status name, message)."""
 
     def __init__(
-        self, client: CriClient, registries: RegistryFactory, images: ImageBuilder, workdir: Path
+        self,
+        client: CriClient,
+        registries: RegistryFactory,
+        images: ImageBuilder,
+        workdir: Path,
+        small_disk: CriClient | None = None,
     ) -> None:
+        """`small_disk`: a client of the same runtime with a root of a few MiB (`disk-full`)."""
         self.client = client
+        self.small_disk = small_disk
         self.registries = registries
         self.images = images
         self.workdir = workdir
@@ -74,9 +82,11 @@ class PullFaults:
             self._registry = self.registries()
         return self._registry
 
-    def pull(self, image: str, timeout: float = 60.0, **credentials: str) -> tuple[str, str]:
+    def pull(
+        self, image: str, timeout: float = 60.0, client: CriClient | None = None, **credentials: str
+    ) -> tuple[str, str]:
         try:
-            self.client.pull(image, timeout=timeout, **credentials)
+            (client or self.client).pull(image, timeout=timeout, **credentials)
         except grpc.RpcError as err:
             return err.code().name, err.details() or ""
         return "OK", ""
@@ -148,6 +158,14 @@ class PullFaults:
         with self._proxy() as proxy:
             proxy.fault.rate = MIB
             return self.pull(f"{proxy.host}/{name}:1", timeout=1.0)
+
+    def _disk_full(self) -> tuple[str, str]:
+        """An 8 MiB layer into a runtime whose root is a tmpfs of a few MiB."""
+        if self.small_disk is None:
+            raise HarnessError("disk-full needs a runtime with a small root (PullFaults(small_disk=...))")
+        name = repo()
+        self.images(self.registry, name, "1", content=big_content(16 * MIB))
+        return self.pull(f"{self.registry.host}/{name}:1", client=self.small_disk)
 
     def _platform_missing(self) -> tuple[str, str]:
         name = repo()
