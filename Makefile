@@ -3,7 +3,7 @@
 PYTHON   ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
-APT_PKGS := containerd docker-registry skopeo apache2-utils openssl binutils shellcheck debootstrap
+APT_PKGS := containerd docker-registry skopeo apache2-utils openssl binutils shellcheck debootstrap runc containernetworking-plugins busybox-static iproute2
 STAMP    := $(VENV)/.installed
 # make dist: a venv of its own holding the wheel and the build tools, so the frozen program
 # takes in the wheel's dependencies and nothing the test venv has besides.
@@ -51,7 +51,7 @@ typecheck: venv
 
 # Regenerate the CRI message code from protos/cri.proto (a test fails when it is stale).
 protos: venv
-	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos protos/cri.proto
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos protos/cri.proto protos/containerd.proto
 
 # Regenerate docs/configuration.md and the table of docs/metrics.md from the code (tests fail when stale).
 docs: venv

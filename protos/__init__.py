@@ -1,1 +1,1 @@
-"""CRI messages the shim reads or changes, generated from cri.proto."""
+"""Messages the shim reads or changes: CRI (cri.proto) and containerd's images API (containerd.proto)."""

@@ -170,7 +170,7 @@ def test_partial_mirror_fails_over_in_the_same_pull(
     client.pull(f"{name}:1")
     seconds = time.monotonic() - started
     caller = f"docker.io/{name}:1"
-    assert f"{backup.host}/{name}:1" in tags(client, caller)
+    assert client.pulled_as(caller) == f"{backup.host}/{name}:1"
     lines = failovers(shim)
     assert len(lines) == 1, shim.log()
     assert f"from={primary.host}/{name}:1" in lines[0] and f"to={backup.host}/{name}:1" in lines[0]
@@ -216,7 +216,7 @@ def test_primary_killed_mid_pull_fails_over_in_the_same_pull(
         proxy.stop()
     assert killed, "the pull ended before the primary was killed"
     assert proxy.cuts, "the primary's answer was cut short"
-    assert f"{backup.host}/{name}:1" in tags(client, f"{name}:1")
+    assert client.pulled_as(f"{name}:1") == f"{backup.host}/{name}:1"
     lines = failovers(shim)
     assert len(lines) == 1 and f"to={backup.host}/{name}:1" in lines[0], shim.log()
     assert "registry unreachable" in shim.log(), "the primary is backed off"
@@ -367,7 +367,7 @@ def test_eight_pulls_meeting_the_failure_together_fail_over_once(stack: Stack) -
     assert len(seconds) == 8
     lines = failovers(shim)
     assert len(lines) == 1, lines
-    assert f"{backup.host}/{name}:1" in tags(client, f"{name}:1")
+    assert client.pulled_as(f"{name}:1") == f"{backup.host}/{name}:1"
     record(
         "8 concurrent pulls of one image meet a partial mirror (worker, containerd)",
         load="8 concurrent PullImage of the same image",

@@ -13,11 +13,11 @@ PROTOS = ROOT / "protos"
 def test_generated_code_is_current(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", str(PROTOS / "cri.proto")],
+         f"--pyi_out={tmp_path}", str(PROTOS / "cri.proto"), str(PROTOS / "containerd.proto")],
         check=True,
         timeout=60,
     )  # fmt: skip
-    for name in ("cri_pb2.py", "cri_pb2.pyi"):
+    for name in ("cri_pb2.py", "cri_pb2.pyi", "containerd_pb2.py", "containerd_pb2.pyi"):
         fresh = (tmp_path / name).read_text()
         assert (PROTOS / name).read_text() == fresh, f"protos/{name} is stale: run `make protos`"
 
@@ -31,7 +31,8 @@ def test_field_numbers_match_the_cri() -> None:
 
     for name in ("ImageSpec", "AuthConfig", "Image", "PullImageRequest", "PullImageResponse",
                  "ImageStatusRequest", "ImageStatusResponse", "RemoveImageRequest", "ImageFilter",
-                 "ListImagesRequest", "ListImagesResponse", "VersionRequest", "VersionResponse"):  # fmt: skip
+                 "ListImagesRequest", "ListImagesResponse", "VersionRequest", "VersionResponse",
+                 "ContainerConfig", "CreateContainerRequest"):  # fmt: skip
         mine = getattr(ours, name).DESCRIPTOR
         for api in (v1, v1alpha2):
             theirs = getattr(api, name).DESCRIPTOR

@@ -32,7 +32,7 @@ from tests.harness.evidence import record
 from tests.harness.tcpproxy import Gate, TcpProxy
 from tests.harness.tinyregistry import OCI_INDEX, TinyRegistry
 from tests.test_registry import MANIFEST, Clock
-from tests.test_worker import Stack, entry, failure, repo, tags
+from tests.test_worker import Stack, entry, failure, repo
 
 AMD64 = Platform("linux", "amd64")
 IMAGE = "nginx:1.27"
@@ -576,7 +576,7 @@ def test_pull_with_a_silent_preferred_registry_ends_within_timeout(
     client.pull(f"{name}:1")
     seconds = time.monotonic() - started
     assert seconds < TIMEOUT + SLACK, f"{seconds:.1f}s\n{shim.log()}"
-    assert f"{fallback.host}/{name}:1" in tags(client, f"{name}:1")
+    assert client.pulled_as(f"{name}:1") == f"{fallback.host}/{name}:1"
     record(
         "PullImage with a silent preferred registry (worker, containerd)",
         load="1 PullImage",
@@ -682,7 +682,7 @@ def test_dead_registry_costs_its_timeout_once_per_backoff_period(blackhole: Blac
     # Backoff 5 s after the burst, then 10 s: at most two retries in 15 s, and at least one.
     assert 1 <= later <= 2, f"{later} connections in {elapsed:.0f}s\n{shim.log()}"
     assert slow <= later + 2, "only a pull that retries the registry waits for it"
-    assert f"{fallback.host}/{names[0]}:1" in tags(client, f"{names[0]}:1")
+    assert client.pulled_as(f"{names[0]}:1") == f"{fallback.host}/{names[0]}:1"
     record(
         "dead registry under steady pulls (worker, containerd, no decision cache)",
         load=f"8 concurrent pulls, then {pulls} pulls + {statuses} ImageStatus in {elapsed:.0f} s",

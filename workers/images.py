@@ -1,10 +1,10 @@
 """The image methods the shim changes: PullImage, ImageStatus, RemoveImage, ListImages.
 
 PullImage asks the resolver where the image really is, rewrites the name and sets that
-registry's credentials. The other three answer for the name the caller used (CONTRACT §7):
-an image pulled as `registry.company.com/library/nginx:latest` for a caller that asked for
-`nginx:latest` is found, listed and removed under `docker.io/library/nginx:latest`, from the
-runtime's own state and the name store, never from a registry round trip.
+registry's credentials. The other three answer for the name the caller used: an image pulled
+as `registry.company.com/library/nginx:latest` for a caller that asked for `nginx:latest` is
+found, listed and removed under `docker.io/library/nginx:latest`, from the runtime's own state
+and the name store, never from a registry round trip. How it is named is `naming`'s policy.
 
 With `upstream: false` (CONTRACT §9) a pull that no configured registry can serve is refused
 with NOT_FOUND and what each candidate answered, instead of going to the image's own registry.
@@ -26,7 +26,8 @@ from image_cri_shim.metrics import OFF
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.failover import Decisions, Puller
-from image_cri_shim.workers.names import NameStore, reported, repository
+from image_cri_shim.workers.names import NameStore, reported
+from image_cri_shim.workers.naming import Naming
 from image_cri_shim.workers.plan import Candidate, Decision, Planner, refusal, refused, registry_for
 from image_cri_shim.workers.upstream import Upstream
 
@@ -73,6 +74,7 @@ class ImageService:
         self._metrics = metrics
         self._resolve = resolve  # runs the resolver on the registry event loop
         self._names = names
+        self.naming = Naming(upstream, names)
         self._registries = registries
         self._plan = Planner(registries)
         self._pull_upstream = pull_upstream  # config `upstream`
@@ -127,7 +129,7 @@ class ImageService:
         started: float,
     ) -> bytes:
         """Pull the target with its registry's credentials, failing over to the next source when
-        that registry fails the pull; remember the name pair of the attempt that succeeded."""
+        that registry fails the pull; name the image as asked after the attempt that succeeded."""
         own = registry_for(source.domain, self._registries)
 
         def build(candidate: Candidate | None) -> bytes:
@@ -146,9 +148,12 @@ class ImageService:
             return attempt.SerializeToString()
 
         unchanged = self._pull_upstream or own is not None
+        since = time.time()
         response, pulled = self._puller.pull(method, source, target, build, unchanged, context, started)
-        if pulled is not None:
-            self._names.record(reported(source), reported(pulled.reference))
+        if pulled is not None and pulled.reference != source:
+            self.naming.pulled(method, source, pulled.reference, since)
+        else:
+            self.naming.pulled_directly(source)
         return response
 
     def _pull_unchanged(
@@ -161,6 +166,7 @@ class ImageService:
         context: Context,
         started: float,
     ) -> bytes:
+        self.naming.pulled_directly(source)
         return self._upstream.unary(method, self._unchanged(raw, request, source, own), context, started)
 
     def _unchanged(
@@ -180,13 +186,9 @@ class ImageService:
     # -- ImageStatus / ListImages / RemoveImage ----------------------------------------------------
 
     def local_names(self, source: Reference) -> list[str]:
-        """Names the caller's image may be present under, most likely first: the name it was
-        pulled as through the shim, its own name, then each candidate's name in plan order."""
-        caller = reported(source)
-        names = [caller]
-        mapped = self._names.target(caller)
-        if mapped is not None:
-            names.insert(0, mapped)
+        """Names the caller's image may be present under, most likely first: its own name and the
+        name it was pulled as through the shim, then each candidate's name in plan order."""
+        names = self.naming.first_names(reported(source))
         for candidate in self._plan(source):
             name = reported(candidate.reference)
             if name not in names:
@@ -197,20 +199,19 @@ class ImageService:
         request = decode(cri.ImageStatusRequest, raw, context)
         source = parse_name(request.image.image)
         if source is None:
-            response_raw = self._upstream.unary(method, raw, context)
-            return self._named_status(response_raw)
+            return self._named_status(self._upstream.unary(method, raw, context), None, request.verbose)
         caller = reported(source)
         first: bytes | None = None
         for name in self.local_names(source):
             request.image.image = name
             response_raw = self._upstream.unary(method, request.SerializeToString(), context)
-            response = cri.ImageStatusResponse.FromString(response_raw)
-            if response.image.id:
+            if cri.ImageStatusResponse.FromString(response_raw).image.id:
                 if name != caller:
-                    self._names.record(caller, name)
-                if self._add_caller_names(response.image):
-                    return response.SerializeToString()
-                return response_raw
+                    self.naming.found(method, caller, name)
+                    if self.naming.native:  # the runtime holds it under the caller's name now
+                        request.image.image = caller
+                        response_raw = self._upstream.unary(method, request.SerializeToString(), context)
+                return self._named_status(response_raw, caller, request.verbose)
             if name == self._names.target(caller):
                 self._names.forget([caller])  # pruned: the image is gone
             first = first if first is not None else response_raw
@@ -225,8 +226,8 @@ class ImageService:
                 return response_raw
             response = cri.ListImagesResponse.FromString(response_raw)
             if not request.filter.image.image:
-                self._prune(response)
-            return response.SerializeToString() if self._name_all(response) else response_raw
+                self.naming.prune(response)
+            return response.SerializeToString() if self.naming.listing(response) else response_raw
         caller = reported(source)
         first: bytes | None = None
         for name in self.local_names(source):
@@ -235,8 +236,8 @@ class ImageService:
             response = cri.ListImagesResponse.FromString(response_raw)
             if response.images:
                 if name != caller:
-                    self._names.record(caller, name)
-                return response.SerializeToString() if self._name_all(response) else response_raw
+                    self.naming.found(method, caller, name)
+                return response.SerializeToString() if self.naming.listing(response) else response_raw
             first = first if first is not None else response_raw
         return first if first is not None else b""
 
@@ -259,50 +260,11 @@ class ImageService:
         self._names.forget([caller])
         return self._upstream.unary(method, raw, context)
 
-    # -- transparent naming -------------------------------------------------------------------------
-
-    def _named_status(self, raw: bytes) -> bytes:
+    def _named_status(self, raw: bytes, caller: str | None, verbose: bool) -> bytes:
         if not self._names:
             return raw
         response = cri.ImageStatusResponse.FromString(raw)
-        return response.SerializeToString() if self._add_caller_names(response.image) else raw
-
-    def _name_all(self, response: cri.ListImagesResponse) -> bool:
-        """`_add_caller_names` for every image listed; True if any was added."""
-        changed = False
-        for image in response.images:
-            changed = self._add_caller_names(image) or changed
-        return changed
-
-    def _add_caller_names(self, image: cri.Image) -> bool:
-        """Add the caller names of every rewritten name this image carries; True if any was added."""
-        if not self._names:
-            return False
-        tags = set(image.repo_tags)
-        digests = set(image.repo_digests)
-        added = False
-        for name in (*image.repo_tags, *image.repo_digests):
-            for caller in self._names.callers(name):
-                caller_repo = repository(caller)
-                if "@" not in caller and caller not in tags:
-                    image.repo_tags.append(caller)
-                    tags.add(caller)
-                    added = True
-                for digest_name in tuple(image.repo_digests):
-                    if repository(digest_name) != repository(name):
-                        continue
-                    alias = f"{caller_repo}@{digest_name.split('@', 1)[1]}"
-                    if alias not in digests:
-                        image.repo_digests.append(alias)
-                        digests.add(alias)
-                        added = True
-        return added
-
-    def _prune(self, response: cri.ListImagesResponse) -> None:
-        present = {name for image in response.images for name in (*image.repo_tags, *image.repo_digests)}
-        gone = [target for target in self._names.targets() if target not in present]
-        if gone:
-            self._names.forget_targets(gone)
+        return response.SerializeToString() if self.naming.status(response, caller, verbose) else raw
 
 
 def undecided(source: Reference) -> str:

@@ -1,6 +1,7 @@
 """The gRPC server on the shim socket: routing, byte passthrough, bind-then-rename, drain.
 
-The four image methods the shim changes go to `ImageService`; every other method of the CRI
+The four image methods the shim changes go to `ImageService`, and CreateContainer to the naming
+policy (which maps its image on runtimes without image records); every other method of the CRI
 image and runtime services, of both API versions, is forwarded as bytes, never decoded.
 Known methods are registered per service, so grpc matches them in its core; a method this
 table does not know (a newer CRI) reaches a generic handler and is forwarded as a
@@ -18,6 +19,7 @@ replaces an old one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -88,6 +90,10 @@ def register(server: grpc.Server, upstream: Upstream, images: ImageService) -> N
         runtime_service = f"{version}.RuntimeService"
         handlers = {m: _unary(upstream, f"/{runtime_service}/{m}") for m in RUNTIME_METHODS}
         handlers.update({m: _unary_stream(upstream, f"/{runtime_service}/{m}") for m in RUNTIME_STREAMING})
+        create = functools.partial(
+            images.naming.create_container, upstream, f"/{runtime_service}/CreateContainer"
+        )
+        handlers["CreateContainer"] = grpc.unary_unary_rpc_method_handler(create)
         server.add_registered_method_handlers(runtime_service, handlers)
     server.add_generic_rpc_handlers((Unknown(upstream),))
 

@@ -114,13 +114,16 @@ class Containerd:
         root: Path | None = None,
         binds: Sequence[Path] = (),
         disk: str | None = None,
+        sandbox_image: str = "",
     ) -> None:
         """`extra_config` is TOML appended to the generated config. With `root`, the containerd
         of that userland runs chrooted into it; `workdir`, the certs.d directory and `binds`
         are mounted in at their own paths. `disk` ("4m"): containerd's root directory (content
         store, snapshots) is a tmpfs of that size, for "disk full" tests; mounted in the
-        daemon's own mount namespace, it vanishes with the daemon."""
+        daemon's own mount namespace, it vanishes with the daemon. `sandbox_image`: the pause
+        image pods start from."""
         self.workdir = workdir
+        self.sandbox_image = sandbox_image
         self.root = root
         self.binds = tuple(binds)
         self.disk = disk
@@ -147,7 +150,8 @@ class Containerd:
         for sub in ("root", "state", "tmp", "opt", "cni/bin", "cni/net.d"):
             (w / sub).mkdir(parents=True, exist_ok=True)
         render = config_v3 if self.major >= 2 else config_v2
-        self.config_path.write_text(render(w, self.socket, self.certs_d.path) + self.extra_config)
+        config = render(w, self.socket, self.certs_d.path, self.sandbox_image)
+        self.config_path.write_text(config + self.extra_config)
 
     def start(self, timeout: float = 30.0) -> None:
         """Start containerd and wait until CRI `Version` answers on the socket."""
@@ -182,7 +186,15 @@ class Containerd:
         if self.root is None:
             command = [containerd_binary(), *argv]
         else:
-            mounts = {self.workdir, self.certs_d.path, *self.binds, *([small] if self.disk else [])}
+            # a pod's /etc/hosts and resolv.conf are copied from containerd's own; a minbase root has none
+            node_files = {p for p in (Path("/etc/hosts"), Path("/etc/resolv.conf")) if p.exists()}
+            mounts = {
+                self.workdir,
+                self.certs_d.path,
+                *self.binds,
+                *node_files,
+                *([small] if self.disk else []),
+            }
             command = chrooted(self.root, ["containerd", *argv], sorted(mounts))
         if self.disk is None:
             return command
@@ -279,13 +291,14 @@ disabled_plugins = [{disabled}]
 """
 
 
-def config_v2(workdir: Path, socket: Path, certs_d: Path) -> str:
+def config_v2(workdir: Path, socket: Path, certs_d: Path, sandbox_image: str = "") -> str:
     """containerd 1.x: every CRI setting under the one `io.containerd.grpc.v1.cri` plugin."""
     cri = 'plugins."io.containerd.grpc.v1.cri"'
+    sandbox = f"\n    sandbox_image = {_toml_str(sandbox_image)}" if sandbox_image else ""
     return (
         _common(workdir, socket, 2)
         + f"""\
-  [{cri}]
+  [{cri}]{sandbox}
     disable_tcp_service = true
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
@@ -303,10 +316,13 @@ def config_v2(workdir: Path, socket: Path, certs_d: Path) -> str:
     )
 
 
-def config_v3(workdir: Path, socket: Path, certs_d: Path) -> str:
+def config_v3(workdir: Path, socket: Path, certs_d: Path, sandbox_image: str = "") -> str:
     """containerd 2.x: the CRI settings split into images, runtime and server plugins."""
     images = 'plugins."io.containerd.cri.v1.images"'
     runtime = 'plugins."io.containerd.cri.v1.runtime"'
+    sandbox = (
+        f"\n    [{images}.pinned_images]\n      sandbox = {_toml_str(sandbox_image)}" if sandbox_image else ""
+    )
     return (
         _common(workdir, socket, 3)
         + f"""\
@@ -317,11 +333,11 @@ def config_v3(workdir: Path, socket: Path, certs_d: Path) -> str:
   [{images}]
     snapshotter = "native"
     [{images}.registry]
-      config_path = {_toml_str(certs_d)}
+      config_path = {_toml_str(certs_d)}{sandbox}
   [{runtime}]
     restrict_oom_score_adj = true
     [{runtime}.cni]
-      bin_dir = {_toml_str(workdir / "cni/bin")}
+      bin_dirs = [{_toml_str(workdir / "cni/bin")}]
       conf_dir = {_toml_str(workdir / "cni/net.d")}
   [[plugins."io.containerd.transfer.v1.local".unpack_config]]
     platform = "linux"

@@ -7,6 +7,7 @@ shim goes through the same bytes kubelet or crictl would send.
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,12 @@ class CriClient:
             return None
         found: Image = response.image
         return found
+
+    def pulled_as(self, image: str) -> str | None:
+        """The name the shim pulled `image` as, from verbose ImageStatus's `info` (None if absent)."""
+        request = self.pb.ImageStatusRequest(image=self.pb.ImageSpec(image=image), verbose=True)
+        info = self.images.ImageStatus(request, timeout=self.timeout).info.get("image-cri-shim")
+        return str(json.loads(info)["pulledAs"]) if info else None
 
     def remove(self, image: str, *, timeout: float | None = None) -> None:
         self.images.RemoveImage(

@@ -103,7 +103,7 @@ class OciLayout:
         return f"oci:{self.path}:{LAYOUT_TAG}"
 
 
-class _LayoutWriter:
+class LayoutWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         (path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
@@ -122,11 +122,14 @@ class _LayoutWriter:
             info = tarfile.TarInfo("image-cri-shim-test.txt")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
-        tar_bytes = tar_buffer.getvalue()
+        return self.image(tar_buffer.getvalue(), platform, {"Cmd": ["/image-cri-shim-test.txt"]})
+
+    def image(self, tar_bytes: bytes, platform: Platform, settings: dict[str, Any]) -> dict[str, Any]:
+        """The manifest of a one-layer image from its uncompressed tar, with `settings` (Cmd, Env...)."""
         layer = self.blob(gzip.compress(tar_bytes, mtime=0), OCI_LAYER)
         config = {
             **platform.as_json(),
-            "config": {"Cmd": ["/image-cri-shim-test.txt"]},
+            "config": settings,
             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(tar_bytes).hexdigest()}"]},
         }
         manifest = {
@@ -146,7 +149,7 @@ class _LayoutWriter:
 
 def build_image(path: Path, content: str, platform: Platform | None = None) -> OciLayout:
     """A single-platform image (default: this node's platform)."""
-    writer = _LayoutWriter(path)
+    writer = LayoutWriter(path)
     return writer.finish(writer.manifest(content, platform or node_platform()))
 
 
@@ -154,7 +157,7 @@ def build_index(path: Path, content: str, platforms: Sequence[Platform]) -> OciL
     """An OCI index with one image per platform (each image different, named by its platform)."""
     if not platforms:
         raise ValueError("an index needs at least one platform")
-    writer = _LayoutWriter(path)
+    writer = LayoutWriter(path)
     manifests = [{**writer.manifest(f"{content}\n{p}", p), "platform": p.as_json()} for p in platforms]
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
     return writer.finish(writer.blob(_json_bytes(index), OCI_INDEX))

@@ -73,6 +73,9 @@ def chrooted(root: Path, argv: Sequence[str | os.PathLike[str]], binds: Iterable
         "set -e",
         f"r={shlex.quote(str(root))}",
         "mount --make-rprivate /",
+        # the root a mount point of its own: runc inside sets the propagation of "/", which a
+        # plain directory has not (EINVAL)
+        'mount --bind "$r" "$r"',
         'mount -t proc proc "$r/proc"',
         'mount --rbind /sys "$r/sys"',
         'mount --rbind /dev "$r/dev"',

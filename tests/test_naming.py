@@ -1,0 +1,122 @@
+"""The naming policy's decisions, without sockets: which names a client sees, which records move."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from image_cri_shim.protos import containerd_pb2 as ctr
+from image_cri_shim.protos import cri_pb2 as cri
+from image_cri_shim.workers.names import NameStore
+from image_cri_shim.workers.naming import Naming, created_before, renames, translate
+from image_cri_shim.workers.upstream import Upstream
+
+D = "sha256:" + "ab" * 32
+CALLER = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
+PULLED = "127.0.0.1:5000/e2e-test-images/busybox:1.29-2"
+
+
+def store(tmp_path: Path, pairs: dict[str, str]) -> NameStore:
+    names = NameStore(str(tmp_path / "state"))
+    for caller, target in pairs.items():
+        names.record(caller, target)
+    return names
+
+
+def test_renames_cover_the_tag_and_its_digest_record() -> None:
+    assert renames(CALLER, PULLED, D) == [
+        (PULLED, CALLER),
+        (f"127.0.0.1:5000/e2e-test-images/busybox@{D}", f"registry.k8s.io/e2e-test-images/busybox@{D}"),
+    ]
+    by_digest = f"127.0.0.1:5000/x@{D}"
+    assert renames(f"docker.io/library/x@{D}", by_digest, D) == [(by_digest, f"docker.io/library/x@{D}")]
+
+
+def test_a_record_is_held_before_the_pull_only_if_created_earlier() -> None:
+    image = ctr.Image(name=PULLED)
+    assert not created_before(image, 1000.0), "no timestamp: not known to be older"
+    image.created_at.seconds = 999
+    assert created_before(image, 1000.0)
+    image.created_at.seconds = 1000
+    image.created_at.nanos = 5
+    assert not created_before(image, 1000.0)
+
+
+def test_translation_replaces_rewritten_names(tmp_path: Path) -> None:
+    names = store(tmp_path, {CALLER: PULLED})
+    repo = "127.0.0.1:5000/e2e-test-images/busybox"
+    tags, digests = translate([PULLED], [f"{repo}@{D}"], names)
+    assert tags == [CALLER]
+    assert digests == [f"registry.k8s.io/e2e-test-images/busybox@{D}"]
+
+
+def test_translation_keeps_a_name_also_held_directly(tmp_path: Path) -> None:
+    names = store(tmp_path, {CALLER: PULLED, PULLED: PULLED})
+    repo = "127.0.0.1:5000/e2e-test-images/busybox"
+    tags, digests = translate([PULLED], [f"{repo}@{D}"], names)
+    assert tags == [PULLED, CALLER]
+    assert digests == [f"{repo}@{D}", f"registry.k8s.io/e2e-test-images/busybox@{D}"]
+
+
+def test_translation_of_a_digest_pull_and_of_unrelated_names(tmp_path: Path) -> None:
+    names = store(tmp_path, {f"docker.io/library/x@{D}": f"mirror.io/library/x@{D}"})
+    tags, digests = translate(["other.io/y:1"], [f"mirror.io/library/x@{D}", f"other.io/y@{D}"], names)
+    assert tags == ["other.io/y:1"]
+    assert digests == [f"docker.io/library/x@{D}", f"other.io/y@{D}"]
+
+
+def test_two_callers_of_one_pulled_name(tmp_path: Path) -> None:
+    names = store(tmp_path, {"a.io/x:1": "m.io/x:1", "b.io/x:1": "m.io/x:1"})
+    tags, digests = translate(["m.io/x:1"], [f"m.io/x@{D}"], names)
+    assert tags == ["a.io/x:1", "b.io/x:1"]
+    assert digests == [f"a.io/x@{D}", f"b.io/x@{D}"]
+
+
+def translating(tmp_path: Path, pairs: dict[str, str]) -> Naming:
+    """A policy for a runtime without image records (nothing is called upstream here)."""
+    naming = Naming(Upstream(str(tmp_path / "none.sock"), 1.0), store(tmp_path, pairs))
+    naming._native = False
+    return naming
+
+
+def test_first_names_and_verbose_origin(tmp_path: Path) -> None:
+    naming = translating(tmp_path, {CALLER: PULLED})
+    assert naming.first_names(CALLER) == [PULLED, CALLER]
+    naming._native = True
+    assert naming.first_names(CALLER) == [CALLER, PULLED], "records renamed: the caller's name first"
+    assert naming.first_names("docker.io/library/y:1") == ["docker.io/library/y:1"]
+    response = cri.ImageStatusResponse(image=cri.Image(id=D, repo_tags=[CALLER]))
+    response.info["info"] = "{}"
+    assert naming.status(response, CALLER, verbose=True)
+    assert json.loads(response.info["image-cri-shim"]) == {"pulledAs": PULLED, "registry": "127.0.0.1:5000"}
+    assert response.info["info"] == "{}", "nothing else in info changes"
+    quiet = cri.ImageStatusResponse(image=cri.Image(id=D, repo_tags=[CALLER]))
+    assert not naming.status(quiet, CALLER, verbose=False)
+
+
+def test_create_container_image_is_mapped_without_image_records(tmp_path: Path) -> None:
+    from cri_api.v1 import api_pb2 as v1
+
+    naming = translating(tmp_path, {CALLER: PULLED})
+    request = v1.CreateContainerRequest(
+        pod_sandbox_id="pod",
+        config=v1.ContainerConfig(
+            image=v1.ImageSpec(
+                image="registry.k8s.io/e2e-test-images/busybox:1.29-2", annotations={"a": "b"}
+            ),
+            command=["sh"],
+            labels={"l": "1"},
+        ),
+    )
+    assert naming._mapped(request.config.image.image) == PULLED
+    mapped = cri.CreateContainerRequest.FromString(request.SerializeToString())
+    mapped.config.image.image = PULLED
+    back = v1.CreateContainerRequest.FromString(mapped.SerializeToString())
+    assert (back.config.image.image, back.pod_sandbox_id, list(back.config.command)) == (
+        PULLED,
+        "pod",
+        ["sh"],
+    )
+    assert back.config.image.annotations == {"a": "b"} and back.config.labels == {"l": "1"}
+    assert naming._mapped("sha256:" + "0" * 64) is None, "image IDs go as they came"
+    assert naming._mapped("docker.io/library/unknown:1") is None

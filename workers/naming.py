@@ -1,0 +1,323 @@
+"""The naming policy: to every CRI client, an image pulled through the shim is the image it asked for.
+
+The shim pulls `registry.k8s.io/pause:3.9` as `mirror.local/pause:3.9`; the runtime then holds it
+under the second name. Clients expect the first: in ImageStatus and ListImages (`repo_tags`,
+`repo_digests`), as a ListImages filter, and for RemoveImage and CreateContainer.
+
+Where the runtime keeps image records the shim can write (containerd's images API on the same
+socket, namespace `k8s.io`), the runtime's own state is made true: after a rewritten pull the
+records of the rewritten name (`name:tag` and `repository@digest`) are copied under the caller's
+name and then removed. containerd's CRI follows its image records as they change (1.6, 1.7 and
+2.x alike), so kubelet, crictl, image GC, `ctr images ls` and CreateContainer see the caller's
+name with no help from the shim, across restarts and with every registry down, and the node
+stays consistent if the shim is ever removed. A rewritten name the node held before the pull
+(pulled directly, or preloaded) keeps its record.
+
+Elsewhere (CRI-O, cri-dockerd: no such API) answers are translated instead: ImageStatus and
+ListImages report the caller's names in place of the rewritten ones, and CreateContainer's image
+is mapped to the name the runtime holds. Either way the pair is kept in the name store, for the
+translation and for what verbose ImageStatus says about where the image came from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from image_cri_shim import logs, reference
+from image_cri_shim.protos import containerd_pb2 as ctr
+from image_cri_shim.protos import cri_pb2 as cri
+from image_cri_shim.reference import Reference
+from image_cri_shim.workers.names import NameStore, reported, repository
+from image_cri_shim.workers.upstream import Context, Upstream
+
+log = logs.get("naming")
+
+IMAGES = "/containerd.services.images.v1.Images/"
+NAMESPACE = (("containerd-namespace", "k8s.io"),)  # containerd's CRI keeps its images there
+RECORD_TIMEOUT = 10.0  # a local metadata write
+SETTLE_TIMEOUT = 5.0  # containerd's CRI follows record changes within milliseconds
+INFO_KEY = "image-cri-shim"
+
+
+class Records:
+    """containerd's image records, over the runtime channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+
+    def _call(self, method: str, request: bytes) -> bytes:
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(IMAGES + method)
+        response: bytes = call(request, timeout=RECORD_TIMEOUT, metadata=NAMESPACE)
+        return response
+
+    def get(self, name: str) -> ctr.Image | None:
+        try:
+            raw = self._call("Get", ctr.GetImageRequest(name=name).SerializeToString())
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return ctr.GetImageResponse.FromString(raw).image
+
+    def put(self, image: ctr.Image) -> None:
+        """Create the record, or point an existing one of that name where `image` points."""
+        try:
+            self._call("Create", ctr.CreateImageRequest(image=image).SerializeToString())
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            self._call("Update", ctr.UpdateImageRequest(image=image).SerializeToString())
+
+    def delete(self, name: str) -> None:
+        try:
+            self._call("Delete", ctr.DeleteImageRequest(name=name).SerializeToString())
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    def served(self) -> bool | None:
+        """Whether the runtime serves the API; None when it cannot be asked now."""
+        try:
+            self.get("")
+        except grpc.RpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                return False
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return None
+        return True  # containerd answers an empty name with NOT_FOUND or INVALID_ARGUMENT
+
+
+def renames(caller: str, pulled: str, digest: str) -> list[tuple[str, str]]:
+    """(record of the pulled name, record under the caller's name) pairs: the name itself and,
+    for a tag, the `repository@digest` record the runtime keeps beside it."""
+    pairs = [(pulled, caller)]
+    if "@" not in pulled and digest:
+        pairs.append((f"{repository(pulled)}@{digest}", f"{repository(caller)}@{digest}"))
+    return pairs
+
+
+def created_before(image: ctr.Image, since: float) -> bool:
+    """Whether the record existed before the pull began: the node held that name already."""
+    created = image.created_at.seconds + image.created_at.nanos / 1e9
+    return image.HasField("created_at") and created < since
+
+
+class Naming:
+    """Owns how images pulled through the shim are named to its callers."""
+
+    def __init__(self, upstream: Upstream, names: NameStore) -> None:
+        self._records = Records(upstream.channel)
+        self._names = names
+        self._native: bool | None = None
+
+    @property
+    def native(self) -> bool:
+        """Whether the runtime's own records carry the caller's names (asked once per worker)."""
+        if self._native is None:
+            served = self._records.served()
+            if served is None:
+                return False
+            self._native = served
+            log.info("image names", kept="in the runtime's image records" if served else "by translation")
+        return self._native
+
+    # -- pulls ------------------------------------------------------------------------------------
+
+    def pulled(self, method: str, source: Reference, target: Reference, since: float) -> None:
+        """A rewritten pull (`method`) succeeded (`since`: wall-clock time it began): name it as
+        asked, and return once the runtime's CRI answers under the new names."""
+        caller, name = reported(source), reported(target)
+        self._names.record(caller, name)
+        if self.native:
+            removed = self._adopt(caller, name, since)
+            self._settle(
+                method.rsplit("/", 1)[0] + "/ImageStatus", {caller: True, **dict.fromkeys(removed, False)}
+            )
+
+    def pulled_directly(self, source: Reference) -> None:
+        """A pull went as asked: a rewritten name pulled so stays, on every runtime."""
+        name = reported(source)
+        if self._names.callers(name) - {name}:
+            self._names.record(name, name)
+
+    def found(self, method: str, caller: str, name: str) -> None:
+        """The caller's image is on the node under `name` (preloaded, or pulled by an older shim),
+        seen by an ImageService `method`."""
+        if self._names.target(caller) != name:
+            self._names.record(name, name)  # held before the shim named it: it stays
+        self._names.record(caller, name)
+        if self.native:
+            self._adopt(caller, name, None)
+            self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", {caller: True})
+
+    def _adopt(self, caller: str, name: str, since: float | None) -> list[str]:
+        """Copy the records of `name` under `caller`; remove those the pull made (`since`).
+        Returns the names removed."""
+        removed: list[str] = []
+        try:
+            record = self._records.get(name)
+            if record is None:
+                return removed
+            for old, new in renames(caller, name, record.target.digest):
+                existing = record if old == name else self._records.get(old)
+                if existing is None:
+                    continue
+                copy = ctr.Image()
+                copy.CopyFrom(existing)
+                copy.name = new
+                copy.ClearField("created_at")
+                self._records.put(copy)
+                if since is not None and not created_before(existing, since):
+                    self._records.delete(old)
+                    removed.append(old)
+        except grpc.RpcError as err:
+            log.warning("could not name the image as pulled", image=caller, pulled=name, error=err.details())
+        return removed
+
+    def _settle(self, status: str, wanted: dict[str, bool]) -> None:
+        """containerd's CRI learns of record changes from its event stream, a moment later: wait
+        (briefly) until its ImageStatus shows each name present or absent as `wanted`, so the
+        caller's next call already sees the image by the name it asked for."""
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._records.channel.unary_unary(status)
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        pending = dict(wanted)
+        while pending and time.monotonic() < deadline:
+            for name, present in list(pending.items()):
+                request = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
+                try:
+                    answer = cri.ImageStatusResponse.FromString(call(request, timeout=RECORD_TIMEOUT))
+                except grpc.RpcError:
+                    return
+                if bool(answer.image.id) == present:
+                    del pending[name]
+            if pending:
+                time.sleep(0.01)
+        if pending:
+            log.warning(
+                "the runtime's CRI did not follow the renamed image records in time", names=",".join(pending)
+            )
+
+    # -- answers ------------------------------------------------------------------------------------
+
+    def first_names(self, caller: str) -> list[str]:
+        """Names the caller's image is most likely held under, in the order to look."""
+        mapped = self._names.target(caller)
+        if mapped is None or mapped == caller:
+            return [caller]
+        return [caller, mapped] if self.native else [mapped, caller]
+
+    def status(self, response: cri.ImageStatusResponse, caller: str | None, verbose: bool) -> bool:
+        """Name an ImageStatus answer; True if it changed."""
+        changed = self.image(response.image)
+        if verbose and response.image.id:
+            origin = self.origin([*([caller] if caller else []), *response.image.repo_tags])
+            if origin is not None:
+                response.info[INFO_KEY] = origin
+                changed = True
+        return changed
+
+    def listing(self, response: cri.ListImagesResponse) -> bool:
+        """Name every image of a ListImages answer; True if any changed."""
+        changed = False
+        for image in response.images:
+            changed = self.image(image) or changed
+        return changed
+
+    def image(self, image: cri.Image) -> bool:
+        """Without image records: the caller's names instead of the rewritten ones. With them the
+        runtime's answer is already true."""
+        if not self._names or self.native:
+            return False
+        tags, digests = translate(image.repo_tags, image.repo_digests, self._names)
+        if (tags, digests) == (list(image.repo_tags), list(image.repo_digests)):
+            return False
+        image.ClearField("repo_tags")
+        image.ClearField("repo_digests")
+        image.repo_tags.extend(tags)
+        image.repo_digests.extend(digests)
+        return True
+
+    def origin(self, names: Iterable[str]) -> str | None:
+        """Where an image the shim pulled under another name came from, for verbose `info`."""
+        for name in names:
+            pulled = self._names.target(name)
+            if pulled is not None and pulled != name:
+                return json.dumps({"pulledAs": pulled, "registry": reference.parse(pulled).domain})
+        return None
+
+    def prune(self, response: cri.ListImagesResponse) -> None:
+        """Forget the pairs of images no longer on the node (listed under neither name)."""
+        present = {name for image in response.images for name in (*image.repo_tags, *image.repo_digests)}
+        gone = [t for t in self._names.targets() if t not in present and not self._names.callers(t) & present]
+        if gone:
+            self._names.forget_targets(gone)
+
+    # -- CreateContainer ------------------------------------------------------------------------------
+
+    def create_container(self, upstream: Upstream, method: str, raw: bytes, context: Context) -> bytes:
+        """Without image records the runtime knows only the pulled name: map the caller's to it.
+        Only the image field is decoded; everything else goes as it came."""
+        if self._names and not self.native:
+            try:
+                request = cri.CreateContainerRequest.FromString(raw)
+            except DecodeError:
+                return upstream.unary(method, raw, context)  # the runtime says what is wrong
+            pulled = self._mapped(request.config.image.image)
+            if pulled is not None:
+                request.config.image.image = pulled
+                raw = request.SerializeToString()
+        return upstream.unary(method, raw, context)
+
+    def _mapped(self, image: str) -> str | None:
+        if not image or reference.is_image_id(image):
+            return None
+        try:
+            caller = reported(reference.parse(image))
+        except reference.ReferenceError:
+            return None
+        pulled = self._names.target(caller)
+        return pulled if pulled != caller else None
+
+
+def translate(tags: Iterable[str], digests: Iterable[str], store: NameStore) -> tuple[list[str], list[str]]:
+    """`repo_tags` and `repo_digests` with each rewritten name replaced by its callers' names, and
+    each digest name of a rewritten repository by the callers' repositories at that digest. A
+    name the node also holds directly (recorded as its own caller) stays."""
+    names: dict[str, list[str]] = {"tags": [], "digests": []}
+    moved: dict[str, set[str]] = {}  # rewritten repository -> the callers' repositories
+    kept: set[str] = set()  # rewritten repositories the node also holds directly
+
+    def add(name: str) -> None:
+        bucket = names["digests" if "@" in name else "tags"]
+        if name not in bucket:
+            bucket.append(name)
+
+    digests = list(digests)
+    for name in (*tags, *digests):
+        callers = store.callers(name)
+        others = callers - {name}
+        if not others:
+            if "@" not in name:
+                add(name)
+            continue
+        if name in callers:
+            add(name)
+            kept.add(repository(name))
+        for caller in sorted(others):
+            add(caller)
+        moved.setdefault(repository(name), set()).update(repository(c) for c in others)
+    for name in digests:
+        if store.callers(name) - {name}:
+            continue  # pulled by digest: done above
+        repo, digest = repository(name), name.split("@", 1)[1]
+        if repo not in moved or repo in kept:
+            add(name)
+        for caller_repo in sorted(moved.get(repo, ())):
+            add(f"{caller_repo}@{digest}")
+    return names["tags"], names["digests"]
