@@ -34,6 +34,7 @@ AREAS = (
     ("tests/test_syncer", "ConfigMap syncer and the config file"),
     ("tests/test_runtime_faults", "The container runtime"),
     ("tests/test_registry_faults", "Registries that misbehave"),
+    ("tests/test_failover", "Pull-time failover"),
     ("tests/test_grpc_faults", "gRPC input"),
     ("tests/test_worker", "The proxy worker"),
     ("tests/test_secrets", "Secrets"),

@@ -234,6 +234,25 @@ def test_primary_killed_mid_pull_fails_over_in_the_same_pull(
     )
 
 
+def test_each_attempt_carries_its_own_registrys_credentials(stack: Stack) -> None:
+    """Two private registries with different accounts: the backup accepts only its own, so the
+    failover succeeds only if the primary's credentials stayed behind."""
+    primary = stack.registries(auth=("primary-user", "primary:secret"))
+    backup = stack.registries(auth=("backup-user", "backup:secret"))
+    name = repo()
+    content = uuid.uuid4().hex
+    for registry in (primary, backup):
+        stack.images(registry, name, "1", content=content)
+    delete_layer(primary, name, "1")
+    shim = stack.start([entry(primary, 900), entry(backup, 100)])
+    client = stack.cri(shim.socket)
+    client.pull(f"{name}:1", username="caller", password="caller-secret")
+    assert client.pulled_as(f"{name}:1") == f"{backup.host}/{name}:1"
+    assert len(failovers(shim)) == 1, shim.log()
+    for secret in ("primary:secret", "backup:secret", "caller-secret"):
+        assert secret not in shim.log()
+
+
 def test_every_source_failing_is_one_error_naming_each_attempt(stack: Stack) -> None:
     name, primary, backup = pair(stack)
     delete_layer(primary, name, "1")
