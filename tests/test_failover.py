@@ -25,7 +25,7 @@ from image_cri_shim.workers.plan import Candidate
 from image_cri_shim.workers.registry import Answer, RegistryClient
 from image_cri_shim.workers.resolver import Resolver
 from tests.conftest import SMALL_DISK, SUITES
-from tests.harness import Containerd
+from tests.harness import Blackhole, Containerd
 from tests.harness.evidence import record
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.images import push
@@ -320,6 +320,22 @@ def test_a_deadline_is_not_failed_over(stack: Stack) -> None:
         lost="none",
         result=f"returned after {seconds:.1f} s, no second attempt (backup sent no blob)",
     )
+
+
+def test_a_failover_that_would_outlast_the_deadline_gives_the_runtimes_answer_in_time(
+    blackhole: Blackhole, stack: Stack
+) -> None:
+    """The next candidate never answers its probe (bound: half of `timeout`, 3 s): with 1 s left
+    the pull gives up waiting for it and returns the first attempt's answer before the deadline."""
+    name, primary, _ = pair(stack)
+    delete_layer(primary, name, "1")
+    shim = stack.start([entry(primary, 900), entry(blackhole.url, 100)], timeout="6s")
+    started = time.monotonic()
+    code, message = failure(lambda: stack.cri(shim.socket).pull(f"{name}:1", timeout=1.0))
+    seconds = time.monotonic() - started
+    assert code == grpc.StatusCode.NOT_FOUND and "not found" in message, (code, message)
+    assert seconds < 1.0, f"{seconds:.2f} s"
+    assert "no time left to fail over" in shim.log()
 
 
 def test_a_full_disk_is_not_failed_over(stack: Stack, small_disk_of: Callable[[str], Containerd]) -> None:

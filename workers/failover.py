@@ -33,9 +33,11 @@ Context = grpc.ServicerContext
 class Decisions(Protocol):
     """The resolver's side of a failover (run on the registry event loop by `Registries`)."""
 
-    def failover(self, ref: Reference, failed: Candidate, tried: frozenset[str], why: Verdict) -> Decision:
+    def failover(
+        self, ref: Reference, failed: Candidate, tried: frozenset[str], why: Verdict, within: float
+    ) -> Decision:
         """The next decision after a pull through `failed` failed (`tried`: every registry
-        pulled from so far)."""
+        pulled from so far); raises TimeoutError when it takes longer than `within` seconds."""
 
     def forget(self, ref: Reference, failed: Candidate) -> None:
         """Drop the decision through `failed`, if it is still the one cached."""
@@ -43,7 +45,7 @@ class Decisions(Protocol):
 
 # The request for one attempt: through a candidate, or (None) as the caller asked.
 Build = Callable[[Candidate | None], bytes]
-MIN_REMAINING = 0.1  # seconds: with less left, another attempt could only end in DEADLINE_EXCEEDED
+MIN_REMAINING = 0.2  # seconds: with less left, another attempt could only end in DEADLINE_EXCEEDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,9 @@ class Puller:
                     self._forget(source, current)  # never outlives a failed pull through it
                     self._give_up(context, err, source, attempts, ())
                 tried.add(current.registry.domain)
-                decision = self._next(source, current, frozenset(tried), attempts[-1].verdict)
+                # the failover's probes may take what is left but a margin to answer in time
+                left = self._upstream.deadline(context, started) - MIN_REMAINING / 2
+                decision = self._next(source, current, frozenset(tried), attempts[-1].verdict, left)
                 if decision is None:
                     self._give_up(context, err, source, attempts, ())
                 if decision.target is None and (not unchanged or source.domain in tried):
@@ -113,14 +117,16 @@ class Puller:
         )
 
     def _next(
-        self, source: Reference, failed: Candidate, tried: frozenset[str], why: Verdict
+        self, source: Reference, failed: Candidate, tried: frozenset[str], why: Verdict, within: float
     ) -> Decision | None:
         assert self._decisions is not None
         try:
-            return self._decisions.failover(source, failed, tried, why)
+            return self._decisions.failover(source, failed, tried, why, within)
+        except TimeoutError:  # the probes of the next candidates took what was left
+            log.info("no time left to fail over", image=source, **{"from": failed.reference}, why=why.why)
         except Exception as err:  # a fault of the shim's own: the runtime's answer goes back
             log.error("failover decision failed", image=source, error=repr(err))
-            return None
+        return None
 
     def _forget(self, source: Reference, failed: Candidate) -> None:
         if self._decisions is None:

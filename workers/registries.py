@@ -83,11 +83,14 @@ class Registries:
         return self._submit(resolver.resolve(ref)).result(RESOLVE_TIMEOUT)
 
     def failover(
-        self, ref: Reference, failed: Candidate, tried: frozenset[str], verdict: Verdict
+        self, ref: Reference, failed: Candidate, tried: frozenset[str], verdict: Verdict, within: float
     ) -> Decision:
-        """The next decision after a pull through `failed` failed (`Resolver.failover`); blocks."""
+        """The next decision after a pull through `failed` failed (`Resolver.failover`); blocks for
+        at most `within` seconds (TimeoutError), what the pull has left. The probes go on, so
+        the pulls that wait for the same failover still get its answer."""
         resolver = self._resolver.result(RESOLVE_TIMEOUT)
-        return self._submit(resolver.failover(ref, failed, tried, verdict)).result(RESOLVE_TIMEOUT)
+        future = self._submit(resolver.failover(ref, failed, tried, verdict))
+        return future.result(min(within, RESOLVE_TIMEOUT))
 
     def forget(self, ref: Reference, failed: Candidate) -> None:
         """Drop the decision through `failed` (`Resolver.forget`); blocks."""
