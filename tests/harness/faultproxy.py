@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .registry import Loopback
+
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
 CHUNK = 16 << 10
 
@@ -35,7 +37,7 @@ class _Server(ThreadingHTTPServer):
         pass  # a client or registry that went away mid-answer is what these tests are about
 
 
-class FaultProxy:
+class FaultProxy(Loopback):
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.fault = Fault()
@@ -46,14 +48,6 @@ class FaultProxy:
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
         self._thread.start()
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     def count(self, marker: str = "") -> int:
         with self._lock:

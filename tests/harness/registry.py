@@ -324,7 +324,21 @@ class RegistryFactory:
                 self.certs_d.remove_host(registry.host)
 
 
-class Blackhole:
+class Loopback:
+    """A plain-http server of the tests on 127.0.0.1:`port`."""
+
+    port: int
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+
+class Blackhole(Loopback):
     """A TCP server on 127.0.0.1 that accepts connections and never sends a byte."""
 
     def __init__(self) -> None:
@@ -336,14 +350,6 @@ class Blackhole:
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="blackhole", daemon=True)
         self._thread.start()
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     @property
     def accepted(self) -> int:
