@@ -115,15 +115,18 @@ class Containerd:
         binds: Sequence[Path] = (),
         disk: str | None = None,
         sandbox_image: str = "",
+        disabled_plugins: Sequence[str] = (),
     ) -> None:
         """`extra_config` is TOML appended to the generated config. With `root`, the containerd
         of that userland runs chrooted into it; `workdir`, the certs.d directory and `binds`
         are mounted in at their own paths. `disk` ("4m"): containerd's root directory (content
         store, snapshots) is a tmpfs of that size, for "disk full" tests; mounted in the
         daemon's own mount namespace, it vanishes with the daemon. `sandbox_image`: the pause
-        image pods start from."""
+        image pods start from. `disabled_plugins`: more plugins to leave out (e.g. the gRPC
+        images API, to stand in for a runtime without one)."""
         self.workdir = workdir
         self.sandbox_image = sandbox_image
+        self.disabled_plugins = (*_DISABLED_PLUGINS, *disabled_plugins)
         self.root = root
         self.binds = tuple(binds)
         self.disk = disk
@@ -150,7 +153,7 @@ class Containerd:
         for sub in ("root", "state", "tmp", "opt", "cni/bin", "cni/net.d"):
             (w / sub).mkdir(parents=True, exist_ok=True)
         render = config_v3 if self.major >= 2 else config_v2
-        config = render(w, self.socket, self.certs_d.path, self.sandbox_image)
+        config = render(w, self.socket, self.certs_d.path, self.sandbox_image, self.disabled_plugins)
         self.config_path.write_text(config + self.extra_config)
 
     def start(self, timeout: float = 30.0) -> None:
@@ -264,9 +267,9 @@ def installed_version(root: Path | None) -> str:
     return found.group(1)
 
 
-def _common(workdir: Path, socket: Path, version: int) -> str:
+def _common(workdir: Path, socket: Path, version: int, disabled_plugins: Sequence[str]) -> str:
     """The top of either config: own root, state and sockets, nothing but the native snapshotter."""
-    disabled = ", ".join(_toml_str(p) for p in _DISABLED_PLUGINS)
+    disabled = ", ".join(_toml_str(p) for p in disabled_plugins)
     return f"""\
 version = {version}
 root = {_toml_str(workdir / "root")}
@@ -291,12 +294,18 @@ disabled_plugins = [{disabled}]
 """
 
 
-def config_v2(workdir: Path, socket: Path, certs_d: Path, sandbox_image: str = "") -> str:
+def config_v2(
+    workdir: Path,
+    socket: Path,
+    certs_d: Path,
+    sandbox_image: str = "",
+    disabled_plugins: Sequence[str] = tuple(_DISABLED_PLUGINS),
+) -> str:
     """containerd 1.x: every CRI setting under the one `io.containerd.grpc.v1.cri` plugin."""
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     sandbox = f"\n    sandbox_image = {_toml_str(sandbox_image)}" if sandbox_image else ""
     return (
-        _common(workdir, socket, 2)
+        _common(workdir, socket, 2, disabled_plugins)
         + f"""\
   [{cri}]{sandbox}
     disable_tcp_service = true
@@ -316,7 +325,13 @@ def config_v2(workdir: Path, socket: Path, certs_d: Path, sandbox_image: str = "
     )
 
 
-def config_v3(workdir: Path, socket: Path, certs_d: Path, sandbox_image: str = "") -> str:
+def config_v3(
+    workdir: Path,
+    socket: Path,
+    certs_d: Path,
+    sandbox_image: str = "",
+    disabled_plugins: Sequence[str] = tuple(_DISABLED_PLUGINS),
+) -> str:
     """containerd 2.x: the CRI settings split into images, runtime and server plugins."""
     images = 'plugins."io.containerd.cri.v1.images"'
     runtime = 'plugins."io.containerd.cri.v1.runtime"'
@@ -324,7 +339,7 @@ def config_v3(workdir: Path, socket: Path, certs_d: Path, sandbox_image: str = "
         f"\n    [{images}.pinned_images]\n      sandbox = {_toml_str(sandbox_image)}" if sandbox_image else ""
     )
     return (
-        _common(workdir, socket, 3)
+        _common(workdir, socket, 3, disabled_plugins)
         + f"""\
   [plugins."io.containerd.grpc.v1.cri"]
     disable_tcp_service = true

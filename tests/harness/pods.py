@@ -28,8 +28,9 @@ CNI_PLUGINS = Path("/usr/lib/cni")
 APPLETS = ("sh", "echo", "sleep", "cat", "true")
 
 
-def busybox_layout(path: Path, command: list[str]) -> OciLayout:
-    """An image of busybox whose default command is `command`."""
+def busybox_layout(path: Path, command: list[str], label: str = "") -> OciLayout:
+    """An image of busybox whose default command is `command`; a different `label` (in its
+    environment) makes a different image."""
     if not BUSYBOX.exists():
         raise HarnessError(f"{BUSYBOX} is missing (Debian: apt-get install busybox-static)")
     buffer = io.BytesIO()
@@ -47,7 +48,7 @@ def busybox_layout(path: Path, command: list[str]) -> OciLayout:
             link.type, link.linkname, link.mode, link.mtime = tarfile.SYMTYPE, "busybox", 0o777, 0
             tar.addfile(link)
     writer = LayoutWriter(path)
-    settings = {"Cmd": command, "Env": ["PATH=/bin"]}
+    settings = {"Cmd": command, "Env": ["PATH=/bin", f"IMAGE_LABEL={label}"]}
     return writer.finish(writer.image(buffer.getvalue(), node_platform(), settings))
 
 

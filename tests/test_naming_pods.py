@@ -1,0 +1,277 @@
+"""Transparent naming with real pods, through the shim socket only, on containerd 1.6 (this
+machine's), 1.7 (Debian trixie) and 2.x (sid): pull by a name that gets rewritten, run a pod and a
+container by that name, and find the image under it alone, also after a restart of the shim with
+every registry stopped. Both CRI versions where the runtime serves them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.conftest import SUITES
+from tests.harness import (
+    CertAuthority,
+    Containerd,
+    CriClientFactory,
+    ImageBuilder,
+    RegistryFactory,
+    ShimFactory,
+)
+from tests.harness.containerd import ROOT_PACKAGES
+from tests.harness.cri import VERSIONS, CriClient, CriVersion
+from tests.harness.images import PushedImage, push
+from tests.harness.pods import PodNetwork, busybox_layout, container_config, remove_pods, sandbox_config
+from tests.harness.registry import Registry
+from tests.harness.rootfs import debian_root
+from tests.test_worker import Stack, entry
+
+pytestmark = pytest.mark.timeout(300)
+
+RUNTIMES = ("host", *SUITES)  # "host": this machine's containerd 1.6
+SUBNETS = {
+    "host": "10.251.1.0/24",
+    "trixie": "10.251.2.0/24",
+    "sid": "10.251.3.0/24",
+    "plain": "10.251.4.0/24",
+}
+
+
+@dataclass
+class PodNode:
+    """A containerd that runs pods: CNI bridge, a pause image already on the node."""
+
+    containerd: Containerd
+    network: PodNetwork
+    pause_registry: Registry
+    work: Path
+
+
+def start_node(
+    work: Path, runtime: str, disabled_plugins: tuple[str, ...] = ()
+) -> tuple[PodNode, RegistryFactory]:
+    registries = RegistryFactory(work / "registries", CertAuthority.create(work / "ca"))
+    pause_registry = registries()
+    pause = push(busybox_layout(work / "pause", ["/bin/sleep", "2147483647"]), pause_registry, "pause", "1")
+    root = None if runtime in ("host", "plain") else debian_root(runtime, ROOT_PACKAGES)
+    daemon = Containerd(
+        work / "containerd", root=root, sandbox_image=pause.reference, disabled_plugins=disabled_plugins
+    )
+    network = PodNetwork(daemon, SUBNETS[runtime])
+    daemon.start()
+    with CriClient(daemon.socket) as direct:
+        direct.pull(pause.reference)  # containerd pulls the sandbox image itself, past the shim
+    return PodNode(daemon, network, pause_registry, work), registries
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodNode]:
+    work = tmp_path_factory.mktemp(f"pods-{request.param}")
+    built, registries = start_node(work, request.param)
+    yield built
+    stop_node(built, registries)
+
+
+def stop_node(node: PodNode, registries: RegistryFactory) -> None:
+    try:
+        with CriClient(node.containerd.socket, timeout=60) as direct:
+            remove_pods(direct)
+    finally:
+        node.containerd.stop()
+        node.network.close()
+        registries.close()
+
+
+@dataclass
+class Names:
+    caller: str
+    caller_digest: str
+    pushed: PushedImage
+
+
+def push_busybox(node: PodNode, mirror: Registry) -> Names:
+    """A busybox image at the mirror, asked for as registry.k8s.io/e2e-test-images/…:1.29-2."""
+    name = f"bb{uuid.uuid4().hex[:8]}"
+    layout = busybox_layout(node.work / name, ["/bin/sleep", "3600"], label=name)  # an image of its own
+    pushed = push(layout, mirror, f"e2e-test-images/{name}", "1.29-2")
+    caller = f"registry.k8s.io/e2e-test-images/{name}:1.29-2"
+    return Names(caller, f"registry.k8s.io/e2e-test-images/{name}@{pushed.digest}", pushed)
+
+
+def assert_named_as_asked(client: CriClient, names: Names, image_id: str, renamed: bool = True) -> None:
+    """ImageStatus and ListImages name the image as the caller asked, and by nothing else."""
+    status = client.status(names.caller)
+    assert status is not None and status.id == image_id
+    assert list(status.repo_tags) == [names.caller]
+    assert list(status.repo_digests) == [names.caller_digest]
+    listed = [i for i in client.list() if i.id == image_id]
+    assert [(list(i.repo_tags), list(i.repo_digests)) for i in listed] == [
+        ([names.caller], [names.caller_digest])
+    ]
+    assert not any(names.pushed.host in t for i in client.list() for t in (*i.repo_tags, *i.repo_digests))
+    # (containerd 1.6 ignores ListImages filters: other images may be listed too)
+    assert image_id in [i.id for i in client.list(names.caller)], "a filter by the caller's name finds it"
+    if renamed:
+        assert client.status(names.pushed.reference) is None, "the rewritten name is gone"
+
+
+def run_container(client: CriClient, pod: str, sandbox: object, names: Names, label: str) -> str:
+    """CreateContainer by the caller's name, StartContainer, ExecSync echo; the container's id."""
+    pb, runtime = client.pb, client.runtime
+    config = container_config(client, label, names.caller, ["/bin/sleep", "3600"])
+    request = pb.CreateContainerRequest(pod_sandbox_id=pod, config=config, sandbox_config=sandbox)
+    container = str(runtime.CreateContainer(request, timeout=60).container_id)
+    runtime.StartContainer(pb.StartContainerRequest(container_id=container), timeout=60)
+    done = runtime.ExecSync(
+        pb.ExecSyncRequest(container_id=container, cmd=["echo", label], timeout=10), timeout=30
+    )
+    assert (done.exit_code, done.stdout) == (0, f"{label}\n".encode())
+    return container
+
+
+def container_image(client: CriClient, container: str) -> tuple[str, str]:
+    pb = client.pb
+    status = client.runtime.ContainerStatus(
+        pb.ContainerStatusRequest(container_id=container), timeout=30
+    ).status
+    return str(status.image.image), str(status.image_ref)
+
+
+def start_shim(stack: Stack, node: PodNode, mirror: Registry) -> Path:
+    return stack.start_on(node.containerd.address, [], address=entry(mirror)).socket
+
+
+@pytest.fixture
+def stack(
+    node: PodNode,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> Stack:
+    return Stack(node.containerd, registry_factory, image_factory, shim_factory, cri_client, short_dir)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_pod_runs_from_the_name_it_pulled_and_the_image_is_listed_under_it_alone(
+    node: PodNode, stack: Stack, version: CriVersion
+) -> None:
+    mirror = stack.registries()
+    names = push_busybox(node, mirror)
+    client = stack.cri(start_shim(stack, node, mirror), version)
+    if node.containerd.major >= 2 and version == "v1alpha2":
+        with pytest.raises(grpc.RpcError) as err:
+            client.version()
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, "2.x serves v1 only: passed through"
+        return
+
+    image_id = client.pull(names.caller)
+    assert_named_as_asked(client, names, image_id)
+    assert client.pulled_as(names.caller) == names.pushed.reference
+    direct = stack.direct()
+    assert direct.status(names.caller) is not None and direct.status(names.pushed.reference) is None, (
+        "containerd's own records carry the caller's name"
+    )
+
+    sandbox = sandbox_config(client, f"pod-{version}")
+    pod = str(
+        client.runtime.RunPodSandbox(
+            client.pb.RunPodSandboxRequest(config=sandbox), timeout=60
+        ).pod_sandbox_id
+    )
+    first = run_container(client, pod, sandbox, names, "first")
+    image, image_ref = container_image(client, first)
+    assert image == names.caller
+    assert image_ref in (names.caller_digest, image_id)
+
+    # The shim restarted with every registry down: the same answers, and a container by that name.
+    stack.shims.close()
+    mirror.stop()
+    node.pause_registry.stop()
+    client = stack.cri(start_shim(stack, node, mirror), version)
+    assert_named_as_asked(client, names, image_id)
+    run_container(client, pod, sandbox, names, "second")
+
+    pb = client.pb
+    client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    client.remove(names.caller)
+    assert client.status(names.caller) is None
+    assert direct.status(names.caller) is None and direct.status(image_id) is None
+
+
+def test_a_name_also_pulled_directly_stays(node: PodNode, stack: Stack) -> None:
+    """What a client sees for an image pulled both directly and through the shim: both names."""
+    mirror = stack.registries()
+    client = stack.cri(start_shim(stack, node, mirror))
+    direct_first = push_busybox(node, mirror)
+    image_id = client.pull(direct_first.pushed.reference)  # its own name: not rewritten
+    assert client.pull(direct_first.caller) == image_id
+    status = client.status(direct_first.caller)
+    assert status is not None
+    assert sorted(status.repo_tags) == sorted([direct_first.caller, direct_first.pushed.reference])
+    assert sorted(status.repo_digests) == sorted(
+        [direct_first.caller_digest, direct_first.pushed.digest_reference]
+    )
+
+    shim_first = push_busybox(node, mirror)
+    image_id = client.pull(shim_first.caller)
+    stack.direct().pull(shim_first.pushed.reference)  # past the shim, afterwards
+    status = client.status(shim_first.caller)
+    assert status is not None and status.id == image_id
+    assert sorted(status.repo_tags) == sorted([shim_first.caller, shim_first.pushed.reference])
+    for names in (direct_first, shim_first):
+        client.remove(names.caller)
+        assert client.status(names.pushed.reference) is None, "RemoveImage removes the image, every name"
+
+
+@pytest.fixture(scope="module")
+def plain_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodNode]:
+    """containerd 1.6 without its gRPC images API: a runtime the shim can only translate for."""
+    built, registries = start_node(
+        tmp_path_factory.mktemp("pods-plain"), "plain", ("io.containerd.grpc.v1.images",)
+    )
+    yield built
+    stop_node(built, registries)
+
+
+def test_without_image_records_answers_and_create_container_are_translated(
+    plain_node: PodNode,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    stack = Stack(plain_node.containerd, registry_factory, image_factory, shim_factory, cri_client, short_dir)
+    mirror = stack.registries()
+    names = push_busybox(plain_node, mirror)
+    client = stack.cri(start_shim(stack, plain_node, mirror))
+    image_id = client.pull(names.caller)
+    assert_named_as_asked(client, names, image_id, renamed=False)
+    direct = stack.direct()
+    assert direct.status(names.caller) is None, "the runtime itself knows only the pulled name"
+    assert direct.status(names.pushed.reference) is not None
+
+    sandbox = sandbox_config(client, "pod-plain")
+    pod = str(
+        client.runtime.RunPodSandbox(
+            client.pb.RunPodSandboxRequest(config=sandbox), timeout=60
+        ).pod_sandbox_id
+    )
+    run_container(client, pod, sandbox, names, "mapped")
+
+    stack.shims.close()
+    mirror.stop()
+    client = stack.cri(start_shim(stack, plain_node, mirror))
+    assert_named_as_asked(client, names, image_id, renamed=False)
+    run_container(client, pod, sandbox, names, "again")
+    client.runtime.StopPodSandbox(client.pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    client.runtime.RemovePodSandbox(client.pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    client.remove(names.caller)
+    assert direct.status(names.pushed.reference) is None
