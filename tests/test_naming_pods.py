@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,6 +229,19 @@ def test_a_name_also_pulled_directly_stays(node: PodNode, stack: Stack) -> None:
     for names in (direct_first, shim_first):
         client.remove(names.caller)
         assert client.status(names.pushed.reference) is None, "RemoveImage removes the image, every name"
+
+
+def test_concurrent_pulls_of_one_name_all_succeed_and_leave_the_callers_name(
+    node: PodNode, stack: Stack
+) -> None:
+    mirror = stack.registries()
+    names = push_busybox(node, mirror)
+    client = stack.cri(start_shim(stack, node, mirror))
+    with ThreadPoolExecutor(8) as pool:  # a failed pull raises here
+        results = list(pool.map(lambda _: client.pull(names.caller), range(8)))
+    assert len(set(results)) == 1 and len(results) == 8
+    assert_named_as_asked(client, names, results[0])
+    client.remove(names.caller)
 
 
 @pytest.fixture(scope="module")

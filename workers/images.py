@@ -148,12 +148,12 @@ class ImageService:
             return attempt.SerializeToString()
 
         unchanged = self._pull_upstream or own is not None
-        since = time.time()
-        response, pulled = self._puller.pull(method, source, target, build, unchanged, context, started)
-        if pulled is not None and pulled.reference != source:
-            self.naming.pulled(method, source, pulled.reference, since)
-        else:
-            self.naming.pulled_directly(source)
+        with self.naming.pulling(source) as pull:
+            response, pulled = self._puller.pull(method, source, target, build, unchanged, context, started)
+            if pulled is not None and pulled.reference != source:
+                self.naming.pulled(method, pull, pulled.reference)
+            else:
+                self.naming.pulled_directly(source)
         return response
 
     def _pull_unchanged(

@@ -21,9 +21,12 @@ translation and for what verbose ImageStatus says about where the image came fro
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -108,6 +111,15 @@ def created_before(image: ctr.Image, since: float) -> bool:
     return image.HasField("created_at") and created < since
 
 
+@dataclass
+class Pull:
+    """One rewritten pull of `caller`, begun at `since` (wall clock)."""
+
+    caller: str
+    since: float
+    done: bool = False  # back from the runtime
+
+
 class Naming:
     """Owns how images pulled through the shim are named to its callers."""
 
@@ -115,6 +127,32 @@ class Naming:
         self._records = Records(upstream.channel)
         self._names = names
         self._native: bool | None = None
+        self._lock = threading.Lock()
+        self._pulls: dict[str, tuple[int, float]] = {}  # caller -> (pulls in flight, earliest start)
+
+    @contextlib.contextmanager
+    def pulling(self, source: Reference) -> Iterator[Pull]:
+        """Around a rewritten pull. containerd finishes a pull by reading the record it wrote,
+        so a rename must not remove that record while another pull of the name is still in
+        the runtime: the last of concurrent pulls to come back renames for all of them."""
+        pull = Pull(reported(source), time.time())
+        with self._lock:
+            users, since = self._pulls.get(pull.caller, (0, pull.since))
+            self._pulls[pull.caller] = (users + 1, min(since, pull.since))
+        try:
+            yield pull
+        finally:
+            with self._lock:
+                if not pull.done:
+                    self._returned(pull)
+
+    def _returned(self, pull: Pull) -> tuple[int, float]:
+        """This pull is back from the runtime: (pulls of its name still there, their earliest start)."""
+        pull.done = True
+        users, since = self._pulls.pop(pull.caller)
+        if users > 1:
+            self._pulls[pull.caller] = (users - 1, since)
+        return users - 1, since
 
     @property
     def native(self) -> bool:
@@ -129,16 +167,17 @@ class Naming:
 
     # -- pulls ------------------------------------------------------------------------------------
 
-    def pulled(self, method: str, source: Reference, target: Reference, since: float) -> None:
-        """A rewritten pull (`method`) succeeded (`since`: wall-clock time it began): name it as
-        asked, and return once the runtime's CRI answers under the new names."""
-        caller, name = reported(source), reported(target)
+    def pulled(self, method: str, pull: Pull, target: Reference) -> None:
+        """A rewritten pull (`method`) succeeded: name it as asked, and return once the
+        runtime's CRI answers under the new names."""
+        caller, name = pull.caller, reported(target)
         self._names.record(caller, name)
-        if self.native:
-            removed = self._adopt(caller, name, since)
-            self._settle(
-                method.rsplit("/", 1)[0] + "/ImageStatus", {caller: True, **dict.fromkeys(removed, False)}
-            )
+        native = self.native
+        with self._lock:  # no other pull of the name starts meanwhile
+            others, since = self._returned(pull)
+            changes = self._adopt(caller, name, None if others else since) if native else {}
+        if native:
+            self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes)
 
     def pulled_directly(self, source: Reference) -> None:
         """A pull went as asked: a rewritten name pulled so stays, on every runtime."""
@@ -153,17 +192,16 @@ class Naming:
             self._names.record(name, name)  # held before the shim named it: it stays
         self._names.record(caller, name)
         if self.native:
-            self._adopt(caller, name, None)
-            self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", {caller: True})
+            self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", self._adopt(caller, name, None))
 
-    def _adopt(self, caller: str, name: str, since: float | None) -> list[str]:
-        """Copy the records of `name` under `caller`; remove those the pull made (`since`).
-        Returns the names removed."""
-        removed: list[str] = []
+    def _adopt(self, caller: str, name: str, since: float | None) -> dict[str, bool]:
+        """Copy the records of `name` under `caller`; remove those made since the pulls began
+        (`since`; None: remove none). Returns each name written (True) or removed (False)."""
+        changes: dict[str, bool] = {}
         try:
             record = self._records.get(name)
             if record is None:
-                return removed
+                return changes
             for old, new in renames(caller, name, record.target.digest):
                 existing = record if old == name else self._records.get(old)
                 if existing is None:
@@ -173,12 +211,13 @@ class Naming:
                 copy.name = new
                 copy.ClearField("created_at")
                 self._records.put(copy)
+                changes[new] = True
                 if since is not None and not created_before(existing, since):
                     self._records.delete(old)
-                    removed.append(old)
+                    changes[old] = False
         except grpc.RpcError as err:
             log.warning("could not name the image as pulled", image=caller, pulled=name, error=err.details())
-        return removed
+        return changes
 
     def _settle(self, status: str, wanted: dict[str, bool]) -> None:
         """containerd's CRI learns of record changes from its event stream, a moment later: wait

@@ -34,6 +34,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -47,13 +48,13 @@ from .rootfs import chrooted
 ROOT_PACKAGES = ("containerd", "runc")
 
 # Snapshotters that cannot work or are not wanted here; "native" needs no kernel support.
-_DISABLED_PLUGINS = [
+_DISABLED_PLUGINS = (
     "io.containerd.snapshotter.v1.aufs",
     "io.containerd.snapshotter.v1.btrfs",
     "io.containerd.snapshotter.v1.devmapper",
     "io.containerd.snapshotter.v1.zfs",
     "io.containerd.snapshotter.v1.overlayfs",
-]
+)
 
 
 def _toml_str(value: str | Path) -> str:
@@ -153,7 +154,8 @@ class Containerd:
         for sub in ("root", "state", "tmp", "opt", "cni/bin", "cni/net.d"):
             (w / sub).mkdir(parents=True, exist_ok=True)
         render = config_v3 if self.major >= 2 else config_v2
-        config = render(w, self.socket, self.certs_d.path, self.sandbox_image, self.disabled_plugins)
+        paths = Paths(w, self.socket, self.certs_d.path)
+        config = render(paths, self.sandbox_image, self.disabled_plugins)
         self.config_path.write_text(config + self.extra_config)
 
     def start(self, timeout: float = 30.0) -> None:
@@ -294,18 +296,23 @@ disabled_plugins = [{disabled}]
 """
 
 
+@dataclass(frozen=True)
+class Paths:
+    """Where one containerd keeps its state, listens, and finds its registry hosts."""
+
+    workdir: Path
+    socket: Path
+    certs_d: Path
+
+
 def config_v2(
-    workdir: Path,
-    socket: Path,
-    certs_d: Path,
-    sandbox_image: str = "",
-    disabled_plugins: Sequence[str] = tuple(_DISABLED_PLUGINS),
+    paths: Paths, sandbox_image: str = "", disabled_plugins: Sequence[str] = _DISABLED_PLUGINS
 ) -> str:
     """containerd 1.x: every CRI setting under the one `io.containerd.grpc.v1.cri` plugin."""
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     sandbox = f"\n    sandbox_image = {_toml_str(sandbox_image)}" if sandbox_image else ""
     return (
-        _common(workdir, socket, 2, disabled_plugins)
+        _common(paths.workdir, paths.socket, 2, disabled_plugins)
         + f"""\
   [{cri}]{sandbox}
     disable_tcp_service = true
@@ -315,22 +322,18 @@ def config_v2(
     restrict_oom_score_adj = true
     [{cri}.cni]
       # Private dirs: the node's CNI setup must not matter; pod tests fill them.
-      bin_dir = {_toml_str(workdir / "cni/bin")}
-      conf_dir = {_toml_str(workdir / "cni/net.d")}
+      bin_dir = {_toml_str(paths.workdir / "cni/bin")}
+      conf_dir = {_toml_str(paths.workdir / "cni/net.d")}
     [{cri}.containerd]
       snapshotter = "native"
     [{cri}.registry]
-      config_path = {_toml_str(certs_d)}
+      config_path = {_toml_str(paths.certs_d)}
 """
     )
 
 
 def config_v3(
-    workdir: Path,
-    socket: Path,
-    certs_d: Path,
-    sandbox_image: str = "",
-    disabled_plugins: Sequence[str] = tuple(_DISABLED_PLUGINS),
+    paths: Paths, sandbox_image: str = "", disabled_plugins: Sequence[str] = _DISABLED_PLUGINS
 ) -> str:
     """containerd 2.x: the CRI settings split into images, runtime and server plugins."""
     images = 'plugins."io.containerd.cri.v1.images"'
@@ -339,7 +342,7 @@ def config_v3(
         f"\n    [{images}.pinned_images]\n      sandbox = {_toml_str(sandbox_image)}" if sandbox_image else ""
     )
     return (
-        _common(workdir, socket, 3, disabled_plugins)
+        _common(paths.workdir, paths.socket, 3, disabled_plugins)
         + f"""\
   [plugins."io.containerd.grpc.v1.cri"]
     disable_tcp_service = true
@@ -348,12 +351,12 @@ def config_v3(
   [{images}]
     snapshotter = "native"
     [{images}.registry]
-      config_path = {_toml_str(certs_d)}{sandbox}
+      config_path = {_toml_str(paths.certs_d)}{sandbox}
   [{runtime}]
     restrict_oom_score_adj = true
     [{runtime}.cni]
-      bin_dirs = [{_toml_str(workdir / "cni/bin")}]
-      conf_dir = {_toml_str(workdir / "cni/net.d")}
+      bin_dirs = [{_toml_str(paths.workdir / "cni/bin")}]
+      conf_dir = {_toml_str(paths.workdir / "cni/net.d")}
   [[plugins."io.containerd.transfer.v1.local".unpack_config]]
     platform = "linux"
     snapshotter = "native"
