@@ -29,6 +29,7 @@ from tests.harness.images import PushedImage, push
 from tests.harness.pods import PodNetwork, busybox_layout, container_config, remove_pods, sandbox_config
 from tests.harness.registry import Registry
 from tests.harness.rootfs import debian_root
+from tests.harness.service import start_service
 from tests.test_worker import Stack, entry
 
 pytestmark = pytest.mark.timeout(300)
@@ -289,3 +290,35 @@ def test_without_image_records_answers_and_create_container_are_translated(
     client.runtime.RemovePodSandbox(client.pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
     client.remove(names.caller)
     assert direct.status(names.pushed.reference) is None
+
+
+def test_names_hold_across_a_reload_with_every_registry_down(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    """The service (master and workers): a reload starts a new worker with an empty cache."""
+    mirror = registry_factory()
+    name = f"library/r{uuid.uuid4().hex[:8]}"
+    pushed = image_factory(mirror, name, "1")
+    caller = f"docker.io/{name}:1"
+    service = start_service(short_dir, {"cri": containerd.address, "address": mirror.url})
+    try:
+        client = cri_client(service.socket)
+        image_id = client.pull(caller)
+        mirror.stop()
+        ready = service.reload_and_wait(lambda: service.edit(lambda c: c.update(debug=True)))
+        assert "serving gen=2" in ready["STATUS"]
+        status = cri_client(service.socket).status(caller)
+        assert status is not None and status.id == image_id
+        assert (list(status.repo_tags), list(status.repo_digests)) == (
+            [caller],
+            [f"docker.io/{name}@{pushed.digest}"],
+        )
+        assert cri_client(service.socket).pulled_as(caller) == pushed.reference
+    finally:
+        service.stop()
+        print(service.process.describe(lines=40))
+    cri_client().remove(caller)
