@@ -322,3 +322,33 @@ def test_names_hold_across_a_reload_with_every_registry_down(
         service.stop()
         print(service.process.describe(lines=40))
     cri_client().remove(caller)
+
+
+def test_an_image_preloaded_under_the_mirror_name_gains_the_callers_name(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+    short_dir: Path,
+) -> None:
+    """As sealos preloads images under its hub's name: the first ImageStatus by the pod's name
+    finds it there (no registry asked) and gives it a record under that name; the preloaded
+    name stays."""
+    mirror = registry_factory()
+    name = f"library/p{uuid.uuid4().hex[:8]}"
+    pushed = image_factory(mirror, name, "1")
+    direct = cri_client()
+    image_id = direct.pull(pushed.reference)
+    stack = Stack(containerd, registry_factory, image_factory, shim_factory, cri_client, short_dir)
+    shim = stack.start([], address=entry(mirror))
+    mirror.stop()
+    client = cri_client(shim.socket)
+    caller = f"docker.io/{name}:1"
+    status = client.status(caller)
+    assert status is not None and status.id == image_id
+    assert sorted(status.repo_tags) == sorted([caller, pushed.reference])
+    assert direct.status(caller) is not None, "containerd's own record under the caller's name"
+    assert "rewrite decision" not in shim.log()
+    client.remove(caller)
+    assert direct.status(pushed.reference) is None
