@@ -83,6 +83,15 @@ Fixed:
 - A connection that never sent the HTTP/2 preface kept a descriptor of the worker for grpc's
   default handshake timeout, 120 s (and the 1,000-connection test's "nothing" connections did send
   a preface); the worker now closes silent connections after 10 s.
+- Pulls that the chosen registry failed were not failed over: a partial mirror (manifest there, a
+  layer blob lost) failed every pull with NOT_FOUND for `imageCacheTTL` (30 min by default), since
+  kubelet's retries met the same cached decision; a registry SIGKILLed mid-download failed the pull
+  with UNKNOWN. Such a pull now goes on to the next registry within the same call (partial mirror:
+  the first pull succeeds in 0.1 to 0.4 s; registry death: 0.4 to 0.7 s after the connection broke),
+  on containerd 1.6, 1.7 and 2.x. The runtime tells the shim only a status and a message, and 2.x
+  words several failures differently from 1.x ("failed to resolve image", "short read", an index
+  without the node's platform without the usual prefix); every fault is provoked on each version
+  and its message kept in tests/pull-messages.json.
 
 Kept, by design:
 
