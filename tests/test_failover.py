@@ -325,16 +325,16 @@ def test_a_deadline_is_not_failed_over(stack: Stack) -> None:
 def test_a_failover_that_would_outlast_the_deadline_gives_the_runtimes_answer_in_time(
     blackhole: Blackhole, stack: Stack
 ) -> None:
-    """The next candidate never answers its probe (bound: half of `timeout`, 3 s): with 1 s left
+    """The next candidate never answers its probe (bound: half of `timeout`, 3 s): with 2 s left
     the pull gives up waiting for it and returns the first attempt's answer before the deadline."""
     name, primary, _ = pair(stack)
     delete_layer(primary, name, "1")
     shim = stack.start([entry(primary, 900), entry(blackhole.url, 100)], timeout="6s")
     started = time.monotonic()
-    code, message = failure(lambda: stack.cri(shim.socket).pull(f"{name}:1", timeout=1.0))
+    code, message = failure(lambda: stack.cri(shim.socket).pull(f"{name}:1", timeout=2.0))
     seconds = time.monotonic() - started
     assert code == grpc.StatusCode.NOT_FOUND and "not found" in message, (code, message)
-    assert seconds < 1.0, f"{seconds:.2f} s"
+    assert seconds < 2.0, f"{seconds:.2f} s"
     assert "no time left to fail over" in shim.log()
 
 

@@ -45,7 +45,8 @@ class Decisions(Protocol):
 
 # The request for one attempt: through a candidate, or (None) as the caller asked.
 Build = Callable[[Candidate | None], bytes]
-MIN_REMAINING = 0.2  # seconds: with less left, another attempt could only end in DEADLINE_EXCEEDED
+MARGIN = 0.25  # seconds kept to send the answer back before the caller's deadline
+MIN_REMAINING = 2 * MARGIN  # with less left, another attempt could only end in DEADLINE_EXCEEDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ class Puller:
                     self._give_up(context, err, source, attempts, ())
                 tried.add(current.registry.domain)
                 # the failover's probes may take what is left but a margin to answer in time
-                left = self._upstream.deadline(context, started) - MIN_REMAINING / 2
+                left = self._upstream.deadline(context, started) - MARGIN
                 decision = self._next(source, current, frozenset(tried), attempts[-1].verdict, left)
                 if decision is None:
                     self._give_up(context, err, source, attempts, ())
