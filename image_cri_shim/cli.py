@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--generation", type=int, default=1)
     worker.add_argument("--ready-fd", type=int, default=None)
     worker.add_argument("--master-pid", type=int, default=None)
+    worker.add_argument("--heartbeat-fd", type=int, default=None)
+    worker.add_argument("--heartbeat-every", type=float, default=None)
     syncer = sub.add_parser("syncer", help=argparse.SUPPRESS)
     syncer.add_argument("-f", "--file", default=DEFAULT_PATH)
     syncer.add_argument("--master-pid", type=int, default=None)
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             become_child(f"worker gen={args.generation}", args.master_pid, signal.SIGINT)
             from image_cri_shim.workers.process import run
 
-            return run(args.file, args.generation, args.ready_fd)
+            return run(args.file, args.generation, args.ready_fd, args.heartbeat_fd, args.heartbeat_every)
         if args.command == "syncer":
             become_child("syncer", args.master_pid)
             from image_cri_shim.syncer.process import run as run_syncer

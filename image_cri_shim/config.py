@@ -18,7 +18,6 @@ never an error, so a newer file still starts an older shim.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import os
@@ -952,6 +951,8 @@ def _did_you_mean(key: object, known: Mapping[str, object]) -> str:
     if not isinstance(key, str):
         return ""
     by_lower = {name.lower(): name for name in known}
+    import difflib  # only for a misspelled key: the master does not carry it otherwise
+
     close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.6)
     return f" (did you mean {_show(by_lower[close[0]])}?)" if close else ""
 
@@ -1078,6 +1079,11 @@ def _address_key(registry: Registry) -> str:
 
 def load(path: str) -> Config:
     """Read the file at `path` and parse it; any failure is a ConfigError naming the file."""
+    return parse_bytes(read(path), path)
+
+
+def read(path: str) -> bytes:
+    """The bytes of the config file at `path` (bounded), or a ConfigError naming the file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -1096,6 +1102,11 @@ def load(path: str) -> Config:
         raise ConfigError(path, None, f"cannot read: {err.strerror or type(err).__name__}") from None
     if len(data) > _MAX_FILE_BYTES:
         raise ConfigError(path, None, f"larger than {_MAX_FILE_BYTES} bytes: not a config file")
+    return data
+
+
+def parse_bytes(data: bytes, path: str) -> Config:
+    """`parse` for the bytes of a file: NUL bytes and other encodings are refused in one line."""
     if b"\0" in data:
         raise ConfigError(path, None, "binary data, not YAML text")
     try:

@@ -14,7 +14,7 @@ Labels are bounded: registries are the configured domains, methods the CRI metho
 from __future__ import annotations
 
 import os
-import platform
+import sys
 from typing import Any, Literal
 
 from image_cri_shim import __version__
@@ -91,7 +91,7 @@ class MasterMetrics(_Catalog):
         self.build_info = self.gauge(
             "build_info", "Always 1; the labels say which build runs.", ("version", "python"), mode="livemax"
         )
-        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.build_info.labels(__version__, ".".join(map(str, sys.version_info[:3]))).set(1)
         self.reloads = self.counter(
             "reloads_total",
             "Reloads by what triggered them (signal, file, poll, command) and how they ended.",

@@ -2,8 +2,9 @@
 
 Signals, readiness reports, child exits and config-file events all become events in one
 queue; the loop takes them one at a time and each kind has a small `handle_*` method. Timers
-(debounce, poll fallback, restarts with backoff, the systemd watchdog) are checked after every
-wake-up. Nothing here imports grpc or kubernetes: the master stays small and fork-free.
+(debounce, poll fallback, restarts with backoff, the systemd watchdog, the worker's heartbeat)
+are deadlines: the loop sleeps until the next one is due or an event arrives, and wakes for
+nothing else. Nothing here imports grpc or kubernetes: the master stays small and fork-free.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from image_cri_shim import logs
 from image_cri_shim.changes import changed_keys
-from image_cri_shim.config import Config, ConfigError, load
+from image_cri_shim.config import Config, ConfigError, parse_bytes, read
+from image_cri_shim.heartbeat import Reading
+from image_cri_shim.lifecycle import trim_heap
 from image_cri_shim.metrics import MasterMetrics, active
 from image_cri_shim.startup import remove_socket
 from image_cri_shim.supervisor import samples
 from image_cri_shim.supervisor.children import Child, start_syncer, start_worker
 from image_cri_shim.supervisor.control import ControlServer, Request, control_path
 from image_cri_shim.supervisor.notify import Notifier
-from image_cri_shim.supervisor.watch import ConfigFile, DirectoryWatch, content_hash
+from image_cri_shim.supervisor.watch import ConfigFile, DirectoryWatch
 
 if TYPE_CHECKING:
     from image_cri_shim.supervisor.endpoint import Endpoint
@@ -35,6 +38,10 @@ DEBOUNCE = 0.1  # editors write in bursts; the syncer renames once
 READY_TIMEOUT = 30.0  # a new worker that does not serve by then is given up
 WORKER_CRASH_WINDOW = 30.0  # more than 3 worker deaths within this window: back off
 SYNCER_BACKOFF_MAX = 60.0
+# A serving worker whose heartbeat is older than this is killed and replaced: with a start of a
+# second or two, calls are answered again well within 15 s of the moment it stopped serving.
+HEARTBEAT_STALE = 8.0
+PROVE_EVERY = 4.0  # an idle worker proves it serves this often (and twice per watchdog period)
 Event = tuple[Any, ...]
 
 
@@ -61,6 +68,9 @@ class Master:
         self.draining: list[Child] = []
         self.syncer: Child | None = None
         self.ready_sent = False
+        self.last_ping = 0.0  # WATCHDOG=1 certifies that a worker served since the previous one
+        self.last_wedge = ""  # the last worker replaced for not answering, for STATUS=
+        self.runtime_down = False  # what STATUS= last said about the runtime
         self.reload_again: str | None = None  # the trigger of a reload asked for during one
         self.reload_started = 0.0
         self.last_reload = "none yet"
@@ -80,7 +90,11 @@ class Master:
     def run(self) -> int:
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(signum, lambda n, _frame: self.events.put(("signal", n)))
-        self.watch.start()
+        if not self.watch.start():
+            log.warning(
+                "no inotify watch on the config directory: changes are noticed by the poll",
+                every=f"{self.config.reload_interval:g}s",
+            )
         log.info("starting", config=self.path, pid=os.getpid())
         self.start_control()
         self.serve_metrics(None)
@@ -124,14 +138,23 @@ class Master:
             self.handle_control(event[1])
 
     def wait_time(self) -> float:
-        now = time.monotonic()
-        deadlines = [self.poll_at, now + 1.0]
-        for deadline in (self.worker_restart_at, self.syncer_restart_at, self.debounce_at):
-            if deadline is not None:
-                deadlines.append(deadline)
+        """Until the next deadline: the loop has nothing to do before it (or an event)."""
+        return max(0.0, min(self.deadlines()) - time.monotonic())
+
+    def deadlines(self) -> list[float]:
+        if self.stopping_since is not None:
+            return [self.stopping_since + self.config.timeout + 5]
+        found = [self.poll_at]
         if self.notifier.watchdog_interval is not None:
-            deadlines.append(self.watchdog_at)
-        return max(0.0, min(deadlines) - now)
+            found.append(self.watchdog_at)
+        if self.pending is not None:
+            found.append(self.pending.started + READY_TIMEOUT)
+        if (proof := self.proof()) is not None:
+            found.append(proof[1].served + HEARTBEAT_STALE)
+        found.extend(
+            d for d in (self.worker_restart_at, self.syncer_restart_at, self.debounce_at) if d is not None
+        )
+        return found
 
     def finished(self) -> bool:
         if self.stopping_since is None:
@@ -176,6 +199,7 @@ class Master:
             return
         if message.get("event") == "serving":
             child.serving = True
+            child.cri = str(message.get("cri") or "")
             if child is self.pending:
                 self.finish_swap(child)
             else:
@@ -200,6 +224,7 @@ class Master:
                 continue
             if self.metrics_dir is not None:
                 samples.retire(self.metrics_dir, child.pid)
+            child.release()
             if child is self.worker:
                 self.on_worker_died(child, code)
             elif child is self.pending:
@@ -211,7 +236,7 @@ class Master:
                 self.on_syncer_died(child, code)
             elif child in self.draining:
                 self.draining.remove(child)
-                log.info("old worker drained and exited", gen=child.generation, code=code)
+                log.info("old worker exited", gen=child.generation, code=code)
 
     def handle_timers(self) -> None:
         now = time.monotonic()
@@ -235,16 +260,23 @@ class Master:
             stuck.signal(signal.SIGKILL)
             self.draining.append(stuck)
             self.reload_failed(f"worker gen={stuck.generation} did not serve within {READY_TIMEOUT:g}s")
+        if (proof := self.proof()) is not None and now - proof[1].served > HEARTBEAT_STALE:
+            self.replace_wedged(proof[0], now - proof[1].served)
         if self.notifier.watchdog_interval is not None and now >= self.watchdog_at:
             self.watchdog_at = now + self.notifier.watchdog_interval
-            if self.worker is not None and self.worker.serving and self.worker.exited() is None:
+            proof = self.proof()
+            if proof is not None and proof[1].served > self.last_ping:
                 self.notifier.watchdog()
+                self.last_ping = now
+        self.say_runtime()
 
     # -- workers -------------------------------------------------------------------------------------
 
     def spawn_worker(self) -> Child:
         self.generation += 1
-        child = start_worker(self.path, self.generation, self.on_report)
+        interval = self.notifier.watchdog_interval
+        every = PROVE_EVERY if interval is None else min(PROVE_EVERY, interval / 2)
+        child = start_worker(self.path, self.generation, self.on_report, every)
         if self.worker is None or self.worker.exited() is not None:
             self.worker = child
         else:
@@ -274,13 +306,53 @@ class Master:
         self.metrics.reloads.labels(self.reload_trigger, "ok").inc()
         self.metrics.last_reload_ok.set(1)
         self.answer_waiters(ok=True, generation=new.generation, took_ms=round(took * 1000))
+        trim_heap()
         self.reload_queued()
+
+    # -- the heartbeat --------------------------------------------------------------------------------
+
+    def proof(self) -> tuple[Child, Reading] | None:
+        """The serving worker and its heartbeat page (None while no worker serves)."""
+        worker = self.worker
+        if worker is None or not worker.serving or worker.beat is None or worker.exited() is not None:
+            return None
+        return worker, worker.beat.read()
+
+    def replace_wedged(self, child: Child, silent: float) -> None:
+        """A worker that stopped proving it serves: SIGKILL, and a new one at once."""
+        log.error(
+            "worker is not answering: killing it, starting a new one",
+            gen=child.generation,
+            silent=f"{silent:.1f}s",
+        )
+        self.last_wedge = (
+            f"worker gen={child.generation} did not answer for {silent:.0f}s,"
+            f" replaced at {time.strftime('%H:%M:%S')}"
+        )
+        child.signal(signal.SIGKILL)
+        self.draining.append(child)  # its exit is then that of a replaced worker
+        self.worker = None
+        self.metrics.restarts.labels("worker").inc()
+        if self.pending is None:  # a reload under way: its worker takes over
+            self.spawn_worker()
+        self.notifier.status(self.status_line())
+
+    def say_runtime(self) -> None:
+        """STATUS= follows the runtime's state as the worker's page records it."""
+        proof = self.proof()
+        down = proof is not None and proof[1].runtime_down
+        if down != self.runtime_down:
+            self.runtime_down = down
+            if down:
+                log.warning("the container runtime does not answer", cri=proof[0].cri if proof else "")
+            self.notifier.status(self.status_line())
 
     def announce_ready(self) -> None:
         if not self.ready_sent:
             self.ready_sent = True
             self.notifier.ready(self.status_line())
             log.info("ready", gen=self.generation)
+            trim_heap()
 
     def on_worker_died(self, child: Child, code: int) -> None:
         now = time.monotonic()
@@ -313,11 +385,26 @@ class Master:
                 log.warning("config file is gone, the running worker stays", config=self.path)
             return
         self.file_missing = False
-        if self.file.changed():
-            log.info(why)
-            self.reload(trigger)
+        data = self.file.read()
+        if data is None or data == self.file.loaded:
+            return
+        if self.pending is None and self.same_settings(data):
+            self.file.remember(data)
+            log.info("config file rewritten with the same settings: the running worker stays")
+            return
+        log.info(why)
+        self.reload(trigger)
+
+    def same_settings(self, data: bytes) -> bool:
+        """Whether `data` parses to the settings in force (a re-serialization, an unchanged save)."""
+        try:
+            config = parse_bytes(data, self.path)
+        except ConfigError:
+            return False  # the reload says why
+        return not changed_keys(self.config, config)
 
     def reload(self, trigger: str) -> None:
+        """SIGHUP, --reload and a changed file: a new worker with the file's settings, always."""
         if self.stopping_since is not None:
             return
         if self.pending is not None:
@@ -327,14 +414,13 @@ class Master:
         self.reload_trigger = trigger
         self.reload_started = time.monotonic()
         self.notifier.reloading()
-        digest = content_hash(self.path)
         try:
-            config = load(self.path)
+            data = read(self.path)
+            self.file.remember(data)  # the same bad content is not retried until it changes
+            config = parse_bytes(data, self.path)
         except ConfigError as err:
-            self.file.remember(digest)  # the same bad content is not retried until it changes
             self.reload_failed(str(err), "invalid")
             return
-        self.file.remember(digest)
         changed = changed_keys(self.config, config)
         old, self.config = self.config, config
         logs.set_debug(config.debug)
@@ -368,10 +454,6 @@ class Master:
         self.reload_waiters = [(asked, r) for asked, r in self.reload_waiters if asked >= ended]
         for request in done:
             request.answer(**reply)
-
-    def serving_generation(self) -> int | None:
-        worker = self.worker
-        return worker.generation if worker is not None and worker.serving else None
 
     def start_control(self) -> None:
         """The socket `--reload` talks to; without it (an unusable directory, which the worker
@@ -411,18 +493,32 @@ class Master:
         log.info("metrics endpoint", address=address, paths="/metrics,/healthz")
 
     def health(self) -> tuple[bool, str]:
-        """For /healthz, from the endpoint's thread: healthy while a worker serves."""
+        """For /healthz, from the endpoint's thread: healthy while a worker proves it serves.
+        A runtime that does not answer is said, but the shim itself is healthy then."""
         if self.stopping_since is not None:
             return False, "stopping"
-        generation = self.serving_generation()
-        if generation is None:
-            return False, "no worker serving"
-        return True, f"ok: worker gen={generation} serving"
+        try:
+            proof = self.proof()
+        except ValueError:  # the page was released in between: the worker just exited
+            proof = None
+        if proof is None:
+            return False, "no worker serving" + (f" ({self.last_wedge})" if self.last_wedge else "")
+        worker, reading = proof
+        silent = time.monotonic() - reading.served
+        if silent > HEARTBEAT_STALE:
+            return False, f"worker gen={worker.generation} not answering for {silent:.0f}s: being replaced"
+        text = f"ok: worker gen={worker.generation} serving"
+        if reading.runtime_down:
+            text += f"; container runtime at {worker.cri or 'its socket'} not answering"
+        return True, text
 
     def status_line(self) -> str:
         serving = f"serving gen={self.worker.generation}" if self.worker is not None else "no worker"
+        if self.runtime_down and self.worker is not None:
+            serving += f"; container runtime at {self.worker.cri or 'its socket'} not answering"
         registries = ", ".join(r.domain for r in self.config.registries) or "none (passthrough)"
-        return f"{serving}; registries: {registries}; last reload: {self.last_reload}"
+        line = f"{serving}; registries: {registries}; last reload: {self.last_reload}"
+        return f"{line}; {self.last_wedge}" if self.last_wedge else line
 
     # -- syncer and shutdown -------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from image_cri_shim.heartbeat import Heartbeat
 from image_cri_shim.supervisor.notify import MASTER_ONLY_ENV
 
 
@@ -35,6 +36,8 @@ class Child:
     generation: int = 0
     started: float = field(default_factory=time.monotonic)
     serving: bool = False
+    beat: Heartbeat | None = None  # a worker's proof that it serves (`heartbeat.py`)
+    cri: str = ""  # the runtime socket a worker forwards to, as it reported
 
     @property
     def pid(self) -> int:
@@ -51,6 +54,12 @@ class Child:
         if self.process.poll() is None:
             self.process.send_signal(signum)
 
+    def release(self) -> None:
+        """After it exited: the heartbeat page is no longer read."""
+        if self.beat is not None:
+            self.beat.close()
+            self.beat = None
+
 
 def _spawn(args: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in MASTER_ONLY_ENV}
@@ -58,10 +67,15 @@ def _spawn(args: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[
 
 
 def start_worker(
-    config_path: str, generation: int, on_report: Callable[[int, dict[str, Any] | None], None]
+    config_path: str,
+    generation: int,
+    on_report: Callable[[int, dict[str, Any] | None], None],
+    prove_every: float,
 ) -> Child:
     """Start worker `generation`; its readiness reports arrive at `on_report(generation, message)`,
-    and `on_report(generation, None)` once the pipe closes."""
+    and `on_report(generation, None)` once the pipe closes. It proves it serves at least every
+    `prove_every` seconds on its heartbeat page."""
+    beat = Heartbeat()
     read_fd, write_fd = os.pipe()
     try:
         process = _spawn(
@@ -75,11 +89,16 @@ def start_worker(
                 str(write_fd),
                 "--master-pid",
                 str(os.getpid()),
+                "--heartbeat-fd",
+                str(beat.fd),
+                "--heartbeat-every",
+                f"{prove_every:g}",
             ],
-            pass_fds=(write_fd,),
+            pass_fds=(write_fd, beat.fd),
         )
     except BaseException:
         os.close(read_fd)
+        beat.close()
         raise
     finally:
         os.close(write_fd)
@@ -89,7 +108,7 @@ def start_worker(
         name=f"ready-gen{generation}",
         daemon=True,
     ).start()
-    return Child("worker", process, generation)
+    return Child("worker", process, generation, beat=beat)
 
 
 def start_syncer(config_path: str) -> Child:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import shutil
 import threading
 from typing import Any
 
@@ -31,7 +30,7 @@ def prepare_dir(shim: str) -> str | None:
     directory = os.path.join(os.path.dirname(shim), f".{os.path.basename(shim)}.metrics")
     try:
         os.makedirs(os.path.dirname(directory), mode=0o755, exist_ok=True)
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_dir(directory)
         os.mkdir(directory, 0o700)
     except OSError:
         return None
@@ -40,7 +39,12 @@ def prepare_dir(shim: str) -> str | None:
 
 
 def remove_dir(directory: str) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+    """The directory holds sample files only (shutil would cost the master bz2 and lzma)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
 
 
 def retire(directory: str, pid: int) -> None:

@@ -23,11 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import urllib3
-from kubernetes import client as k8s
-from kubernetes.config import ConfigException, load_kube_config
-from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from image_cri_shim import logs
+from image_cri_shim.syncer.kube import (
+    ApiClient,
+    ApiException,
+    ConfigException,
+    Configuration,
+    InClusterConfigLoader,
+    load_kube_config,
+)
 
 T = TypeVar("T")
 
@@ -96,7 +101,7 @@ def connect(
 
 def client_for(source: Source, env: Mapping[str, str]) -> tuple[Any, str]:
     """(kubernetes ApiClient, server URL) for `source`, or Unavailable."""
-    configuration = k8s.Configuration()
+    configuration = Configuration()
     try:
         if source.kubeconfig is None:
             if not env.get("KUBERNETES_SERVICE_HOST"):
@@ -121,7 +126,7 @@ def client_for(source: Source, env: Mapping[str, str]) -> tuple[Any, str]:
     # has its own backoff. Keepalive lets a watch notice a vanished API server.
     configuration.retries = False
     configuration.keep_alive = True
-    return k8s.ApiClient(configuration), str(configuration.host)
+    return ApiClient(configuration), str(configuration.host)
 
 
 def _register_secrets(configuration: Any) -> None:
@@ -136,12 +141,12 @@ def _register_secrets(configuration: Any) -> None:
 
 def is_denied(err: BaseException) -> bool:
     """401/403: these credentials may not read the ConfigMap (another source may)."""
-    return isinstance(err, k8s.ApiException) and err.status in (401, 403)
+    return isinstance(err, ApiException) and err.status in (401, 403)
 
 
 def describe(err: BaseException) -> str:
     """What went wrong, in a few words: never a response body, a header or a credential."""
-    if isinstance(err, k8s.ApiException):
+    if isinstance(err, ApiException):
         if err.status:
             return f"HTTP {err.status} {_first_line(err.reason or '')}".strip()
         return "TLS error: " + _first_line(str(err.reason or "").partition("\n")[2] or "handshake failed")

@@ -33,12 +33,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client as k8s
-
 from image_cri_shim import logs
 from image_cri_shim.config import ConfigMapRef
 from image_cri_shim.metrics import OFF
-from image_cri_shim.syncer import cluster
+from image_cri_shim.syncer import cluster, kube
 from image_cri_shim.syncer.snapshot import ABSENT, Snapshot, from_object
 
 WATCH_SECONDS = (1800, 2700)  # server-side length of one watch; jittered so nodes spread out
@@ -173,14 +171,13 @@ class Follower:
             found.api.close()
 
     def _follow(self, api: Any, listing: Listing) -> None:
-        core: Any = k8s.CoreV1Api(api)
         self._take(listing)
         self._watch_up.set(1)
         failures = 0
         while True:
             self._check()
             try:
-                if self._watch(core, broken=failures > 0):
+                if self._watch(api, broken=failures > 0):
                     failures = 0
                     continue
                 failure: BaseException | str = "the server ended the watch at once"
@@ -213,7 +210,7 @@ class Follower:
         self._resume_from = listing.version
         self._emit(listing.snapshot)
 
-    def _watch(self, core: Any, *, broken: bool) -> bool:
+    def _watch(self, api: Any, *, broken: bool) -> bool:
         """One watch from the last version seen, until the server ends it.
 
         True when it delivered an event or lasted its course (a healthy watch), False when the
@@ -221,16 +218,14 @@ class Follower:
         """
         seconds = self._rng.randint(*WATCH_SECONDS)
         started = time.monotonic()
-        response = core.list_namespaced_config_map(
-            self._ref.namespace,
-            field_selector=self._selector,
-            resource_version=self._resume_from,
-            allow_watch_bookmarks=True,
-            timeout_seconds=seconds,
-            watch=True,
-            _preload_content=False,
-            _request_timeout=(CONNECT_TIMEOUT, seconds + READ_MARGIN),
+        query = (
+            ("fieldSelector", self._selector),
+            ("resourceVersion", self._resume_from),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", seconds),
+            ("watch", "true"),
         )
+        response = kube.configmaps(api, self._ref.namespace, query, (CONNECT_TIMEOUT, seconds + READ_MARGIN))
         self._response = response
         try:
             self._check()
@@ -254,7 +249,7 @@ class Follower:
             code = obj.get("code") if isinstance(obj, dict) else None
             if code == 410:
                 raise _Gone()
-            raise k8s.ApiException(status=code if isinstance(code, int) else 500, reason="watch error")
+            raise kube.ApiException(status=code if isinstance(code, int) else 500, reason="watch error")
         version = _version_of(obj)
         if version is None:
             raise ValueError(f"a {kind} event without a resourceVersion")
@@ -294,13 +289,7 @@ def list_configmap(
     api: Any, ref: ConfigMapRef, timeout: tuple[float, float] = (CONNECT_TIMEOUT, LIST_READ_TIMEOUT)
 ) -> Listing:
     """One LIST of the ConfigMap `ref`, by a field selector on its name (all the RBAC grants)."""
-    core: Any = k8s.CoreV1Api(api)  # typed for the decoded list; we ask for the raw response
-    response = core.list_namespaced_config_map(
-        ref.namespace,
-        field_selector=_field_selector(ref),
-        _preload_content=False,
-        _request_timeout=timeout,
-    )
+    response = kube.configmaps(api, ref.namespace, (("fieldSelector", _field_selector(ref)),), timeout)
     try:
         body = json.loads(response.data)
     finally:

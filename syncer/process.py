@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from image_cri_shim import logs
 from image_cri_shim.atomic import remove_stale_temp_files
 from image_cri_shim.config import Config, ConfigError, ConfigMapRef, load, parse
+from image_cri_shim.lifecycle import trim_heap
 from image_cri_shim.metrics import SyncerMetrics, active
 from image_cri_shim.syncer.apply import apply, read_config
 from image_cri_shim.syncer.snapshot import Snapshot
@@ -134,6 +135,7 @@ class _Syncer:
         self._metrics.last_sync.set(time.time())
         self._settled = (seen.identity, outcome.text)
         self._use(outcome.config, outcome.text)
+        trim_heap()  # the client's imports and the first list are done
 
     def _report(self, problem: str) -> None:
         """Log `problem` once for the current ConfigMap state."""

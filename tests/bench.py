@@ -38,13 +38,15 @@ from tests.harness.cri import CriClient
 from tests.harness.kubeapi import KubeApi
 from tests.harness.processes import ManagedProcess, start_shim, wait_for
 from tests.harness.pullfaults import delete_layer
-from tests.harness.service import Node, Service, start_service
+from tests.harness.service import Node, Service, cpu_ticks, start_service, wakeups
 from tests.harness.tcpproxy import TcpProxy
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ROOT = Path(__file__).resolve().parent.parent
 THROUGHPUT_SECONDS = 1.0 if QUICK else 4.0
 FLEET_SECONDS = 5.0 if QUICK else 300.0
+REST_SECONDS = 12.0 if QUICK else 120.0
+FLEET_NODES = 5000  # what the per-node figures are multiplied by
 SCALE = {
     "latency_calls": 200 if QUICK else 2400,  # per side, in blocks of 200
     "pull_rounds": 1 if QUICK else 3,
@@ -504,6 +506,72 @@ def memory(stack: Stack) -> list[Figure]:
     ]
 
 
+# -- 11: at rest ---------------------------------------------------------------------------------------------
+
+
+def kubelet_polling(client: CriClient, seconds: float) -> None:
+    """What kubelet asks a node's image service at rest: ImageStatus every second (pod sync of a
+    running container), ListImages and ImageFsInfo every 10 s (image GC, eviction stats)."""
+    started = time.monotonic()
+    calls = 0
+    while time.monotonic() - started < seconds:
+        client.status("bench:1")
+        if calls % 10 == 0:
+            client.list()
+            client.fs_info()
+        calls += 1
+        time.sleep(max(0.0, started + calls - time.monotonic()))
+
+
+def at_rest(stack: Stack) -> list[Figure]:
+    time.sleep(10)  # workers replaced by the figures above finish handing over and exit
+    pids = stack.service.pids()
+    ticks = {role: cpu_ticks(pid) for role, pid in pids.items()}
+    woke = {role: wakeups(pid) for role, pid in pids.items()}
+    started = time.monotonic()
+    kubelet_polling(stack.shim, REST_SECONDS)
+    elapsed = time.monotonic() - started
+    hz = os.sysconf("SC_CLK_TCK")
+    share = {role: (cpu_ticks(pid) - ticks[role]) / hz / elapsed * 100 for role, pid in pids.items()}
+    per_minute = {role: (wakeups(pid) - woke[role]) / elapsed * 60 for role, pid in pids.items()}
+    memory = {role: memory_of(pid) for role, pid in pids.items()}
+    cpu = sum(share.values())
+    pss = sum(p for _, p, _ in memory.values())
+    rss = sum(r for r, _, _ in memory.values())
+    load = os.getloadavg()[0]
+    return [
+        Figure(
+            "11",
+            f"CPU at rest, {elapsed:.0f} s of kubelet-like polling: % of a core (wake-ups/min)",
+            ", ".join(f"{role} {share[role]:.3f} % ({per_minute[role]:.0f})" for role in pids)
+            + f"; machine load {load:.1f}",
+        ),
+        Figure(
+            "11",
+            f"CPU at rest, total → {FLEET_NODES:,} nodes",
+            f"{cpu:.3f} % of a core ({cpu / 100 * 3600:.1f} CPU-s/hour)"
+            f" → {cpu / 100 * FLEET_NODES:.1f} cores",
+            "≤ 0.05 %",
+            "",
+            cpu <= 0.05,
+        ),
+        Figure(
+            "11",
+            "PSS / RSS at rest: master, worker, syncer",
+            ", ".join(f"{role} {p:.1f} / {r:.1f} MiB" for role, (r, p, _) in memory.items()),
+        ),
+        Figure(
+            "11",
+            f"PSS at rest, total; master → {FLEET_NODES:,} nodes",
+            f"{pss:.1f} MiB (RSS {rss:.0f}); master {memory['master'][1]:.1f} MiB"
+            f" → {pss * FLEET_NODES / 1024:.0f} GiB",
+            "≤ 100 MiB; master ≤ 12",
+            "≤ 80 MiB",
+            pss <= 100 and memory["master"][1] <= 12,
+        ),
+    ]
+
+
 # -- 10: fleet at rest ---------------------------------------------------------------------------------------
 
 
@@ -657,6 +725,7 @@ def main() -> int:
         figures.append(configmap_propagation(stack))
         figures.append(startup(stack))
         figures.extend(memory(stack))
+        figures.extend(at_rest(stack))
         figures.extend(fleet(stack, resources))
         out = work / "report" if QUICK else ROOT / "docs"
         text = report(figures, samples, out)

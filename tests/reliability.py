@@ -31,6 +31,7 @@ OUTPUT = ROOT / "docs" / "reliability.md"
 AREAS = (
     ("tests/test_soak", "Soak"),
     ("tests/test_supervisor", "Processes, reloads and the shim socket"),
+    ("tests/test_heartbeat", "A worker that stops serving, a runtime that stops answering"),
     ("tests/test_syncer", "ConfigMap syncer and the config file"),
     ("tests/test_runtime_faults", "The container runtime"),
     ("tests/test_registry_faults", "Registries that misbehave"),

@@ -26,7 +26,7 @@ from tests.harness import Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
 from tests.harness.evidence import record
 from tests.harness.processes import wait_for
-from tests.harness.service import PROGRAM, Service, alive, start_service, title
+from tests.harness.service import PROGRAM, Service, alive, start_service, title, wakeups
 from tests.harness.tcpproxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,8 +122,9 @@ def test_ready_titles_and_a_clean_stop(
 
 
 def test_master_imports_neither_grpc_nor_kubernetes() -> None:
-    # Nor, without metricsAddress, the metrics library and the HTTP server (a few MiB).
-    unwanted = ("grpc", "kubernetes", "httpx", "http.server", "prometheus_client")
+    # Nor, without metricsAddress, the metrics library and the HTTP server (a few MiB), nor what
+    # it has no use for: a file-watching library and hashlib (libcrypto: 1-3 MiB).
+    unwanted = ("grpc", "kubernetes", "httpx", "http.server", "prometheus_client", "watchdog", "hashlib")
     code = (
         "import sys, image_cri_shim.cli, image_cri_shim.supervisor.main;"
         f"bad = [m for m in {unwanted!r} if m in sys.modules];"
@@ -143,6 +144,33 @@ def test_watchdog_pings_while_healthy(
     time.sleep(1.2)
     pings = [m for m in service.notify.since(mark) if m.get("WATCHDOG") == "1"]
     assert len(pings) >= 3, pings
+
+
+def test_the_master_sleeps_until_something_is_due(
+    containerd: Containerd, registry_factory: RegistryFactory, service_factory: Callable[..., Service]
+) -> None:
+    # Its deadlines at rest: the worker's heartbeat (every few seconds) and the reloadInterval
+    # poll. Reading the config file must not wake it (inotify reports opens and reads too).
+    config = {**base_config(containerd, registry_factory()), "configMap": {"enabled": False}}
+    service = service_factory(config)
+    time.sleep(1.0)
+    before = wakeups(service.process.pid)
+    time.sleep(8.0)
+    woke = wakeups(service.process.pid) - before
+    assert woke <= 16, f"the master woke {woke} times in 8 s at rest"
+
+
+def test_an_unchanged_save_keeps_the_worker_and_sighup_still_swaps(
+    containerd: Containerd, registry_factory: RegistryFactory, service_factory: Callable[..., Service]
+) -> None:
+    service = service_factory(base_config(containerd, registry_factory()))
+    temp = service.config.with_suffix(".new")  # the same settings in other bytes, by rename
+    temp.write_text("# saved again\n" + service.config.read_text())
+    os.rename(temp, service.config)
+    wait_for(lambda: "the same settings" in service.process.log_text(), 10, "the master to read the save")
+    assert service.generation() == 1
+    ready = service.reload_and_wait(lambda: service.process.signal(signal.SIGHUP))
+    assert "serving gen=2" in ready["STATUS"], ready
 
 
 def test_config_error_at_start_is_one_line(short_dir: Path) -> None:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import sys
 
+from image_cri_shim.heartbeat import Heartbeat
 from image_cri_shim.startup import StartupError, prepare
 from image_cri_shim.workers.server import ReadyPipe, StartError, serve
 
 
-def run(config_path: str, generation: int = 1, ready_fd: int | None = None) -> int:
+def run(
+    config_path: str,
+    generation: int = 1,
+    ready_fd: int | None = None,
+    heartbeat_fd: int | None = None,
+    heartbeat_every: float | None = None,
+) -> int:
+    """`heartbeat_fd`: the page the master reads; a worker run alone has no reader, so it keeps
+    a page of its own and runs no heartbeat probes."""
     try:
         # Under a master (ready_fd given) the master has logged the config's warnings already.
         config, cri_socket = prepare(config_path, "worker", first=ready_fd is None, gen=generation)
@@ -16,7 +25,8 @@ def run(config_path: str, generation: int = 1, ready_fd: int | None = None) -> i
         print(err, file=sys.stderr)
         return err.code
     try:
-        serve(config, cri_socket, ReadyPipe(ready_fd))
+        every = heartbeat_every if heartbeat_fd is not None else None
+        serve(config, cri_socket, ReadyPipe(ready_fd), Heartbeat(heartbeat_fd), every)
     except StartError as err:
         print(f"image-cri-shim: {err}", file=sys.stderr)
         return 1

@@ -34,8 +34,11 @@ import grpc
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config
+from image_cri_shim.heartbeat import RUNTIME_FAILED, RUNTIME_OK, Heartbeat
+from image_cri_shim.lifecycle import trim_heap
 from image_cri_shim.metrics import WorkerMetrics, active
 from image_cri_shim.protos import cri_pb2 as cri
+from image_cri_shim.workers import liveness
 from image_cri_shim.workers.images import Context, ImageService
 from image_cri_shim.workers.names import NameStore
 from image_cri_shim.workers.registries import Registries
@@ -183,7 +186,9 @@ def runtime_version(upstream: Upstream, timeout: float = 2.0) -> str | None:
                 continue
             return None
         answer = cri.VersionResponse.FromString(raw)
+        upstream.beat.stamp(RUNTIME_OK)
         return f"{answer.runtime_name} {answer.runtime_version} ({answer.runtime_api_version})"
+    upstream.beat.stamp(RUNTIME_FAILED)
     return None
 
 
@@ -207,8 +212,9 @@ class Stop:
         self.now.set()
 
     def wait(self) -> None:
-        # short waits: the main thread must come back to Python for signal handlers to run
-        while not self.requested.wait(0.5):
+        # Linux delivers SIGTERM to the main thread, whose wait it interrupts so that the handler
+        # runs at once; the long timeout only bounds a signal that another thread took.
+        while not self.requested.wait(60.0):
             pass
 
     def handover(self) -> None:
@@ -220,15 +226,17 @@ class Stop:
             self.now.wait(0.2)
 
 
-def serve(config: Config, cri_socket: str, ready: ReadyPipe) -> None:
-    """Serve on the shim socket until SIGTERM/SIGINT, then hand over, drain, and return."""
+def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, every: float | None) -> None:
+    """Serve on the shim socket until SIGTERM/SIGINT, then hand over, drain, and return.
+    `beat`: the heartbeat page, proven at least every `every` seconds (`liveness`; None: no
+    probes, when no master reads the page)."""
     stop = Stop()
     metrics = WorkerMetrics(active(config.metrics_address))
-    upstream = Upstream(cri_socket, config.timeout, metrics)
+    upstream = Upstream(cri_socket, config.timeout, metrics, beat)
     registries = Registries(config, metrics)
     images = ImageService(
         upstream,
-        registries.resolve,
+        upstream.waits.around(registries.resolve),  # type: ignore[arg-type]
         config.registries,
         NameStore(config.state_dir),
         config.upstream,
@@ -239,12 +247,15 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe) -> None:
         futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"), options=SERVER_OPTIONS
     )
     register(server, upstream, images)
+    liveness.register(server, beat)
+    prover = liveness.Prover(config.shim, beat, upstream.waits, THREADS, every) if every else None
     listener: Listener | None = None
     try:
         temp = bind(server, config.shim)
         server.start()
         listener = publish(temp, config.shim)
         runtime = runtime_version(upstream)
+        beat.stamp()
         log.info(
             "serving",
             socket=config.shim,
@@ -252,7 +263,9 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe) -> None:
             runtime=runtime or "unavailable",
             registries=",".join(r.domain for r in config.registries),
         )
-        ready.send({"event": "serving", "socket": config.shim, "runtime": runtime})
+        ready.send({"event": "serving", "socket": config.shim, "runtime": runtime, "cri": upstream.target})
+        if prover is not None:
+            prover.start()
         registries.start()
         if runtime is None:
             log.warning("container runtime does not answer yet", cri=upstream.target)
@@ -261,7 +274,10 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe) -> None:
             ready.close()
         if not config.cache.disable_stats and config.cache.stats_log_interval > 0:
             registries.log_stats_every(config.cache.stats_log_interval)
+        trim_heap()
         stop.wait()
+        if prover is not None:
+            prover.stop()  # the shim socket is, or is about to be, a newer worker's
         started = time.monotonic()
         if not stop.now.is_set():
             log.info("handing clients over", within=f"{HANDOVER:g}s")
@@ -270,6 +286,8 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe) -> None:
         server.stop(grace=config.timeout).wait()
         log.info("drained", took=f"{time.monotonic() - started:.1f}s")
     finally:
+        if prover is not None:
+            prover.stop()
         ready.close()
         if listener is not None:
             unpublish(listener)

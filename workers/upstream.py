@@ -15,7 +15,9 @@ from typing import Any, NoReturn
 
 import grpc
 
+from image_cri_shim.heartbeat import RUNTIME_FAILED, RUNTIME_OK, SERVED, Heartbeat
 from image_cri_shim.metrics import OFF
+from image_cri_shim.workers.liveness import Waits
 
 MAX_MESSAGE = 16 << 20
 
@@ -40,6 +42,10 @@ _CONNECTION_LOST = ("socket closed", "connection reset", "broken pipe", "stream 
 # What grpc says when the shim's channel refuses an answer over MAX_MESSAGE.
 _TOO_LARGE = "Received message larger than max"
 
+# Codes of the shim's own channel that mean the runtime did not answer (down, or silent past
+# the deadline); any other outcome is an answer of the runtime's.
+_NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
 # Metadata a server sees that belongs to the transport, not to the caller.
 _TRANSPORT_KEYS = frozenset({"user-agent", ":authority", "grpc-accept-encoding", "grpc-timeout"})
 
@@ -47,10 +53,15 @@ Context = grpc.ServicerContext
 
 
 class Upstream:
-    def __init__(self, socket_path: str, timeout: float, metrics: Any = OFF) -> None:
+    def __init__(
+        self, socket_path: str, timeout: float, metrics: Any = OFF, beat: Heartbeat | None = None
+    ) -> None:
         self.target = f"unix://{socket_path}"
         self.timeout = timeout
         self._seconds = metrics.cri_seconds
+        # Every forwarded call is proof that the server serves, and says whether the runtime answers.
+        self.beat = beat if beat is not None else Heartbeat()
+        self.waits = Waits()
         self.channel = grpc.insecure_channel(
             self.target,
             options=(
@@ -87,15 +98,23 @@ class Upstream:
         if call is None:
             call = self._unary[method] = self.channel.unary_unary(method, _registered_method=True)  # type: ignore[call-arg]
         begin = time.monotonic()
+        self.beat.stamp(SERVED, begin)
         try:
-            response: bytes = call(
-                request, timeout=self.deadline(context, started), metadata=self.metadata(context)
-            )
+            with self.waits:
+                response: bytes = call(
+                    request, timeout=self.deadline(context, started), metadata=self.metadata(context)
+                )
         except grpc.RpcError as err:
             self._seconds.labels(method[1:], err.code().name).observe(time.monotonic() - begin)
+            self.answered(err.code())
             raise
         self._seconds.labels(method[1:], "OK").observe(time.monotonic() - begin)
+        self.beat.stamp(RUNTIME_OK)
         return response
+
+    def answered(self, code: grpc.StatusCode) -> None:
+        """Record whether the runtime answered this call (its own error counts as an answer)."""
+        self.beat.stamp(RUNTIME_FAILED if code in _NO_ANSWER else RUNTIME_OK)
 
     def unary_stream(self, method: str, request: bytes, context: Context) -> Iterator[bytes]:
         call = self._unary_stream.get(method)
@@ -113,10 +132,14 @@ class Upstream:
 
     def _relay(self, responses: Any, context: Context) -> Iterator[bytes]:
         """Yield an upstream stream; a caller that goes away cancels it upstream."""
+        self.beat.stamp(SERVED)
         context.add_callback(responses.cancel)
         try:
-            yield from responses
+            with self.waits:
+                yield from responses
         except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                self.answered(err.code())
             self.abort(context, err)
 
     def abort(self, context: Context, err: grpc.RpcError) -> NoReturn:

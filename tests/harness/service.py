@@ -143,6 +143,29 @@ def usage(pid: int) -> Usage | None:
         return None
 
 
+def wakeups(pid: int) -> int:
+    """How often the threads of `pid` have gone to sleep and been woken (voluntary context
+    switches, summed over its threads); 0 when it is gone."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{task}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def cpu_ticks(pid: int) -> int:
+    """User plus system CPU time of `pid`, in clock ticks (os.sysconf("SC_CLK_TCK") a second)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 class Service:
     """A master started like systemd starts it, with what tests need around it."""
 

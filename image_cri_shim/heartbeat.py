@@ -1,0 +1,60 @@
+"""A worker's proof that it can still serve, shared with the master through one memory page.
+
+The master makes the page (a memfd) before it starts a worker and passes it down; both map it.
+The worker writes CLOCK_MONOTONIC times into it (one store each, no system call, no lock), the
+master reads them when one of its timers is due. Nothing is sent, so a busy worker costs the
+master nothing and an idle one wakes it only at its own deadlines.
+
+- `served`: a call reached a handler of the worker's gRPC server (every forwarded call stamps
+  it), or the worker's own probe call over its socket was answered, or every call thread of the
+  worker is waiting on the runtime or a registry (saturated, not wedged: see `workers/liveness`).
+- `runtime_ok` / `runtime_failed`: the last time the runtime answered a call (any status it
+  sent itself) and the last time it could not be reached or did not answer in time.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from dataclasses import dataclass
+
+SERVED, RUNTIME_OK, RUNTIME_FAILED = range(3)
+_SIZE = 8 * 3
+
+
+@dataclass(frozen=True)
+class Reading:
+    served: float
+    runtime_ok: float
+    runtime_failed: float
+
+    @property
+    def runtime_down(self) -> bool:
+        """The runtime's last word was a failure (unreachable, or silent past a deadline)."""
+        return self.runtime_failed > self.runtime_ok
+
+
+class Heartbeat:
+    """The shared page; `fd` is passed to the worker, which opens it with `Heartbeat(fd)`."""
+
+    def __init__(self, fd: int | None = None) -> None:
+        if fd is None:
+            fd = os.memfd_create("image-cri-shim-heartbeat", os.MFD_CLOEXEC)
+            os.ftruncate(fd, _SIZE)
+        self.fd = fd
+        self._map = mmap.mmap(fd, _SIZE)
+        self._slots = memoryview(self._map).cast("d")
+        if self._slots[SERVED] == 0.0:
+            self._slots[SERVED] = time.monotonic()  # a new worker starts with a fresh proof
+
+    def stamp(self, slot: int = SERVED, now: float | None = None) -> None:
+        self._slots[slot] = time.monotonic() if now is None else now
+
+    def read(self) -> Reading:
+        return Reading(self._slots[SERVED], self._slots[RUNTIME_OK], self._slots[RUNTIME_FAILED])
+
+    def close(self) -> None:
+        self._slots.release()
+        self._map.close()
+        os.close(self.fd)
