@@ -234,6 +234,29 @@ def test_primary_killed_mid_pull_fails_over_in_the_same_pull(
     )
 
 
+@pytest.mark.parametrize(
+    ("status", "why", "backs_off"),
+    [(500, "HTTP 500", True), (503, "HTTP 503", True), (429, "HTTP 429", True), (403, "HTTP 403", False)],
+)
+def test_blob_errors_fail_over_and_back_off_only_for_connection_level_causes(
+    status: int, why: str, backs_off: bool, stack: Stack
+) -> None:
+    name, primary, backup = pair(stack)
+    proxy = FaultProxy(primary.port)
+    proxy.fault.status = status
+    try:
+        shim = stack.start([entry(f"http://{proxy.host}", 900), entry(backup, 100)])
+        client = stack.cri(shim.socket)
+        client.pull(f"{name}:1")
+    finally:
+        proxy.stop()
+    assert client.pulled_as(f"{name}:1") == f"{backup.host}/{name}:1"
+    lines = failovers(shim)
+    assert len(lines) == 1 and f'why="{why}"' in lines[0], lines
+    backed_off = f'error="pull failed: {why}"' in shim.log()
+    assert backed_off == backs_off, shim.log()
+
+
 def test_each_attempt_carries_its_own_registrys_credentials(stack: Stack) -> None:
     """Two private registries with different accounts: the backup accepts only its own, so the
     failover succeeds only if the primary's credentials stayed behind."""
