@@ -255,7 +255,9 @@ def plain_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodNode]:
     stop_node(built, registries)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 def test_without_image_records_answers_and_create_container_are_translated(
+    version: CriVersion,
     plain_node: PodNode,
     registry_factory: RegistryFactory,
     image_factory: ImageBuilder,
@@ -266,14 +268,14 @@ def test_without_image_records_answers_and_create_container_are_translated(
     stack = Stack(plain_node.containerd, registry_factory, image_factory, shim_factory, cri_client, short_dir)
     mirror = stack.registries()
     names = push_busybox(plain_node, mirror)
-    client = stack.cri(start_shim(stack, plain_node, mirror))
+    client = stack.cri(start_shim(stack, plain_node, mirror), version)
     image_id = client.pull(names.caller)
     assert_named_as_asked(client, names, image_id, renamed=False)
     direct = stack.direct()
     assert direct.status(names.caller) is None, "the runtime itself knows only the pulled name"
     assert direct.status(names.pushed.reference) is not None
 
-    sandbox = sandbox_config(client, "pod-plain")
+    sandbox = sandbox_config(client, f"pod-plain-{version}")
     pod = str(
         client.runtime.RunPodSandbox(
             client.pb.RunPodSandboxRequest(config=sandbox), timeout=60
@@ -283,7 +285,7 @@ def test_without_image_records_answers_and_create_container_are_translated(
 
     stack.shims.close()
     mirror.stop()
-    client = stack.cri(start_shim(stack, plain_node, mirror))
+    client = stack.cri(start_shim(stack, plain_node, mirror), version)
     assert_named_as_asked(client, names, image_id, renamed=False)
     run_container(client, pod, sandbox, names, "again")
     client.runtime.StopPodSandbox(client.pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
