@@ -1,10 +1,11 @@
 """Which caller name was pulled as which rewritten name, kept under `stateDir`.
 
 kubelet asks for `nginx:latest`; the shim pulled `registry.company.com/library/nginx:latest`.
-containerd only knows the second name, so the shim must remember the pair to answer
-ImageStatus, RemoveImage and ListImages for the first, across restarts and with every
-registry down. Names are kept in the form the runtime reports them: `name:tag`, or
-`name@digest` for references that carry a digest.
+On a runtime whose image records the shim cannot rename, the runtime knows only the second name,
+so the shim must remember the pair to answer for the first (`naming`), across restarts and with
+every registry down; on containerd the pair says where an image came from. A name recorded as
+its own target is one the node also holds directly, so it stays listed. Names are kept in the
+form the runtime reports them: `name:tag`, or `name@digest` for references that carry a digest.
 
 The file is small and changes only on pulls and prunes. Writers take an flock and merge with
 what is on disk, so an old worker draining next to a new one never loses the other's pairs.
