@@ -1,5 +1,5 @@
 """Command line: the service, --version, --dry-run, --resolve, --reload, and the internal subcommands
-with which the master starts its children (CONTRACT §4).
+with which the master starts its children (docs/architecture.md, "Why three processes").
 
 Imports of grpc and kubernetes stay inside the branches that need them: the master process
 must load neither.
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the config, then reload the running service and wait until its new worker serves",
     )
     sub = parser.add_subparsers(dest="command", metavar="")
-    # Internal subcommands: how the master starts its children (CONTRACT §4).
+    # Internal subcommands: how the master starts its children (docs/architecture.md).
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("-f", "--file", default=DEFAULT_PATH)
     worker.add_argument("--generation", type=int, default=1)

@@ -98,7 +98,7 @@ class Registry:
     insecure_skip_verify: bool
     ca: str | None
     key: str
-    # Routing rules (CONTRACT §9): (source prefix, path prefix in this registry), longest prefix
+    # Routing rules (docs/routing.md): (source prefix, path prefix in this registry), longest prefix
     # first so the first match is the one that wins. Empty: a candidate for every image, at the
     # image's own repository path.
     mirrors: tuple[tuple[str, str], ...] = ()
@@ -564,7 +564,7 @@ _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 
 
 def _mirrors(ctx: _Ctx, key: str, value: object) -> tuple[tuple[str, str], ...]:
-    """Routing rules {source prefix: path prefix}, checked, longest prefix first (CONTRACT §9).
+    """Routing rules {source prefix: path prefix}, checked, longest prefix first (docs/routing.md).
 
     Each rule's key path quotes the source prefix (`mirrors."docker.io"`): prefixes contain dots.
     """

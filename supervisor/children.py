@@ -1,4 +1,4 @@
-"""Start a child by executing the program again with an internal subcommand (CONTRACT §4).
+"""Start a child by executing the program again with an internal subcommand (docs/architecture.md).
 
 From a virtual environment that is `python -m image_cri_shim <subcommand>`; from a single-file
 build (`sys.frozen`) the binary itself. A fresh interpreter never inherits the master's threads

@@ -1,4 +1,4 @@
-"""The ConfigMap syncer process (CONTRACT §3): the only importer of kubernetes.
+"""The ConfigMap syncer process (docs/configmap.md): the only importer of kubernetes.
 
 process   the process: signals, the main loop, the node's own settings, once-per-version logging
 follow    list + watch of the one ConfigMap in a thread (backoff, 410, bookmarks) -> Snapshot

@@ -1,4 +1,4 @@
-"""Which cluster credentials the syncer uses: the first source that works, in CONTRACT §3's order.
+"""Which cluster credentials the syncer uses: the first that works (docs/configmap.md).
 
     in-cluster service account, $KUBECONFIG, /etc/kubernetes/kubelet.conf,
     /etc/kubernetes/admin.conf, /etc/rancher/k3s/k3s.yaml, $HOME/.kube/config

@@ -2,11 +2,11 @@
 
     merge(configmap_text, local_text, path) -> Merged(text, config, ...) | Rejected(reason, ...)
 
-The rules (CONTRACT §3) and why they are these:
+The rules (docs/configmap.md, "How it is merged") and why they are these:
 
 - A key the ConfigMap sets overrides the local value; a key it does not set keeps the local
   value, so node-local settings (`shim`, `cri`, `stateDir`, ...) survive a cluster-wide map.
-- A key set to null or "" counts as not set, as in the config file itself (CONTRACT §2): maps
+- A key set to null or "" counts as not set, as in the config file itself (docs/configuration.md): maps
   generated from Go structs carry `auth: ""` for fields nobody filled in, and those must not
   wipe a node's credentials.
 - `registries` replaces the local list as a whole: merging lists entry by entry would leave
@@ -15,7 +15,7 @@ The rules (CONTRACT §3) and why they are these:
   should not reset a node's TTLs.
 - `sealos.address` / `sealos.auth` / `sealos.mirrors` become `address` / `auth` / `mirrors`; an
   `auth` written as `{username, password}` becomes the `user:password` string the config file uses.
-- `mirrors` (top level, or in a `registries` entry, CONTRACT §9) replaces the local rules as a
+- `mirrors` (top level, or in a `registries` entry, docs/routing.md) replaces the local rules as a
   whole, like `registries`: merging rule by rule would keep routes the operator removed, and an
   air-gapped node must not keep pulling through a rule nobody sees in the map any more.
   `upstream` is an ordinary key.
@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 # The same YAML reading as the config model (duplicate keys refused, `a:b` kept as text, one-line
-# errors); see the report: this private helper is worth making public in config.py.
+# errors), so a map and a config file are read by one set of rules.
 from image_cri_shim.config import Config, ConfigError, describe_kind, load_yaml, parse
 
 __all__ = ["HEADER", "Merged", "Rejected", "merge"]

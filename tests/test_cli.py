@@ -1,4 +1,4 @@
-"""The commands of CONTRACT §1 as an operator runs them: exit codes, one-line errors, no secrets."""
+"""The commands of docs/operations.md as an operator runs them: exit codes, one-line errors, no secrets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The config model: CONTRACT §2 keys, defaults, messages and secrets."""
+"""The config model: the keys of docs/configuration.md, defaults, messages and secrets."""
 
 from __future__ import annotations
 
@@ -438,7 +438,7 @@ BAD: list[tuple[str, str, str]] = [
         "registries[2].address",
         'registry "a.io" is already configured at registries[0].address',
     ),
-    # routing rules (CONTRACT §9): every bad value names its key path, the source prefix quoted
+    # routing rules (docs/routing.md): every bad value names its key path, the source prefix quoted
     (
         MIN + "registries: [{address: b.io, mirrors: {nginx: x}}]\n",
         'registries[0].mirrors."nginx"',

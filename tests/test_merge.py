@@ -1,4 +1,4 @@
-"""merge(): ConfigMap registries.yaml + local config -> config text, or a reason (CONTRACT §3)."""
+"""merge(): ConfigMap registries.yaml + local config -> config text, or a reason (docs/configmap.md)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ debug: true
 stateDir: /var/lib/shim-state
 """
 
-CONTRACT_EXAMPLE = """\
+DOCUMENTED_EXAMPLE = """\
 version: "v1"
 sealos:  {address: "https://registry.company.com", auth: {username: admin, password: secret}}
 registries:
@@ -57,7 +57,7 @@ def document(result: Merged) -> dict[str, Any]:
 
 
 def test_contract_example() -> None:
-    result = merged(CONTRACT_EXAMPLE)
+    result = merged(DOCUMENTED_EXAMPLE)
     assert result.text.startswith(HEADER)
     doc = document(result)
     assert doc == {
@@ -130,7 +130,7 @@ registries:
 @pytest.mark.parametrize(
     ("configmap", "expect"),
     [
-        # routing rules (CONTRACT §9): key -> value in the merged document
+        # routing rules (docs/routing.md): key -> value in the merged document
         (
             "sealos: {mirrors: {ghcr.io: gh}}\n",
             {"mirrors": {"ghcr.io": "gh"}, "address": "http://harbor.local", "upstream": False},
@@ -177,8 +177,8 @@ def test_routing_rules_reach_the_config() -> None:
 
 
 def test_same_data_gives_identical_text() -> None:
-    once = merged(CONTRACT_EXAMPLE)
-    twice = merged(CONTRACT_EXAMPLE, once.text)
+    once = merged(DOCUMENTED_EXAMPLE)
+    twice = merged(DOCUMENTED_EXAMPLE, once.text)
     assert twice.text == once.text
 
 

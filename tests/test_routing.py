@@ -1,4 +1,4 @@
-"""Routing rules (CONTRACT §9) through the shim socket, with real containerd and docker-registry.
+"""Routing rules (docs/routing.md) through the shim socket, with real containerd and docker-registry.
 
 A Harbor-style registry keeps images under per-source projects (`dockerhub/library/nginx`,
 `quay/org/app`), a registry without `mirrors` stands beside it, and `upstream: false` stands for
@@ -41,7 +41,8 @@ from tests.test_supervisor import Load
 from tests.test_worker import Stack, entry, failure, repo, tags
 
 REFUSAL_BUDGET = 2.0  # seconds: a refused pull asks the registries (fast here) and nothing else
-# An old worker hands its client connections over within its connection age (CONTRACT §5).
+# An old worker hands its client connections over within its connection age
+# (docs/architecture.md, "A config change, step by step").
 HANDOVER = CONNECTION_AGE * 1.2 + 3.0
 
 

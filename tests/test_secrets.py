@@ -1,4 +1,4 @@
-"""No secret reaches any text the shim produces (CONTRACT §8), with every code path exercised.
+"""No secret reaches any text the shim produces (docs/architecture.md), with every code path exercised.
 
 With `debug: true`, the service runs against a Basic-auth docker-registry, a Bearer-token
 registry, a registry that refuses its configured password and the stand-in API server (with a

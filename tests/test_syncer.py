@@ -45,7 +45,7 @@ cache: {{imageCacheTTL: 10m, negativeCacheTTL: 5s}}
 reloadInterval: 1s
 """
 
-CONTRACT_EXAMPLE = f"""\
+DOCUMENTED_EXAMPLE = f"""\
 version: "v1"
 sealos:  {{address: "https://registry.company.com", auth: {{username: admin, password: {CM_PASSWORD}}}}}
 registries:
@@ -168,7 +168,7 @@ def require_no_node_credentials() -> None:
 
 @pytest.mark.parametrize("entry", ["image_cri_shim syncer", "image_cri_shim.syncer"])
 def test_initial_sync(node: Node, entry: str) -> None:
-    node.set_configmap(CONTRACT_EXAMPLE)
+    node.set_configmap(DOCUMENTED_EXAMPLE)
     before = node.config.read_bytes()
     proc = node.start([sys.executable, "-m", *entry.split(), "-f", str(node.config)])
     node.wait_config(lambda t: "registry.company.com" in t, "the initial sync")
@@ -188,7 +188,7 @@ def test_initial_sync(node: Node, entry: str) -> None:
     assert before != node.config.read_bytes()
     node.wait_log(proc, f'msg="cluster access" source="$KUBECONFIG ({node.kubeconfig})"')
     title = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0]
-    assert title == b"image-cri-shim: syncer"  # CONTRACT §4
+    assert title == b"image-cri-shim: syncer"  # the process titles of docs/operations.md
 
 
 def test_changes_reach_the_file_within_2s(node: Node) -> None:

@@ -1,4 +1,4 @@
-"""Crash safety (CONTRACT §3): whatever moment the syncer is killed at, a reader sees a whole config.
+"""Crash safety (docs/configmap.md): whatever moment the syncer is killed at, a reader sees a whole config.
 
 The ConfigMap changes hundreds of times while a reader thread keeps loading the config file and
 the syncer is killed with SIGKILL at random moments and started again. Every read must be one

@@ -191,7 +191,7 @@ def test_stale_temp_files_are_removed(config_file: Path) -> None:
 
 
 def test_the_syncer_never_loads_grpc() -> None:
-    """CONTRACT §4: grpc belongs to the worker; the syncer's modules do not pull it in."""
+    """grpc belongs to the worker (docs/architecture.md, "Walls"); the syncer's modules do not pull it in."""
     code = (
         "import sys\n"
         "from image_cri_shim.syncer import apply, cluster, follow, merge, process, snapshot\n"

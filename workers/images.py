@@ -6,7 +6,7 @@ as `registry.company.com/library/nginx:latest` for a caller that asked for `ngin
 found, listed and removed under `docker.io/library/nginx:latest`, from the runtime's own state
 and the name store, never from a registry round trip. How it is named is `naming`'s policy.
 
-With `upstream: false` (CONTRACT §9) a pull that no configured registry can serve is refused
+With `upstream: false` (docs/routing.md) a pull that no configured registry can serve is refused
 with NOT_FOUND and what each candidate answered, instead of going to the image's own registry.
 """
 

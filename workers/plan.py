@@ -1,7 +1,7 @@
 """Where an image could come from: a pure function of the reference and the registries.
 
 `plan` lists the candidates in the order they are tried, each with the reference that
-registry would hold the image under after its `mirrors` rules (CONTRACT §7, §9). Nothing here
+registry would hold the image under after its `mirrors` rules (docs/routing.md). Nothing here
 does I/O or imports the HTTP client: the ImageStatus path and worker start-up use it, and
 `resolver` executes a plan against the registries.
 """
