@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from image_cri_shim import config, reference
-from image_cri_shim.workers.plan import Decision, Excluded, Planner, explain, plan, refusal
+from image_cri_shim.workers.plan import Decision, Excluded, Planner, explain, outcome, plan, refusal
 from image_cri_shim.workers.registry import Answer, Platform, Probe, RegistryClient
 from image_cri_shim.workers.resolver import Resolver
 from tests.harness.tinyregistry import OCI_INDEX, TinyRegistry
@@ -387,6 +387,56 @@ def test_refusal_lists_every_candidate_and_its_answer() -> None:
     )
     nothing = Decision(reference.parse("registry.k8s.io/pause:3.9"), None, (), degraded=False)
     assert refusal(nothing).endswith(": no registry is a candidate for it (no mirrors entry matches)")
+
+
+class _Labels:
+    """Records the labels of each count (the metric object's one method the resolver calls)."""
+
+    def __init__(self) -> None:
+        self.counted: list[tuple[str, ...]] = []
+
+    def labels(self, *values: str) -> _Labels:
+        self.counted.append(values)
+        return self
+
+    def inc(self) -> None:
+        pass
+
+
+def test_one_meaning_of_a_decision_for_the_pull_the_metrics_and_the_log() -> None:
+    cfg = load(
+        "address: https://registry.company.com\nupstream: false\n"
+        "registries: [{address: backup.company.com, priority: 100}]\n"
+    )
+    found = Probe(Answer.FOUND)
+
+    def decided(image: str, holder: int | None) -> Decision:
+        ref = reference.parse(image)
+        candidates = plan(ref, cfg.registries)
+        target = None if holder is None else candidates[holder]
+        return Decision(ref, target, tuple((c, found) for c in candidates[: (holder or 0) + 1]), False)
+
+    # The image's own registry is configured and holds it: pulled as asked, not rewritten.
+    own = decided("registry.company.com/app:1", 0)
+    assert own.target is not None and own.target.reference == own.source
+    cases = {
+        "unchanged": own,
+        "rewritten": decided("nginx:1.27", 0),
+        "refused": decided("nginx:1.27", None),
+    }
+    counts = _Labels()
+    resolver = Resolver(cfg.registries, {}, cfg.cache, upstream=cfg.upstream, metrics=_Metrics(counts))
+    for expected, decision in cases.items():
+        assert outcome(decision, cfg.registries, cfg.upstream) == expected
+        resolver._count(decision)
+    assert [label for label, _registry in counts.counted] == list(cases)
+    assert outcome(decided("registry.company.com/app:1", None), cfg.registries, upstream=False) == "unchanged"
+
+
+class _Metrics:
+    def __init__(self, decisions: _Labels) -> None:
+        self.decisions = decisions
+        self.cache_evictions = _Labels()
 
 
 @pytest.fixture

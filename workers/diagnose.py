@@ -14,7 +14,7 @@ from collections.abc import Callable
 from image_cri_shim import logs
 from image_cri_shim.config import Config, ConfigError, Registry, load, resolve_cri
 from image_cri_shim.reference import ReferenceError, is_image_id, parse
-from image_cri_shim.workers.plan import Candidate, Decision, Excluded, explain, refusal, refused
+from image_cri_shim.workers.plan import Candidate, Decision, Excluded, explain, outcome, refusal
 from image_cri_shim.workers.registry import Answer, Probe, RegistryClient, node_platform
 from image_cri_shim.workers.resolver import Resolver
 from image_cri_shim.workers.server import runtime_version
@@ -145,12 +145,13 @@ async def _resolve(config: Config, image: str) -> int:
 
 
 def _print_target(config: Config, decision: Decision) -> None:
+    fate = outcome(decision, config.registries, config.upstream)
     if decision.target is not None:
         registry = decision.target.registry
-        print(f"target    {decision.target.reference}" + ("" if decision.rewritten else " (unchanged)"))
+        print(f"target    {decision.target.reference}" + ("" if fate == "rewritten" else " (unchanged)"))
         print(f"registry  {registry.url} (priority {registry.priority})")
         print(f"user      {registry.username or '(anonymous)'}")
-    elif refused(decision, config.registries, config.upstream):
+    elif fate == "refused":
         print("target    none: PullImage fails with NOT_FOUND (upstream: false)")
         print(f"message   {refusal(decision)}")
     elif config.upstream:

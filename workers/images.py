@@ -28,7 +28,7 @@ from image_cri_shim.reference import Reference
 from image_cri_shim.workers.failover import Decisions, Puller
 from image_cri_shim.workers.names import NameStore, reported
 from image_cri_shim.workers.naming import Naming
-from image_cri_shim.workers.plan import Candidate, Decision, Planner, refusal, refused, registry_for
+from image_cri_shim.workers.plan import Candidate, Decision, Planner, outcome, refusal, registry_for
 from image_cri_shim.workers.upstream import Upstream
 
 log = logs.get("images")
@@ -99,11 +99,13 @@ class ImageService:
             return self._upstream.unary(method, raw, context)
         own = registry_for(source.domain, self._registries)
         decision = self._decide(source, own, context)
-        if decision is not None and decision.target is not None and decision.rewritten:
-            return self._pull_rewritten(method, raw, request, source, decision.target, context, started)
-        if decision is not None and refused(decision, self._registries, self._pull_upstream):
-            log.debug("pull refused: upstream pulls are off", image=source, why=decision.reason())
-            context.abort(grpc.StatusCode.NOT_FOUND, refusal(decision))
+        if decision is not None:
+            fate = outcome(decision, self._registries, self._pull_upstream)
+            if fate == "rewritten" and decision.target is not None:
+                return self._pull_rewritten(method, raw, request, source, decision.target, context, started)
+            if fate == "refused":
+                log.debug("pull refused: upstream pulls are off", image=source, why=decision.reason())
+                context.abort(grpc.StatusCode.NOT_FOUND, refusal(decision))
         return self._pull_unchanged(method, raw, request, source, own, context, started)
 
     def _decide(self, source: Reference, own: Registry | None, context: Context) -> Decision | None:

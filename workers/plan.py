@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from image_cri_shim.config import Registry
 from image_cri_shim.reference import Reference, ReferenceError
@@ -149,6 +149,18 @@ def refused(decision: Decision, registries: Sequence[Registry], upstream: bool) 
     return (
         decision.target is None and not upstream and registry_for(decision.source.domain, registries) is None
     )
+
+
+Outcome = Literal["rewritten", "unchanged", "refused"]
+
+
+def outcome(decision: Decision, registries: Sequence[Registry], upstream: bool) -> Outcome:
+    """What PullImage does with `decision`; the pull, the decision log line, the metrics and
+    `--resolve` all ask this, so they cannot disagree. A target at the image's own name (its own
+    registry is configured and holds it) is a pull as asked: unchanged, not rewritten."""
+    if decision.rewritten:
+        return "rewritten"
+    return "refused" if refused(decision, registries, upstream) else "unchanged"
 
 
 def refusal(decision: Decision) -> str:

@@ -18,7 +18,7 @@ from image_cri_shim.config import CacheConfig, Registry
 from image_cri_shim.metrics import OFF
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.failures import Cause, Verdict
-from image_cri_shim.workers.plan import Candidate, Decision, Planner, refused
+from image_cri_shim.workers.plan import Candidate, Decision, Outcome, Planner, outcome
 from image_cri_shim.workers.registry import Answer, Probe, RegistryClient
 
 log = logs.get("resolver")
@@ -104,11 +104,8 @@ class Resolver:
         self._count(decision)
         return decision
 
-    def _outcome(self, decision: Decision) -> str:
-        """What PullImage does with `decision`: rewritten, refused (upstream: false) or unchanged."""
-        if decision.target is not None:
-            return "rewritten"
-        return "refused" if refused(decision, self.registries, self._upstream) else "unchanged"
+    def _outcome(self, decision: Decision) -> Outcome:
+        return outcome(decision, self.registries, self._upstream)
 
     def _count(self, decision: Decision) -> None:
         registry = decision.target.registry.domain if decision.target is not None else ""
@@ -120,9 +117,10 @@ class Resolver:
         if self._cache is not None:
             self._cache[str(ref)] = decision
         elapsed = f"{(time.monotonic() - started) * 1000:.0f}ms"
-        if decision.target is None:
-            fate = "refused (upstream: false)" if self._outcome(decision) == "refused" else "unchanged"
-            log.info("rewrite decision", image=ref, target=fate, why=decision.reason(), took=elapsed)
+        fate = self._outcome(decision)
+        if fate != "rewritten" or decision.target is None:
+            target = "refused (upstream: false)" if fate == "refused" else "unchanged"
+            log.info("rewrite decision", image=ref, target=target, why=decision.reason(), took=elapsed)
         else:
             log.info(
                 "rewrite decision",
