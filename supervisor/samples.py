@@ -47,6 +47,17 @@ def remove_dir(directory: str) -> None:
         os.rmdir(directory)
 
 
+def open_samples(path: str, read_mode: bool = False) -> Any:
+    """One sample file, as prometheus-client's multiprocess mode writes it. The library has no
+    public API for it, so this is the one use of its private (and untyped) `mmap_dict.MmapedDict`;
+    pyproject.toml bounds prometheus-client below its next minor and tests/test_private_apis.py
+    fails on a release without it."""
+    from prometheus_client import mmap_dict  # loaded only when a child's samples are folded
+
+    mmaped: Any = mmap_dict.MmapedDict  # untyped in prometheus-client
+    return mmaped(path, read_mode=read_mode)
+
+
 def retire(directory: str, pid: int) -> None:
     """After child `pid` exited: drop its live gauges, fold its counters and histograms into
     the retired totals (same keys add up, exactly what a scrape would have summed)."""
@@ -54,9 +65,6 @@ def retire(directory: str, pid: int) -> None:
     gauges = glob.glob(os.path.join(directory, f"gauge_live*_{pid}.db"))
     if not gauges and not any(os.path.exists(path) for path in files.values()):
         return
-    from prometheus_client import mmap_dict
-
-    mmaped: Any = mmap_dict.MmapedDict  # untyped in prometheus-client
     with FILES:
         for path in gauges:
             with contextlib.suppress(FileNotFoundError):
@@ -64,8 +72,8 @@ def retire(directory: str, pid: int) -> None:
         for kind, path in files.items():
             if not os.path.exists(path):
                 continue
-            source = mmaped(path, read_mode=True)
-            totals = mmaped(os.path.join(directory, f"{kind}_retired.db"))
+            source = open_samples(path, read_mode=True)
+            totals = open_samples(os.path.join(directory, f"{kind}_retired.db"))
             try:
                 for key, value, timestamp in source.read_all_values():
                     old, _ = totals.read_value(key)

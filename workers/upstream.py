@@ -17,6 +17,7 @@ import grpc
 
 from image_cri_shim.heartbeat import RUNTIME_FAILED, RUNTIME_OK, SERVED, Heartbeat
 from image_cri_shim.metrics import OFF
+from image_cri_shim.workers.calls import unary_call
 from image_cri_shim.workers.liveness import Waits
 
 MAX_MESSAGE = 16 << 20
@@ -96,7 +97,7 @@ class Upstream:
         """`unary`, but a failed call raises its grpc.RpcError (for a caller that may try again)."""
         call = self._unary.get(method)
         if call is None:
-            call = self._unary[method] = self.channel.unary_unary(method, _registered_method=True)  # type: ignore[call-arg]
+            call = self._unary[method] = unary_call(self.channel, method)
         begin = time.monotonic()
         self.beat.stamp(SERVED, begin)
         try:
