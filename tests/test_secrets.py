@@ -283,7 +283,9 @@ def exercise(
 
         ready = service.reload_and_wait(lambda: service.edit(invalid))
         assert "last reload: failed" in ready["STATUS"]
-        service.reload_and_wait(lambda: service.edit(lambda c: c["registries"].pop()))
+        # Back to the settings in force: the master sees the same settings and starts no worker.
+        service.edit(lambda c: c["registries"].pop())
+        wait_for(lambda: "the same settings" in service.process.log_text(), 10, "the edit back to be seen")
 
         # ConfigMap: a good version with a password (the file is written, 0600), then bad ones.
         good = yaml.safe_dump(
