@@ -9,6 +9,8 @@ STAMP    := $(VENV)/.installed
 # takes in the wheel's dependencies and nothing the test venv has besides.
 FREEZE   := build/freeze
 DIST_TOOLS := 'build>=1.2' 'pyinstaller>=6.10,<7' 'setuptools>=68'
+# What packaging/toolchain.py needs to fetch, unpack and build its sources.
+DIST_PKGS := binutils dpkg-dev patch perl pkg-config make debian-archive-keyring
 
 .PHONY: test demo bench soak reliability docs dist lint typecheck protos system-deps venv clean
 
@@ -32,10 +34,16 @@ reliability: system-deps venv
 	$(BIN)/python -m tests.reliability
 
 # The wheel, the sdist and the offline bundle for this machine's architecture (docs/install.md).
+# The freeze venv is made from packaging/toolchain.py's Python (glibc 2.17, built once and cached
+# outside the tree) and takes only manylinux2014 wheels (packaging/_manylinux.py).
 dist:
-	@$(MAKE) --no-print-directory system-deps APT_PKGS=binutils
+	@$(MAKE) --no-print-directory system-deps APT_PKGS="$(DIST_PKGS)"
 	rm -rf dist build/lib
-	test -x $(FREEZE)/bin/python || $(PYTHON) -m venv $(FREEZE)
+	mkdir -p build
+	$(PYTHON) packaging/toolchain.py > build/toolchain
+	python=$$(cat build/toolchain); [ "$$(readlink -f $(FREEZE)/bin/python)" = "$$(readlink -f $$python)" ] \
+		|| { rm -rf $(FREEZE) && $$python -m venv $(FREEZE); }
+	cp packaging/_manylinux.py $(FREEZE)/lib/python3.11/site-packages/
 	$(FREEZE)/bin/pip install -q $(DIST_TOOLS)
 	$(FREEZE)/bin/python -m build -q --no-isolation --outdir dist .
 	$(FREEZE)/bin/pip install -q --force-reinstall --no-deps dist/*.whl

@@ -1,5 +1,6 @@
-"""Command line: the service, --version, --dry-run, --resolve, --reload, and the internal subcommands
-with which the master starts its children (docs/architecture.md, "Why three processes").
+"""Command line: the service, --version, --dry-run, --resolve, --reload, the internal subcommands
+with which the master starts its children (docs/architecture.md, "Why three processes"), and
+install.sh's selfcheck.
 
 Imports of grpc and kubernetes stay inside the branches that need them: the master process
 must load neither.
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     syncer = sub.add_parser("syncer", help=argparse.SUPPRESS)
     syncer.add_argument("-f", "--file", default=DEFAULT_PATH)
     syncer.add_argument("--master-pid", type=int, default=None)
+    sub.add_parser("selfcheck", help="load every library the service loads, then exit (install.sh runs it)")
     return parser
 
 
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             from image_cri_shim.syncer.process import run as run_syncer
 
             return run_syncer(args.file)
+        if args.command == "selfcheck":
+            from image_cri_shim.selfcheck import main as selfcheck
+
+            return selfcheck()
         if args.dry_run:
             from image_cri_shim.syncer.check import configmap_lines
             from image_cri_shim.workers.diagnose import dry_run

@@ -20,12 +20,12 @@ import shutil
 import stat
 import subprocess
 import sys
-import sysconfig
 import tarfile
 import zipfile
 from importlib import metadata
 from importlib.metadata import Distribution
 from pathlib import Path
+from typing import Any
 
 import image_cri_shim
 
@@ -43,21 +43,9 @@ EXAMPLES = {
     "docs/examples/manifests": "manifests",
 }
 
-# Licences of the system libraries PyInstaller takes in on Debian 11/12 and Ubuntu, by package:
-# their copyright files are not all machine-readable, and some name the whole source package's.
-DEBIAN_LICENCES = {
-    "libssl3": "Apache-2.0",
-    "libssl1.1": "OpenSSL",
-    "libffi8": "MIT",
-    "libffi7": "MIT",
-    "zlib1g": "Zlib",
-    "libuuid1": "BSD-3-Clause",
-    "libbz2-1.0": "bzip2-1.0.6",
-    "liblzma5": "public-domain",
-    "libstdc++6": "GPL-3.0-or-later WITH GCC-exception-3.1",
-    "libgcc-s1": "GPL-3.0-or-later WITH GCC-exception-3.1",
-}
 BOOTLOADER_LICENCE = "GPL-2.0-or-later WITH Bootloader-exception"
+# The symbol versions that make a node's floor: glibc's, and libstdc++'s for C++ code.
+FLOOR_PREFIXES = ("GLIBC", "GLIBCXX", "CXXABI")
 
 
 def main() -> None:
@@ -67,6 +55,7 @@ def main() -> None:
         sys.exit(f"build: no Go name for architecture {machine!r}: add it to GOARCH")
     name = f"image-cri-shim-{version}-linux-{GOARCH[machine]}"
     check_wheel(version)
+    toolchain = toolchain_manifest()
 
     spec = ROOT / "packaging" / "image-cri-shim.spec"
     pyinstaller = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level=WARN"]
@@ -93,12 +82,15 @@ def main() -> None:
         if not path.is_symlink():
             path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
 
-    floor = glibc_floor(stage / APP)
+    floor = symbol_floor(stage / APP)
+    glibc = floor.get("GLIBC", ("2.2", "", ""))[0]
     header = [
         f"# image-cri-shim {version} for linux/{GOARCH[machine]}: every package this bundle contains.",
-        f"# Built on {build_system()}; needs glibc >= {floor} on the node.",
+        f"# Built on {build_system(toolchain)}; needs glibc >= {glibc} on the node.",
+        f"# {floor_line(floor)}",
     ]
-    (stage / "bundled.txt").write_text("\n".join(header + table(bundled(collected))) + "\n")
+    rows = bundled(collected, toolchain)
+    (stage / "bundled.txt").write_text("\n".join(header + table(rows)) + "\n")
     files = sorted(p for p in stage.rglob("*") if p.is_file() and not p.is_symlink())
     write_sums(stage / "SHA256SUMS", files, stage)
 
@@ -110,7 +102,7 @@ def main() -> None:
     for path in [*artifacts, stage / APP / APP]:
         print(f"{path.relative_to(ROOT)}  {path.stat().st_size / 1e6:.1f} MB")
     print(f"{stage.relative_to(ROOT)}/  {sum(p.stat().st_size for p in files) / 1e6:.1f} MB unpacked")
-    print(f"glibc floor: {floor}")
+    print(floor_line(floor))
 
 
 def check_wheel(version: str) -> None:
@@ -131,35 +123,62 @@ def check_wheel(version: str) -> None:
                     )
 
 
-def glibc_floor(app: Path) -> str:
-    """The newest GLIBC_x.y symbol version any ELF file of the program needs."""
-    needed = {(2, 2)}
-    for path in app.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.read_bytes()[:4] == b"\x7fELF":
-            dump = subprocess.run(["objdump", "-T", str(path)], capture_output=True, text=True, check=True)
-            needed.update((int(a), int(b)) for a, b in re.findall(r"\bGLIBC_(\d+)\.(\d+)", dump.stdout))
-    return "{}.{}".format(*max(needed))
+def toolchain_manifest() -> dict[str, Any]:
+    """What packaging/toolchain.py built this interpreter from; only that interpreter freezes."""
+    path = Path(sys.base_prefix) / "manifest.json"
+    if not path.exists():
+        sys.exit(f"build: {sys.base_prefix} is not packaging/toolchain.py's Python (make dist uses it)")
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    return manifest
 
 
-def bundled(collected: list[str]) -> list[tuple[str, str, str, str]]:
-    """(name, version, licence, origin) of every package a collected file comes from."""
+def symbol_floor(app: Path) -> dict[str, tuple[str, str, str]]:
+    """For GLIBC, GLIBCXX and CXXABI: the newest version any ELF file of `app` needs, with the
+    file (relative to `app`) and a symbol that needs it. Computed, never assumed."""
+    newest: dict[str, tuple[tuple[int, ...], str, str]] = {}
+    files = [p for p in sorted(app.rglob("*")) if p.is_file() and not p.is_symlink()]
+    for path in (p for p in files if p.read_bytes()[:4] == b"\x7fELF"):
+        dump = subprocess.run(["objdump", "-T", str(path)], capture_output=True, text=True, check=True)
+        for prefix, number, symbol in needed_versions(dump.stdout):
+            key = tuple(map(int, number.split(".")))
+            if prefix not in newest or key > newest[prefix][0]:
+                newest[prefix] = (key, str(path.relative_to(app)), symbol)
+    return {p: (".".join(map(str, v)), f, s) for p, (v, f, s) in newest.items()}
+
+
+def needed_versions(objdump: str) -> list[tuple[str, str, str]]:
+    """(prefix, version, symbol) of each undefined symbol in `objdump -T` output: what the file
+    needs from the node (the versions it defines itself are not needed from anyone)."""
+    found = re.findall(r"\*UND\*\s+\S+\s+\(?(GLIBC|GLIBCXX|CXXABI)_([\d.]+)\)?\s+(\S+)", objdump)
+    return [(prefix, version.rstrip("."), symbol) for prefix, version, symbol in found]
+
+
+def floor_line(floor: dict[str, tuple[str, str, str]]) -> str:
+    parts = [f"{p}_{floor[p][0]} ({floor[p][1]}: {floor[p][2]})" for p in FLOOR_PREFIXES if p in floor]
+    return "newest symbol versions needed, from every ELF file: " + ", ".join(parts)
+
+
+def bundled(collected: list[str], toolchain: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(name, version, licence, origin) of every package a collected file comes from, and of
+    every library the toolchain built (linked into CPython's modules when not a file of its own)."""
     owners: dict[str, Distribution] = {}
     for dist in metadata.distributions():
         for file in dist.files or ():
             owners[os.path.realpath(dist.locate_file(file))] = dist
-    stdlib = os.path.realpath(sysconfig.get_path("stdlib")) + os.sep
-    python = ("CPython", platform.python_version(), "PSF-2.0", "python")
-    rows = {("PyInstaller bootloader", metadata.version("pyinstaller"), BOOTLOADER_LICENCE, "pypi"), python}
+    interpreter = os.path.realpath(sys.base_prefix) + os.sep
+    rows = {("PyInstaller bootloader", metadata.version("pyinstaller"), BOOTLOADER_LICENCE, "pypi")}
+    rows.update(
+        (lib["name"], lib["version"], lib["licence"], f"built from Debian source {lib['source']}")
+        for lib in toolchain["libraries"]
+    )
     for source in filter(os.path.isabs, collected):
         real = os.path.realpath(source)
         if real in owners:
             dist = owners[real]
             if dist.metadata["Name"].lower() != "pyinstaller":  # its loader modules: the bootloader row
                 rows.add((dist.metadata["Name"], dist.version, pypi_licence(dist), "pypi"))
-        elif real.startswith(stdlib) or os.path.basename(real).startswith("libpython"):
-            rows.add(python)
-        elif not real.startswith(str(BUILD) + os.sep):  # base_library.zip: the stdlib again
-            rows.add(system_package(source))
+        elif not real.startswith((interpreter, str(BUILD) + os.sep)):  # base_library.zip: the stdlib
+            sys.exit(f"build: PyInstaller took {source} from the build machine, not from the toolchain")
     return sorted(rows, key=lambda row: (row[3] != "pypi", row[0].lower()))
 
 
@@ -174,24 +193,9 @@ def pypi_licence(dist: Distribution) -> str:
     return " / ".join(classifiers) or f"unknown: {meta['Name']}'s metadata names none"
 
 
-def system_package(path: str) -> tuple[str, str, str, str]:
-    """The Debian package a system library comes from (another system: the file alone)."""
-    if shutil.which("dpkg-query"):
-        for candidate in dict.fromkeys([path, os.path.realpath(path)]):
-            found = subprocess.run(["dpkg-query", "-S", candidate], capture_output=True, text=True)
-            if found.returncode == 0:
-                package = found.stdout.split(":", 1)[0]
-                version = subprocess.run(
-                    ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=True
-                ).stdout
-                licence = DEBIAN_LICENCES.get(package, f"unknown: see /usr/share/doc/{package}/copyright")
-                return package, version, licence, "debian"
-    return os.path.basename(path), "-", f"unknown: system library {path}", "system"
-
-
-def build_system() -> str:
+def build_system(toolchain: dict[str, Any]) -> str:
     release = platform.freedesktop_os_release().get("PRETTY_NAME", platform.platform())
-    return f"{release}, glibc {platform.libc_ver()[1]}, Python {platform.python_version()}"
+    return f"{release} with zig cc {toolchain['zig']} for {toolchain['target']}"
 
 
 def table(rows: list[tuple[str, str, str, str]]) -> list[str]:

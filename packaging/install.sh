@@ -11,6 +11,15 @@ set -eu
 
 usage() { sed -n '2,6s/^# \{0,1\}//p' "$0"; }
 die() { echo "install.sh: $*" >&2; exit 1; }
+# The one line of a failed start that names what is missing: the dynamic loader's "version ...
+# not found" or "cannot open shared object file" (from PyInstaller's loader or from selfcheck),
+# else the last line said.
+problem() {
+    line=$(printf '%s\n' "$1" | grep -o "[^ :']*: version \`[^']*' not found" | head -n 1)
+    [ -n "$line" ] || line=$(printf '%s\n' "$1" | grep -o "[^ :']*: cannot open shared object file" | head -n 1)
+    [ -n "$line" ] || line=$(printf '%s\n' "$1" | grep -v '^[[:space:]]*$' | tail -n 1)
+    printf '%s' "$line"
+}
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=""
@@ -63,11 +72,14 @@ install_bundle() {
     else
         echo "sha256sum not found: the bundle's checksums are not verified"
     fi
-    # The program must run here before anything is installed (glibc too old, wrong architecture).
-    if ! banner=$("$here/image-cri-shim/image-cri-shim" --version 2>&1); then
-        echo "$banner" >&2
-        die "this node cannot run the bundled program; bundled.txt names the glibc it needs (docs/install.md)"
+    # The program must run here before anything is installed. selfcheck loads every library the
+    # service loads (grpc and the node's libstdc++, OpenSSL, the kubernetes client), where
+    # --version would load libpython alone.
+    program=$here/image-cri-shim/image-cri-shim
+    if ! said=$("$program" selfcheck 2>&1); then
+        die "this node cannot run image-cri-shim: $(problem "$said") (bundled.txt says what it needs)"
     fi
+    banner=$("$program" --version)
     version=${banner#image-cri-shim }
     case $version in "" | *[!0-9A-Za-z.+_-]*) die "unexpected version output: $banner" ;; esac
 

@@ -63,19 +63,34 @@ def debian_root(suite: str, packages: Sequence[str] = ()) -> Path:
     return root
 
 
-def chrooted(root: Path, argv: Sequence[str | os.PathLike[str]], binds: Iterable[Path] = ()) -> list[str]:
+def chrooted(
+    root: Path,
+    argv: Sequence[str | os.PathLike[str]],
+    binds: Iterable[Path] = (),
+    writable: Path | None = None,
+) -> list[str]:
     """`argv` run inside `root`, with each of `binds` mounted at the same path (read-write).
+    Arguments appended to the returned list reach the command after `argv`.
 
     Binds under /tmp and /run land in the namespace's own tmpfs, so the cached root gains no
-    directories for them; other binds get their mount point created in the root.
+    directories for them; other binds get their mount point created in the root. With
+    `writable`, the root is an overlay whose changes go to that directory (kept between calls
+    with the same one, one call at a time), so the cached root itself stays as debootstrap made it.
     """
-    steps = [
-        "set -e",
-        f"r={shlex.quote(str(root))}",
-        "mount --make-rprivate /",
+    steps = ["set -e", f"r={shlex.quote(str(root))}", "mount --make-rprivate /"]
+    if writable is not None:
+        layer = shlex.quote(str(writable))
+        steps += [
+            f"mkdir -p {layer}/upper {layer}/work {layer}/merged",
+            f'mount -t overlay overlay -o "lowerdir=$r,upperdir={layer}/upper,workdir={layer}/work"'
+            f" {layer}/merged",
+            f"r={layer}/merged",
+        ]
+    else:
         # the root a mount point of its own: runc inside sets the propagation of "/", which a
-        # plain directory has not (EINVAL)
-        'mount --bind "$r" "$r"',
+        # plain directory has not (EINVAL); an overlay is one already
+        steps.append('mount --bind "$r" "$r"')
+    steps += [
         'mount -t proc proc "$r/proc"',
         'mount --rbind /sys "$r/sys"',
         'mount --rbind /dev "$r/dev"',
@@ -92,8 +107,8 @@ def chrooted(root: Path, argv: Sequence[str | os.PathLike[str]], binds: Iterable
         )
         steps += [make, f'mount --bind {target} "$r"{target}']
     command = " ".join(shlex.quote(str(part)) for part in argv)
-    steps.append(f'exec chroot "$r" {command}')
-    return ["unshare", "--mount", "sh", "-c", "\n".join(steps)]
+    steps.append(f'exec chroot "$r" {command} "$@"')
+    return ["unshare", "--mount", "sh", "-c", "\n".join(steps), "chrooted"]
 
 
 def glibc_version(root: Path) -> str:
