@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -35,12 +36,28 @@ class Reading:
         return self.runtime_failed > self.runtime_ok
 
 
+def anonymous_file() -> int:
+    """A file with no name, only an fd: a memfd where glibc and the kernel have them (2.27,
+    Linux 3.17), else a file in /dev/shm unlinked at once (CentOS/RHEL 7, which the offline
+    bundle's glibc 2.17 build serves). Either way memory, never a disk, and nothing to clean up."""
+    create = getattr(os, "memfd_create", None)
+    if create is not None:
+        try:
+            fd: int = create("image-cri-shim-heartbeat", os.MFD_CLOEXEC)
+            return fd
+        except OSError:  # ENOSYS: a kernel older than its glibc
+            pass
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryFile(dir=shm, prefix="image-cri-shim-heartbeat-") as file:
+        return os.dup(file.fileno())
+
+
 class Heartbeat:
     """The shared page; `fd` is passed to the worker, which opens it with `Heartbeat(fd)`."""
 
     def __init__(self, fd: int | None = None) -> None:
         if fd is None:
-            fd = os.memfd_create("image-cri-shim-heartbeat", os.MFD_CLOEXEC)
+            fd = anonymous_file()
             os.ftruncate(fd, _SIZE)
         self.fd = fd
         self._map = mmap.mmap(fd, _SIZE)

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+import pytest
 
+from image_cri_shim.heartbeat import RUNTIME_OK, Heartbeat
 from image_cri_shim.supervisor.arbiter import HEARTBEAT_STALE
 from image_cri_shim.workers.server import THREADS
 from tests.harness import Containerd, RegistryFactory, wait_for
@@ -228,3 +230,17 @@ def test_a_worker_whose_call_threads_all_wait_on_the_runtime_is_kept(
     assert kept and service.workers() == {1: worker}, "the saturated worker was replaced"
     assert during >= 3
     assert answered == blocked
+
+
+def test_without_memfd_the_page_is_an_unnamed_file_in_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc 2.17 (the offline bundle's floor, CentOS 7) has no memfd_create: the page is then a
+    /dev/shm file unlinked at once, shared the same way."""
+    monkeypatch.delattr(os, "memfd_create")
+    page = Heartbeat()
+    target = os.readlink(f"/proc/self/fd/{page.fd}")
+    assert target.startswith("/dev/shm/") and target.endswith(" (deleted)"), target
+    other = Heartbeat(os.dup(page.fd))
+    page.stamp(RUNTIME_OK, now=42.0)
+    assert other.read().runtime_ok == 42.0
+    other.close()
+    page.close()
