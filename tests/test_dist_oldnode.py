@@ -95,8 +95,9 @@ def test_the_bundle_installs_and_serves_on_debian_11(
 
     with CriClient(service.socket) as client:
         client.pull("oldnode:1")
-    with CriClient(containerd.socket) as direct:
-        assert direct.status(f"{registry.host}/library/oldnode:1") is not None, "the pull was not rewritten"
+    with CriClient(containerd.socket) as direct:  # under the caller's name, from the registry
+        assert direct.status("docker.io/library/oldnode:1") is not None, "containerd has no such image"
+    assert f"target={registry.host}/library/oldnode:1" in service.process.log_text()
 
     ready = service.reload_and_wait(lambda: os.kill(service.process.pid, signal.SIGHUP))
     assert "serving gen=2" in ready["STATUS"], ready
