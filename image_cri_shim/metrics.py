@@ -113,8 +113,9 @@ class WorkerMetrics(_Catalog):
         super().__init__(recording)
         self.decisions = self.counter(
             "rewrite_decisions_total",
-            "PullImage decisions: rewritten to a registry, unchanged (upstream as asked), refused "
-            "(upstream: false) or error.",
+            "PullImage decisions: rewritten to a registry, unchanged (pulled as asked; `registry` set "
+            "when the image's own registry is a configured one that holds it), refused (upstream: false) "
+            "or error.",
             ("result", "registry"),
         )
         self.cache_hits = self.counter("cache_hits_total", "Rewrite decisions answered from the cache.")
