@@ -50,6 +50,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
     daemon_threads = True
+    socket: socket.socket  # the listening socket (TCPServer's, which both servers derive from)
     health: Health
     render: Callable[[], tuple[bytes, str]]
 
@@ -89,11 +90,23 @@ class Endpoint:
                 return generate_latest(registry), CONTENT_TYPE_LATEST
 
         self._server.render = render
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
         self._thread.start()
 
+    def _serve(self) -> None:
+        """Take connections while open, blocking in the listening socket's poll: an idle endpoint
+        never wakes the master (`serve_forever` wakes twice a second to look for a shutdown)."""
+        while not self._closing:
+            self._server.handle_request()
+
     def close(self) -> None:
-        self._server.shutdown()
+        self._closing = True
+        # On Linux, shutting a listening socket down wakes its poll; the accept then fails and
+        # handle_request returns, so the loop sees _closing at once.
+        with contextlib.suppress(OSError):
+            self._server.socket.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
         self._server.server_close()
         if isinstance(self._server, _UnixServer):
             with contextlib.suppress(OSError):
