@@ -19,19 +19,19 @@ test: system-deps venv lint typecheck
 
 # One pull through the shim with a real containerd and registries, explained.
 demo: system-deps venv
-	$(BIN)/python -m tests.demo
+	$(BIN)/python -m tools.demo
 
 # What the shim costs a node, against containerd directly (writes docs/performance.md).
 bench: system-deps venv
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tools.bench
 
 # Ten minutes of mixed load with reloads, SIGKILLs and ConfigMap churn (the suite runs a minute of it).
 soak: system-deps venv
-	$(BIN)/python -m tests.soak
+	$(BIN)/python -m tools.soak
 
 # Every scenario that records evidence, run once; writes the table of docs/reliability.md.
 reliability: system-deps venv
-	$(BIN)/python -m tests.reliability
+	$(BIN)/python -m tools.reliability
 
 # The wheel, the sdist and the offline bundle for this machine's architecture (docs/install.md).
 # The freeze venv is made from packaging/toolchain.py's Python (glibc 2.17, built once and cached
@@ -55,7 +55,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy image_cri_shim tests
+	$(BIN)/mypy image_cri_shim tests tools
 
 # Regenerate the CRI message code from protos/cri.proto (a test fails when it is stale).
 protos: venv
@@ -63,8 +63,8 @@ protos: venv
 
 # Regenerate docs/configuration.md and the table of docs/metrics.md from the code (tests fail when stale).
 docs: venv
-	$(BIN)/python -m tests.configdoc
-	$(BIN)/python -m tests.metricsdoc
+	$(BIN)/python -m tools.configdoc
+	$(BIN)/python -m tools.metricsdoc
 
 system-deps:
 	@missing=""; \

@@ -72,7 +72,8 @@ def main() -> None:
     shutil.copytree(BUILD / "app" / APP, stage / APP, symlinks=True)
     shutil.copy(ROOT / "packaging" / "install.sh", stage / "install.sh")
     shutil.copy(ROOT / "systemd" / "image-cri-shim.service", stage / "image-cri-shim.service")
-    # The examples of docs/examples/ are the ones shipped: one copy, validated by tests/test_examples.py.
+    # The examples of docs/examples/ are the ones shipped: one copy, validated by
+    # tests/integration/test_examples.py.
     for source, target in EXAMPLES.items():
         if (ROOT / source).is_dir():
             shutil.copytree(ROOT / source, stage / target)

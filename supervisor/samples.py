@@ -50,7 +50,7 @@ def remove_dir(directory: str) -> None:
 def open_samples(path: str, read_mode: bool = False) -> Any:
     """One sample file, as prometheus-client's multiprocess mode writes it. The library has no
     public API for it, so this is the one use of its private (and untyped) `mmap_dict.MmapedDict`;
-    pyproject.toml bounds prometheus-client below its next minor and tests/test_private_apis.py
+    pyproject.toml bounds prometheus-client below its next minor and tests/unit/test_private_apis.py
     fails on a release without it."""
     from prometheus_client import mmap_dict  # loaded only when a child's samples are folded
 

@@ -27,7 +27,7 @@ from tests.harness import (
 )
 from tests.harness.containerd import ROOT_PACKAGES
 from tests.harness.rootfs import debian_root
-from tests.test_worker import Stack
+from tests.integration.test_worker import Stack
 
 # Tests using any of these fixtures are marked `integration` (deselect with -m "not integration").
 REAL_PARTS = {
@@ -58,7 +58,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def records(code: types.CodeType, namespace: dict[str, Any], seen: set[types.CodeType]) -> bool:
     """Whether `code` calls `evidence.record`: itself, in a nested function, through a function of
-    its module, or through a module that records (`tests.soak`). Marking tests this way means a
+    its module, or through a module that records (`tools.soak`). Marking tests this way means a
     scenario is selected by `make reliability` as soon as it records, with nothing to remember."""
     if code in seen:
         return False

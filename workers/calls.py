@@ -3,7 +3,7 @@
 A call registered with the channel skips grpc's per-call method lookup, which the worker's
 hot path (every proxied CRI call, the idle heartbeat probe) pays otherwise. The argument is
 private, so it is passed here only; pyproject.toml bounds grpcio below the next major, and
-tests/test_private_apis.py fails on a grpcio that no longer accepts it.
+tests/unit/test_private_apis.py fails on a grpcio that no longer accepts it.
 """
 
 from __future__ import annotations

@@ -437,7 +437,7 @@ def set_body(response: httpx.Response, body: bytes) -> None:
     """Make `body`, read here within a bound, the body of a streamed `response` (`.content`,
     `.json()`), without httpx reading it again. httpx has no public way to do that, so this is
     its one use of the private `_content`; pyproject.toml bounds httpx below its next minor and
-    tests/test_private_apis.py fails on a release that stops honouring it."""
+    tests/unit/test_private_apis.py fails on a release that stops honouring it."""
     response._content = body
 
 

@@ -1,6 +1,6 @@
 """A private containerd for image-only CRI tests: own root, state, socket and certs.d; no CNI needed.
 
-Findings on containerd 1.6.20 with `registry.config_path` set (checked by tests/test_harness.py):
+Findings on containerd 1.6.20 with `registry.config_path` set (checked by tests/integration/test_harness.py):
 - A loopback registry host (`127.0.0.1:PORT`, `localhost:PORT`) without a hosts.toml is pulled
   over plain http: containerd defaults loopback hosts to http. Plain registries need no file.
 - A TLS registry on a loopback host needs `certs.d/<host:port>/hosts.toml` with
@@ -11,7 +11,7 @@ Findings on containerd 1.6.20 with `registry.config_path` set (checked by tests/
 
 `Containerd(..., root=debian_root("trixie", ROOT_PACKAGES))` runs the containerd of another Debian
 userland instead (trixie: 1.7.24, sid: 2.1.9), chrooted, with the work directory mounted in.
-Findings on those (checked by tests/test_harness.py):
+Findings on those (checked by tests/integration/test_harness.py):
 - 2.x reads config `version = 3`: the image side (snapshotter, registry) lives under
   `[plugins."io.containerd.cri.v1.images"]`, CNI under `[plugins."io.containerd.cri.v1.runtime"]`;
   the server settings stay under `[plugins."io.containerd.grpc.v1.cri"]`.

@@ -31,8 +31,8 @@ from tests.harness import Blackhole, CertAuthority, free_port
 from tests.harness.evidence import record
 from tests.harness.tcpproxy import Gate, TcpProxy
 from tests.harness.tinyregistry import OCI_INDEX, TinyRegistry
-from tests.test_registry import MANIFEST, Clock
-from tests.test_worker import Stack, entry, failure, repo
+from tests.integration.test_registry import MANIFEST, Clock
+from tests.integration.test_worker import Stack, entry, failure, repo
 
 AMD64 = Platform("linux", "amd64")
 IMAGE = "nginx:1.27"

@@ -1,4 +1,4 @@
-"""docs/configuration.md is what tests/configdoc.py writes from the config model, and the model's
+"""docs/configuration.md is what tools/configdoc.py writes from the config model, and the model's
 descriptions are complete and true: every key documented, every example accepted by the model."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import yaml
 
 from image_cri_shim import config
 from image_cri_shim.config import _Ctx, _Rule, parse, parse_duration
-from tests import configdoc
+from tools import configdoc
 
 KEYS = [(prefix, key, rule) for _, prefix, schema, _ in configdoc.SECTIONS for key, rule in schema.items()]
 BASE = "https://base.company.com"

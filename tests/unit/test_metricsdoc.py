@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from image_cri_shim.metrics import OFF, MasterMetrics, SyncerMetrics, WorkerMetrics
-from tests import metricsdoc
+from tools import metricsdoc
 
 
 def test_the_metrics_table_is_current() -> None:

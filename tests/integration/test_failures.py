@@ -2,7 +2,7 @@
 failure provoked against the test session's real containerd.
 
 tests/pull-messages.json holds what containerd said when each fault was provoked
-(`python -m tests.pullmessages` writes it, with the same code the provoking test below runs),
+(`python -m tools.pullmessages` writes it, with the same code the provoking test below runs),
 so the words of every version checked stay checked here, without sockets.
 """
 
@@ -17,7 +17,7 @@ from image_cri_shim.workers.failures import Cause, Verdict, classify
 from tests.conftest import SUITES
 from tests.harness import Containerd, CriClientFactory, ImageBuilder, RegistryFactory
 from tests.harness.pullfaults import PullFaults
-from tests.pullmessages import FAULTS, load
+from tools.pullmessages import FAULTS, load
 
 NOT_RETRYABLE = frozenset(
     {

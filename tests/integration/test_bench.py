@@ -10,7 +10,7 @@ import sys
 def test_the_benchmark_runs_every_figure() -> None:
     env = {**os.environ, "BENCH_QUICK": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "tests.bench"],
+        [sys.executable, "-m", "tools.bench"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -25,7 +25,7 @@ from tests.harness.kubeapi import KubeApi
 from tests.harness.processes import wait_for
 from tests.harness.registry import free_port
 from tests.harness.service import Service, start_service
-from tests.test_supervisor import base_config, service_factory
+from tests.integration.test_supervisor import base_config, service_factory
 
 __all__ = ["service_factory"]  # a fixture used here
 

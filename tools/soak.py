@@ -14,7 +14,7 @@ worker died, or was issued before the replacement served. Every other failure co
 run nothing may be lost: the config file holds the last ConfigMap version and every image pulled
 through the shim is still present under the name it was pulled as, after one more reload.
 
-`SOAK_SECONDS` shortens the run (tests/test_soak.py runs about a minute of it).
+`SOAK_SECONDS` shortens the run (tests/integration/test_soak.py runs about a minute of it).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from tests.harness.evidence import record
 from tests.harness.service import Usage
 from tests.harness.service import usage as read_usage
 from tests.harness.streaming_runtime import UNKNOWN_METHOD
-from tests.test_worker import Shim, Stack
+from tests.integration.test_worker import Shim, Stack
 
 MAX_MESSAGE = 16 << 20
 SEED = 20240611

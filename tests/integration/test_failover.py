@@ -32,9 +32,9 @@ from tests.harness.images import push
 from tests.harness.pullfaults import MIB, big_content, corrupt_layer, delete_layer
 from tests.harness.registry import Registry
 from tests.harness.tinyregistry import TinyRegistry
-from tests.test_registry import MANIFEST, Clock
-from tests.test_registry_faults import AMD64
-from tests.test_worker import Shim, Stack, entry, failure, repo, tags
+from tests.integration.test_registry import MANIFEST, Clock
+from tests.integration.test_registry_faults import AMD64
+from tests.integration.test_worker import Shim, Stack, entry, failure, repo, tags
 
 RUNTIMES = ("host", *SUITES)  # this machine's containerd (1.6), and Debian's 1.7 and 2.x
 MISSING = Verdict(Cause.NOT_FOUND, "not found")

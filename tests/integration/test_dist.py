@@ -26,18 +26,19 @@ import pytest
 
 from image_cri_shim import __version__
 from image_cri_shim.config import load
-from tests import test_supervisor
 from tests.harness import Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
 from tests.harness.processes import wait_for
 from tests.harness.service import Service, alive, title
-from tests.test_metrics import get, scrape, value
-from tests.test_supervisor import base_config
+from tests.integration import test_supervisor
+from tests.integration.test_metrics import get, scrape, value
+from tests.integration.test_supervisor import base_config
 
-# The master as tests/test_supervisor.py starts it (with a test NOTIFY_SOCKET), here with `program=`.
+# The master as tests/integration/test_supervisor.py starts it (with a test NOTIFY_SOCKET), here with
+# `program=`.
 service_factory = test_supervisor.service_factory
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "dist"
 GOARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 NAME = f"image-cri-shim-{__version__}-linux-{GOARCH[os.uname().machine]}"
@@ -465,7 +466,7 @@ def test_the_wheel_holds_the_real_files_of_the_linked_folders(bundle: Path) -> N
 
 def test_the_bundle_ships_the_examples_of_the_docs(extracted: Path) -> None:
     """docs/examples/ is the one source: the bundle holds its files byte for byte (they are
-    validated in tests/test_examples.py), and the example config loads without a warning."""
+    validated in tests/integration/test_examples.py), and the example config loads without a warning."""
     examples = ROOT / "docs" / "examples"
     shipped = {
         "config.example.yaml": examples / "config.yaml",

@@ -21,24 +21,24 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.bench import machine
 from tests.harness.evidence import ENV, Evidence, read
+from tools.bench import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "reliability.md"
 
 # Test module (prefix) -> area, in the order the areas appear.
 AREAS = (
-    ("tests/test_soak", "Soak"),
-    ("tests/test_supervisor", "Processes, reloads and the shim socket"),
-    ("tests/test_heartbeat", "A worker that stops serving, a runtime that stops answering"),
-    ("tests/test_syncer", "ConfigMap syncer and the config file"),
-    ("tests/test_runtime_faults", "The container runtime"),
-    ("tests/test_registry_faults", "Registries that misbehave"),
-    ("tests/test_failover", "Pull-time failover"),
-    ("tests/test_grpc_faults", "gRPC input"),
-    ("tests/test_worker", "The proxy worker"),
-    ("tests/test_secrets", "Secrets"),
+    ("tests/integration/test_soak", "Soak"),
+    ("tests/integration/test_supervisor", "Processes, reloads and the shim socket"),
+    ("tests/integration/test_heartbeat", "A worker that stops serving, a runtime that stops answering"),
+    ("tests/integration/test_syncer", "ConfigMap syncer and the config file"),
+    ("tests/integration/test_runtime_faults", "The container runtime"),
+    ("tests/integration/test_registry_faults", "Registries that misbehave"),
+    ("tests/integration/test_failover", "Pull-time failover"),
+    ("tests/integration/test_grpc_faults", "gRPC input"),
+    ("tests/integration/test_worker", "The proxy worker"),
+    ("tests/integration/test_secrets", "Secrets"),
 )
 
 NOTES = """\
@@ -115,12 +115,13 @@ def area(test: str) -> tuple[int, str]:
     for index, (prefix, name) in enumerate(AREAS):
         if test.startswith(prefix):
             return index, name
-    module = test.split("::", 1)[0].removeprefix("tests/test_").removesuffix(".py")
+    module = test.split("::", 1)[0].removeprefix("tests/integration/test_").removesuffix(".py")
     return len(AREAS), module.replace("_", " ").capitalize()
 
 
 def junit_key(test: str) -> str:
-    """`tests/test_x.py::test_y[p]` as the junit report names it: `tests.test_x::test_y[p]`."""
+    """`tests/integration/test_x.py::test_y[p]` as the junit report names it:
+    `tests.integration.test_x::test_y[p]`."""
     path, _, rest = test.partition("::")
     parts = [path.removesuffix(".py").replace("/", "."), *rest.split("::")]
     return ".".join(parts[:-1]) + "::" + parts[-1]
@@ -165,7 +166,7 @@ def document(records: Iterable[Evidence], results: dict[str, str], summary: str)
             lines.append(f"| **{name}** | | | | | | |")
         verdict = results.get(junit_key(row.test), "passed")
         result = row.result if verdict == "passed" else f"**{verdict.upper()}**: {row.result}"
-        test = row.test.removeprefix("tests/")
+        test = row.test.removeprefix("tests/integration/")
         lines.append(
             "| "
             + " | ".join(cell(c) for c in (row.scenario, row.load, row.faults, row.failed, row.lost, result))
@@ -182,7 +183,7 @@ def document(records: Iterable[Evidence], results: dict[str, str], summary: str)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.reliability", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.reliability", description=__doc__)
     parser.add_argument("--all", action="store_true", help="run the whole suite, not only the scenarios")
     parser.add_argument("--output", type=Path, default=OUTPUT, help=f"default {OUTPUT}")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")

@@ -30,7 +30,7 @@ from tests.harness.pods import PodNetwork, busybox_layout, container_config, rem
 from tests.harness.registry import Registry
 from tests.harness.rootfs import debian_root
 from tests.harness.service import start_service
-from tests.test_worker import Stack, entry
+from tests.integration.test_worker import Stack, entry
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,7 +13,7 @@ from image_cri_shim.config import PASSTHROUGH
 from tests.harness import Containerd, CriClientFactory, ImageBuilder, RegistryFactory, wait_for
 from tests.harness.kubeapi import KubeApi
 from tests.harness.service import Service, start_service
-from tests.test_cli import run, write
+from tests.integration.test_cli import run, write
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,7 +22,7 @@ import pytest
 from tests.harness import Blackhole, Containerd, wait_for
 from tests.harness.cri import CriClient
 from tests.harness.evidence import record
-from tests.test_grpc_faults import (
+from tests.integration.test_grpc_faults import (
     ABSENT,
     NO_REGISTRY,
     outcome,
@@ -32,7 +32,7 @@ from tests.test_grpc_faults import (
     usage,
     warm,
 )
-from tests.test_worker import Stack
+from tests.integration.test_worker import Stack
 
 CLIENTS = 4
 # The worker's thread pool never shrinks and starts a thread whenever a call finds none idle,

@@ -14,7 +14,7 @@ from image_cri_shim.workers.plan import Decision, Excluded, Planner, explain, ou
 from image_cri_shim.workers.registry import Answer, Platform, Probe, RegistryClient
 from image_cri_shim.workers.resolver import Resolver
 from tests.harness.tinyregistry import OCI_INDEX, TinyRegistry
-from tests.test_registry import MANIFEST, Clock
+from tests.integration.test_registry import MANIFEST, Clock
 
 AMD64 = Platform("linux", "amd64")
 

@@ -37,8 +37,8 @@ from tests.harness import (
 from tests.harness.cri import CriClient
 from tests.harness.processes import ManagedProcess, wait_for
 from tests.harness.service import NotifySocket, Service
-from tests.test_supervisor import Load
-from tests.test_worker import Stack, entry, failure, repo, tags
+from tests.integration.test_supervisor import Load
+from tests.integration.test_worker import Stack, entry, failure, repo, tags
 
 REFUSAL_BUDGET = 2.0  # seconds: a refused pull asks the registries (fast here) and nothing else
 # An old worker hands its client connections over within its connection age
@@ -178,7 +178,7 @@ def test_status_by_the_caller_name_after_a_restart_with_every_registry_down(stac
 
 @pytest.fixture
 def master(containerd: Containerd) -> Iterator[Callable[[dict[str, Any]], Service]]:
-    """Start the service as systemd does (see tests/test_supervisor.py), no cluster around it."""
+    """Start the service as systemd does (see tests/integration/test_supervisor.py), no cluster around it."""
     directory = Path(tempfile.mkdtemp(prefix="route-svc-"))
     started: list[Service] = []
 

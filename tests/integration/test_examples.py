@@ -29,9 +29,9 @@ from image_cri_shim.config import CRI_SOCKETS, DEFAULT_SHIM, ConfigMapRef, parse
 from image_cri_shim.syncer.merge import Merged, merge
 from tests.harness.kubeapi import KubeApi
 from tests.harness.processes import wait_for
-from tests.test_syncer import TOKEN, Node
+from tests.integration.test_syncer import TOKEN, Node
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
 FILES = sorted(p for p in EXAMPLES.rglob("*") if p.is_file())
 SCHEMAS = kubernetes_validate.latest_version()

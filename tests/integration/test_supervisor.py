@@ -29,7 +29,7 @@ from tests.harness.processes import wait_for
 from tests.harness.service import PROGRAM, Service, alive, start_service, title, wakeups
 from tests.harness.tcpproxy import TcpProxy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

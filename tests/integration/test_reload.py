@@ -17,7 +17,7 @@ from image_cri_shim.changes import changed_keys
 from image_cri_shim.config import parse
 from tests.harness import Containerd, RegistryFactory
 from tests.harness.service import Service
-from tests.test_supervisor import base_config, service_factory
+from tests.integration.test_supervisor import base_config, service_factory
 
 __all__ = ["service_factory"]  # a fixture used here
 

@@ -1,10 +1,10 @@
 """What a real containerd answers when a pull fails, for every fault the classifier knows.
 
-`python -m tests.pullmessages` starts this machine's containerd (1.6 on Debian 12) and those of
+`python -m tools.pullmessages` starts this machine's containerd (1.6 on Debian 12) and those of
 Debian trixie (1.7) and sid (2.x), chrooted, each with its own root, provokes each fault of
 `FAULTS` by pulling straight from it, and writes what it answered into tests/pull-messages.json
 under its version. The table
-tests of tests/test_failures.py read that file, so the words of every version checked stay
+tests of tests/integration/test_failures.py read that file, so the words of every version checked stay
 checked on any machine; the provoking tests there run the same faults against the containerd
 of the test session.
 """
@@ -23,7 +23,7 @@ from tests.harness.containerd import ROOT_PACKAGES
 from tests.harness.pullfaults import PullFaults
 from tests.harness.rootfs import debian_root
 
-FILE = Path(__file__).with_name("pull-messages.json")
+FILE = Path(__file__).resolve().parents[1] / "tests" / "pull-messages.json"
 
 # fault (see PullFaults) -> what the classifier must make of the runtime's answer
 FAULTS = {
@@ -99,7 +99,7 @@ def daemons(work: Path, suite: str) -> tuple[Containerd, Containerd]:
 
 
 def main(suites: list[str]) -> int:
-    """`python -m tests.pullmessages [host] [trixie] [sid]` (default: all three)."""
+    """`python -m tools.pullmessages [host] [trixie] [sid]` (default: all three)."""
     for suite in suites or ["host", "trixie", "sid"]:
         with tempfile.TemporaryDirectory(prefix="pullmessages-") as tmp:
             work = Path(tmp)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import soak
+from tools import soak
 
 SECONDS = 70.0
 WARMUP = 15.0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import tests.test_worker as worker
+import tests.integration.test_worker as worker
 from tests.conftest import SUITES
 from tests.harness import Containerd, CriClientFactory, ImageBuilder, RegistryFactory, ShimFactory
 

@@ -1,5 +1,5 @@
 """Write the metrics table of docs/metrics.md from the catalog: `make docs`
-(or `python -m tests.metricsdoc`). tests/test_metricsdoc.py fails when the table is stale.
+(or `python -m tools.metricsdoc`). tests/unit/test_metricsdoc.py fails when the table is stale.
 
 The rows are read off the metric objects the catalog really creates, so a metric added to
 image_cri_shim/metrics.py shows up here with its type, labels and help text.

@@ -1,6 +1,6 @@
 """The offline bundle on an older node: a Debian 11 userland (glibc 2.31, its own libstdc++ and
 no Python), entered with chroot, with the real containerd of the host reachable through its
-socket. The bundle's floor is glibc 2.17 (tests/test_dist.py checks every ELF file); this runs
+socket. The bundle's floor is glibc 2.17 (tests/integration/test_dist.py checks every ELF file); this runs
 it where the build machine's glibc 2.36 is not there to hide a wrong symbol version.
 
 The root is made once by debootstrap and cached (tests/harness/rootfs.py); each test writes to
@@ -24,8 +24,8 @@ from tests.harness.cri import CriClient
 from tests.harness.processes import wait_for
 from tests.harness.rootfs import chrooted, debian_root, glibc_version
 from tests.harness.service import Service, alive
-from tests.test_dist import bundle, extracted, service_factory  # noqa: F401 (fixtures)
-from tests.test_supervisor import base_config
+from tests.integration.test_dist import bundle, extracted, service_factory  # noqa: F401 (fixtures)
+from tests.integration.test_supervisor import base_config
 
 pytestmark = pytest.mark.timeout(3600)  # the first test may wait for the build and debootstrap
 
