@@ -43,6 +43,7 @@ log = logs.get("naming")
 IMAGES = "/containerd.services.images.v1.Images/"
 NAMESPACE = (("containerd-namespace", "k8s.io"),)  # containerd's CRI keeps its images there
 RECORD_TIMEOUT = 10.0  # a local metadata write
+GATES = 64
 SETTLE_TIMEOUT = 5.0  # containerd's CRI follows record changes within milliseconds
 INFO_KEY = "image-cri-shim"
 
@@ -127,7 +128,10 @@ class Naming:
         self._records = Records(upstream.channel)
         self._names = names
         self._native: bool | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pulls
+        # Renaming takes runtime round trips: it holds only its name's gate, so concurrent pulls
+        # of different images rename side by side (a name shares its gate with few others).
+        self._gates = tuple(threading.Lock() for _ in range(GATES))
         self._pulls: dict[str, tuple[int, float]] = {}  # caller -> (pulls in flight, earliest start)
 
     @contextlib.contextmanager
@@ -136,13 +140,13 @@ class Naming:
         so a rename must not remove that record while another pull of the name is still in
         the runtime: the last of concurrent pulls to come back renames for all of them."""
         pull = Pull(reported(source), time.time())
-        with self._lock:
+        with self._gate(pull.caller), self._lock:
             users, since = self._pulls.get(pull.caller, (0, pull.since))
             self._pulls[pull.caller] = (users + 1, min(since, pull.since))
         try:
             yield pull
         finally:
-            with self._lock:
+            with self._gate(pull.caller), self._lock:
                 if not pull.done:
                     self._returned(pull)
 
@@ -153,6 +157,9 @@ class Naming:
         if users > 1:
             self._pulls[pull.caller] = (users - 1, since)
         return users - 1, since
+
+    def _gate(self, caller: str) -> threading.Lock:
+        return self._gates[hash(caller) % GATES]
 
     @property
     def native(self) -> bool:
@@ -173,8 +180,9 @@ class Naming:
         caller, name = pull.caller, reported(target)
         self._names.record(caller, name)
         native = self.native
-        with self._lock:  # no other pull of the name starts meanwhile
-            others, since = self._returned(pull)
+        with self._gate(caller):  # no other pull of the name starts meanwhile
+            with self._lock:
+                others, since = self._returned(pull)
             changes = self._adopt(caller, name, None if others else since) if native else {}
         if native:
             self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes)
