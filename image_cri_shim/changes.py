@@ -2,54 +2,44 @@
 
 A reload line that says `changed=timeout,registries[backup.company.com].auth` tells the
 operator what took effect without writing a password or a changed value into the journal.
+The names come from the schema's rows, so a key is named as the operator writes it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from image_cri_shim.config import Config, Registry
-
-# Config fields that are not keys of the file, or are compared on their own.
-_SKIP = {"path", "warnings", "registries"}
-# A registry's fields as the keys an operator writes.
-_REGISTRY_KEYS = {
-    "scheme": "address",
-    "username": "auth",
-    "password": "auth",
-    "priority": "priority",
-    "insecure_skip_verify": "insecureSkipVerify",
-    "ca": "ca",
-    "mirrors": "mirrors",
-}
+from image_cri_shim.config.reading import Rule, Section, Table
+from image_cri_shim.config.schema import REGISTRY, TOP
 
 
-def yaml_key(field: str) -> str:
-    """`reload_interval` -> `reloadInterval`."""
-    head, *rest = field.split("_")
-    return head + "".join(part.title() for part in rest)
+def _field_keys(table: Table) -> dict[str, str]:
+    """{dataclass field: the key that fills it} (`username` and `password` are both `auth`)."""
+    keys: dict[str, str] = {}
+    for key, rule in table.items():
+        names = rule.field if isinstance(rule.field, tuple) else (rule.field,)
+        keys.update((name, key) for name in names if name is not None)
+    return keys
+
+
+# A registry is known by its domain: what else differs is named by the key that sets it.
+_REGISTRY_KEYS = {name: key for name, key in _field_keys(REGISTRY).items() if name != "domain"}
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
     keys: list[str] = []
-    for field in dataclasses.fields(Config):
-        if field.name in _SKIP:
-            continue
-        keys.extend(_differences(yaml_key(field.name), getattr(old, field.name), getattr(new, field.name)))
+    for key, rule in TOP.items():
+        if isinstance(rule.field, str):
+            keys.extend(_differences(key, rule, getattr(old, rule.field), getattr(new, rule.field)))
     keys.extend(_registry_changes(old.registries, new.registries))
     return keys
 
 
-def _differences(key: str, old: Any, new: Any) -> list[str]:
+def _differences(key: str, rule: Rule, old: object, new: object) -> list[str]:
     if old == new:
         return []
-    if dataclasses.is_dataclass(old) and dataclasses.is_dataclass(new):
-        return [
-            f"{key}.{yaml_key(f.name)}"
-            for f in dataclasses.fields(old)
-            if getattr(old, f.name) != getattr(new, f.name)
-        ]
+    if isinstance(rule.check, Section):
+        fields = _field_keys(rule.check.table)
+        return [f"{key}.{fields[name]}" for name in fields if getattr(old, name) != getattr(new, name)]
     return [key]
 
 

@@ -24,7 +24,15 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["Reference", "ReferenceError", "is_image_id", "is_path_prefix", "normalize_prefix", "parse"]
+__all__ = [
+    "Reference",
+    "ReferenceError",
+    "is_host_name",
+    "is_image_id",
+    "is_path_prefix",
+    "normalize_prefix",
+    "parse",
+]
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"
@@ -46,6 +54,7 @@ _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 
 _DOMAIN_RE = re.compile(_DOMAIN_AND_PORT)
+_DOMAIN_NAME_RE = re.compile(_DOMAIN_NAME)
 _PATH_COMPONENT_RE = re.compile(_PATH_COMPONENT)
 _REMAINDER_RE = re.compile(r"(" + _REMOTE_NAME + r")(?::(" + _TAG + r"))?(?:@(" + _DIGEST + r"))?")
 _TAG_RE = re.compile(_TAG)
@@ -177,6 +186,15 @@ def is_path_prefix(text: str) -> bool:
     return 0 < len(text) <= NAME_TOTAL_LENGTH_MAX and all(
         _PATH_COMPONENT_RE.fullmatch(part) is not None for part in text.split("/")
     )
+
+
+def is_host_name(text: str) -> bool:
+    """Whether `text` is a host name as the grammar spells a registry's (no port, no IPv6 literal).
+
+    The config checks registry addresses with it, so a configured domain is one a rewritten
+    reference can carry.
+    """
+    return _DOMAIN_NAME_RE.fullmatch(text) is not None
 
 
 def _is_domain(component: str) -> bool:

@@ -8,7 +8,7 @@ import socket
 import stat
 
 from image_cri_shim import logs
-from image_cri_shim.config import Config, ConfigError, load, resolve_cri
+from image_cri_shim.config import CRI_SOCKETS, Config, ConfigError, load
 
 EX_CONFIG = 78  # sysexits' "configuration error"; the unit does not restart-loop on it
 
@@ -67,3 +67,30 @@ def serving(path: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def resolve_cri(config: Config, candidates: tuple[str, ...] = CRI_SOCKETS) -> str:
+    """The upstream CRI socket: the configured one, else the single existing candidate.
+
+    Guessing between two runtimes would proxy kubelet to the wrong one, so several existing
+    candidates is an error; none existing falls back to containerd's path (with `force` the
+    shim waits for it).
+    """
+    if config.cri:
+        return config.cri
+    existing: list[str] = []
+    seen: set[str] = {os.path.realpath(config.shim)}  # never proxy to ourselves
+    for candidate in candidates:
+        real = os.path.realpath(candidate)
+        if os.path.exists(candidate) and real not in seen:
+            seen.add(real)
+            existing.append(candidate)
+    if len(existing) > 1:
+        raise ConfigError(
+            config.path,
+            "cri",
+            f"several CRI sockets exist ({', '.join(existing)}): set cri to the one to use",
+        )
+    if existing:
+        return existing[0]
+    return candidates[0] if candidates else CRI_SOCKETS[0]

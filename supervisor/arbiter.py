@@ -60,7 +60,7 @@ class Master:
         self.reload_trigger = "signal"
         self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.notifier = Notifier()
-        self.file = ConfigFile(config_path)
+        self.file = ConfigFile(config_path, config.source)  # what was applied, not a second read
         self.watch = DirectoryWatch(config_path, lambda: self.events.put(("file",)))
         self.generation = 0
         self.worker: Child | None = None  # the one serving (or starting after a crash)

@@ -36,9 +36,10 @@ _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 class ConfigFile:
     """The config file's last examined content, as bytes."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, loaded: bytes | None = None) -> None:
+        """`loaded`: the bytes the settings in force were parsed from; read now when not given."""
         self.path = os.path.abspath(path)
-        self.loaded = self.read()
+        self.loaded = loaded if loaded else self.read()
 
     def read(self) -> bytes | None:
         """The file's bytes, or None when it cannot be read (the loader says why on a reload)."""

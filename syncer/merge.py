@@ -40,7 +40,8 @@ import yaml
 
 # The same YAML reading as the config model (duplicate keys refused, `a:b` kept as text, one-line
 # errors), so a map and a config file are read by one set of rules.
-from image_cri_shim.config import Config, ConfigError, describe_kind, load_yaml, parse
+from image_cri_shim.config import Config, ConfigError, parse
+from image_cri_shim.config.yamlio import describe_kind, load_yaml
 
 __all__ = ["HEADER", "Merged", "Rejected", "merge"]
 

@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 
 from image_cri_shim import logs
-from image_cri_shim.config import Config, ConfigError, Registry, load, resolve_cri
+from image_cri_shim.config import Config, ConfigError, Registry, load
 from image_cri_shim.reference import ReferenceError, is_image_id, parse
+from image_cri_shim.startup import resolve_cri
 from image_cri_shim.workers.plan import Candidate, Decision, Excluded, explain, outcome, refusal
 from image_cri_shim.workers.registry import Answer, Probe, RegistryClient, node_platform
 from image_cri_shim.workers.resolver import Resolver

@@ -24,8 +24,9 @@ from image_cri_shim.config import (
     load,
     parse,
     parse_duration,
-    resolve_cri,
 )
+from image_cri_shim.config.schema import CACHE, CONFIG_MAP, REGISTRY, TOP
+from image_cri_shim.startup import resolve_cri
 
 P = DEFAULT_PATH
 MIN = "address: http://sealos.hub:5000\n"
@@ -971,7 +972,7 @@ def test_load_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 # --------------------------------------------------------------------------- robustness
 
-KEYS = [*cfg._TOP, *cfg._REGISTRY, *cfg._CACHE, *cfg._CONFIG_MAP, "version", "x", ""]
+KEYS = [*TOP, *REGISTRY, *CACHE, *CONFIG_MAP, "version", "x", ""]
 scalars = st.one_of(
     st.none(),
     st.booleans(),

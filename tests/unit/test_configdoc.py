@@ -9,7 +9,10 @@ import pytest
 import yaml
 
 from image_cri_shim import config
-from image_cri_shim.config import _Ctx, _Rule, parse, parse_duration
+from image_cri_shim.config import parse, parse_duration
+from image_cri_shim.config import schema as config_schema
+from image_cri_shim.config.errors import Ctx
+from image_cri_shim.config.reading import Rule
 from tools import configdoc
 
 KEYS = [(prefix, key, rule) for _, prefix, schema, _ in configdoc.SECTIONS for key, rule in schema.items()]
@@ -62,8 +65,8 @@ def test_the_reference_is_up_to_date() -> None:
 def test_every_schema_of_the_model_has_a_section() -> None:
     schemas = [
         value
-        for value in vars(config).values()
-        if isinstance(value, dict) and value and all(isinstance(rule, _Rule) for rule in value.values())
+        for value in vars(config_schema).values()
+        if isinstance(value, dict) and value and all(isinstance(rule, Rule) for rule in value.values())
     ]
     documented = [schema for _, _, schema, _ in configdoc.SECTIONS]
     assert sorted(map(id, schemas)) == sorted(map(id, documented))
@@ -80,7 +83,7 @@ def test_every_contract_key_is_documented() -> None:
 
 
 @pytest.mark.parametrize(("prefix", "key", "rule"), KEYS, ids=[p + k for p, k, _ in KEYS])
-def test_every_key_is_described(prefix: str, key: str, rule: _Rule) -> None:
+def test_every_key_is_described(prefix: str, key: str, rule: Rule) -> None:
     assert rule.kind.strip() and rule.doc.strip() and rule.example.strip()
     assert rule.doc.rstrip().endswith((".", ")")), "a description is a sentence"
     if rule.default is None:
@@ -101,11 +104,11 @@ def document(prefix: str, key: str, value: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("prefix", "key", "rule"), KEYS, ids=[p + k for p, k, _ in KEYS])
-def test_every_example_is_accepted_and_not_the_default(prefix: str, key: str, rule: _Rule) -> None:
+def test_every_example_is_accepted_and_not_the_default(prefix: str, key: str, rule: Rule) -> None:
     value = yaml.safe_load(rule.example)
     parsed = parse(yaml.safe_dump(document(prefix, key, value)), "example.yaml")
     assert not parsed.warnings, parsed.warnings
-    assert rule.check(_Ctx("example.yaml"), prefix + key, value) != rule.default, (
+    assert rule.check(Ctx("example.yaml"), prefix + key, value) != rule.default, (
         "an example should show something other than the default"
     )
 
