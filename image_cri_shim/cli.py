@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             from image_cri_shim.workers.diagnose import dry_run
 
             def configmap(config: Config) -> list[str]:
-                with open(config.path, encoding="utf-8-sig") as local:
-                    return configmap_lines(config, local.read())
+                return configmap_lines(config, config.source.decode("utf-8-sig"))  # the bytes checked
 
             return dry_run(args.file, {"configmap": configmap})
         if args.reload:

@@ -15,8 +15,6 @@ from image_cri_shim.config import Config, ConfigMapRef
 from image_cri_shim.syncer.merge import Rejected, merge
 from image_cri_shim.syncer.snapshot import Snapshot
 
-MAX_CONFIG_BYTES = 1 << 20  # as config.load: a config file is a few KiB
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -60,12 +58,3 @@ def apply(snapshot: Snapshot, ref: ConfigMapRef, path: str, local: bytes) -> Out
             passwords=result.passwords,
         )
     return replace(done, written=True)
-
-
-def read_config(path: str) -> bytes:
-    """The config file's bytes (OSError when it cannot be read, ValueError when too large)."""
-    with open(path, "rb") as handle:
-        data = handle.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes")
-    return data

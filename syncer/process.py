@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 from image_cri_shim import logs
 from image_cri_shim.atomic import remove_stale_temp_files
-from image_cri_shim.config import Config, ConfigError, ConfigMapRef, load, parse
+from image_cri_shim.config import Config, ConfigError, ConfigMapRef, load, parse_bytes, read
 from image_cri_shim.lifecycle import trim_heap
 from image_cri_shim.metrics import SyncerMetrics, active
-from image_cri_shim.syncer.apply import apply, read_config
+from image_cri_shim.syncer.apply import apply
 from image_cri_shim.syncer.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class _Syncer:
         removed = remove_stale_temp_files(self._path)
         if removed:
             log.info("removed temp files left by an interrupted write", count=removed)
-        self._use(config, None, first=True)
+        self._use(config, config.source or None, first=True)  # the bytes it was parsed from
         while True:
             try:
                 generation, snapshot = self._queue.get(timeout=self._interval)
@@ -101,10 +101,9 @@ class _Syncer:
 
     def _step(self) -> None:
         try:
-            local = read_config(self._path)
-        except (OSError, ValueError) as err:
-            reason = getattr(err, "strerror", None) or str(err)
-            self._report(f"cannot read config {self._path}: {reason}: not merged")
+            local = read(self._path)  # the same bounded read as every process
+        except ConfigError as err:
+            self._report(f"{err}: not merged")
             return
         if local != self._local:
             self._reread(local)
@@ -149,8 +148,8 @@ class _Syncer:
     def _reread(self, local: bytes) -> None:
         """The file changed (an edit, or our write): take its settings if it is valid."""
         try:
-            config = parse(local.decode("utf-8-sig"), self._path)
-        except (ConfigError, UnicodeDecodeError):
+            config = parse_bytes(local, self._path)
+        except ConfigError:
             self._local = local  # the master reports an invalid file; keep what is in force
             return
         self._use(config, local)
