@@ -340,6 +340,7 @@ def failover(stack: Stack, resources: ExitStack) -> Figure:
 
 
 def warm_decision(stack: Stack) -> Figure:
+    from image_cri_shim.workers.plan import Planner
     from image_cri_shim.workers.registries import Registries
     from image_cri_shim.workers.registry import RegistryClient, node_platform
     from image_cri_shim.workers.resolver import Resolver
@@ -350,7 +351,7 @@ def warm_decision(stack: Stack) -> Figure:
 
     async def run() -> float:
         clients = {r.domain: RegistryClient(r, node_platform()) for r in cfg.registries}
-        resolver = Resolver(cfg.registries, clients, cfg.cache)
+        resolver = Resolver(Planner(cfg.registries), clients, cfg.cache)
         await resolver.resolve(ref)
         started = time.perf_counter()
         for _ in range(calls):

@@ -15,8 +15,9 @@ from image_cri_shim import logs
 from image_cri_shim.config import Config, ConfigError, Registry, load
 from image_cri_shim.reference import ReferenceError, is_image_id, parse
 from image_cri_shim.startup import resolve_cri
-from image_cri_shim.workers.plan import Candidate, Decision, Excluded, explain, outcome, refusal
-from image_cri_shim.workers.registry import Answer, Probe, RegistryClient, node_platform
+from image_cri_shim.workers.decisions import Answer, Decision, Probe, outcome, refusal
+from image_cri_shim.workers.plan import Candidate, Excluded, Planner, explain
+from image_cri_shim.workers.registry import RegistryClient, node_platform
 from image_cri_shim.workers.resolver import Resolver
 from image_cri_shim.workers.server import runtime_version
 from image_cri_shim.workers.upstream import Upstream
@@ -132,7 +133,7 @@ async def _resolve(config: Config, image: str) -> int:
     node = node_platform()
     clients = {r.domain: RegistryClient(r, node) for r in config.registries}
     try:
-        resolver = Resolver(config.registries, clients, config.cache, upstream=config.upstream)
+        resolver = Resolver(Planner(config.registries), clients, config.cache, upstream=config.upstream)
         decision = await resolver.probe(ref, everyone=True)
     finally:
         for client in clients.values():

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn, Protocol
+from typing import NoReturn, Protocol
 
 import grpc
 
 from image_cri_shim import logs
 from image_cri_shim.reference import Reference
+from image_cri_shim.workers.decisions import Decision, Outcome, Probe
 from image_cri_shim.workers.failures import Verdict, classify
-from image_cri_shim.workers.plan import Candidate, Decision
+from image_cri_shim.workers.plan import Candidate
 from image_cri_shim.workers.upstream import Upstream
-
-if TYPE_CHECKING:  # the HTTP client is loaded only once the worker serves
-    from image_cri_shim.workers.registry import Probe
 
 log = logs.get("failover")
 
@@ -66,9 +64,12 @@ def summary(source: Reference, attempts: Sequence[Attempt], rest: Sequence[tuple
 
 
 class Puller:
-    def __init__(self, upstream: Upstream, decisions: Decisions | None) -> None:
+    def __init__(
+        self, upstream: Upstream, decisions: Decisions | None, fate: Callable[[Decision], Outcome]
+    ) -> None:
         self._upstream = upstream
         self._decisions = decisions  # None: no failover (the attempt's error goes back as it is)
+        self._fate = fate  # what a decision means (`decisions.outcome` under the worker's config)
 
     def pull(
         self,
@@ -76,14 +77,11 @@ class Puller:
         source: Reference,
         target: Candidate,
         build: Build,
-        unchanged: bool,
         context: Context,
         started: float,
     ) -> tuple[bytes, Candidate | None]:
-        """The response, and the candidate it came through (None: the caller's reference).
-
-        `unchanged`: whether the caller's reference may be pulled when no candidate is left.
-        """
+        """The response, and the candidate it came through (None: the caller's reference, when
+        no candidate is left and the decision lets it go as asked)."""
         attempts: list[Attempt] = []
         tried: set[str] = set()
         current: Candidate | None = target
@@ -105,7 +103,7 @@ class Puller:
                 decision = self._next(source, current, frozenset(tried), attempts[-1].verdict, left)
                 if decision is None:
                     self._give_up(context, err, source, attempts, ())
-                if decision.target is None and (not unchanged or source.domain in tried):
+                if self._fate(decision) == "refused" or (decision.target is None and source.domain in tried):
                     self._give_up(context, err, source, attempts, decision.answers[1:])
                 current = decision.target
 

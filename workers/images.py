@@ -25,10 +25,11 @@ from image_cri_shim.config import Registry
 from image_cri_shim.metrics import OFF
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
+from image_cri_shim.workers.decisions import Decision, Outcome, outcome, refusal
 from image_cri_shim.workers.failover import Decisions, Puller
 from image_cri_shim.workers.names import NameStore, reported
 from image_cri_shim.workers.naming import Naming
-from image_cri_shim.workers.plan import Candidate, Decision, Planner, outcome, refusal, registry_for
+from image_cri_shim.workers.plan import Candidate, Planner, registry_for
 from image_cri_shim.workers.upstream import Upstream
 
 log = logs.get("images")
@@ -63,21 +64,24 @@ class ImageService:
         self,
         upstream: Upstream,
         resolve: Callable[[Reference], Decision],
-        registries: tuple[Registry, ...],
+        planner: Planner,
         names: NameStore,
         pull_upstream: bool = True,
         metrics: Any = OFF,
         decisions: Decisions | None = None,
     ) -> None:
         self._upstream = upstream
-        self._puller = Puller(upstream, decisions)  # failover through the resolver's decisions
+        self._puller = Puller(upstream, decisions, self._outcome)  # failover through the resolver
         self._metrics = metrics
         self._resolve = resolve  # runs the resolver on the registry event loop
         self._names = names
         self.naming = Naming(upstream, names)
-        self._registries = registries
-        self._plan = Planner(registries)
+        self._registries = planner.registries
+        self._plan = planner
         self._pull_upstream = pull_upstream  # config `upstream`
+
+    def _outcome(self, decision: Decision) -> Outcome:
+        return outcome(decision, self._registries, self._pull_upstream)
 
     def handlers(self, service: str) -> dict[str, Callable[[bytes, Context], bytes]]:
         """Method name -> handler, for one service name (`runtime.v1.ImageService`, …)."""
@@ -100,7 +104,7 @@ class ImageService:
         own = registry_for(source.domain, self._registries)
         decision = self._decide(source, own, context)
         if decision is not None:
-            fate = outcome(decision, self._registries, self._pull_upstream)
+            fate = self._outcome(decision)
             if fate == "rewritten" and decision.target is not None:
                 return self._pull_rewritten(method, raw, request, source, decision.target, context, started)
             if fate == "refused":
@@ -149,9 +153,8 @@ class ImageService:
             )
             return attempt.SerializeToString()
 
-        unchanged = self._pull_upstream or own is not None
         with self.naming.pulling(source) as pull:
-            response, pulled = self._puller.pull(method, source, target, build, unchanged, context, started)
+            response, pulled = self._puller.pull(method, source, target, build, context, started)
             if pulled is not None and pulled.reference != source:
                 self.naming.pulled(method, pull, pulled.reference)
             else:

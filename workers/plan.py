@@ -3,7 +3,7 @@
 `plan` lists the candidates in the order they are tried, each with the reference that
 registry would hold the image under after its `mirrors` rules (docs/routing.md). Nothing here
 does I/O or imports the HTTP client: the ImageStatus path and worker start-up use it, and
-`resolver` executes a plan against the registries.
+`resolver` executes a plan against the registries (what the answers mean: `decisions`).
 """
 
 from __future__ import annotations
@@ -11,13 +11,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 from image_cri_shim.config import Registry
 from image_cri_shim.reference import Reference, ReferenceError
-
-if TYPE_CHECKING:
-    from image_cri_shim.workers.registry import Probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,55 +118,3 @@ def registry_for(domain: str, registries: Sequence[Registry]) -> Registry | None
         if registry.domain == domain:
             return registry
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    source: Reference
-    target: Candidate | None  # None: no candidate holds the image
-    answers: tuple[tuple[Candidate, Probe], ...]  # what each candidate that was asked answered
-    degraded: bool  # a candidate before the target could not be asked: decide again soon
-
-    @property
-    def rewritten(self) -> bool:
-        return self.target is not None and self.target.reference != self.source
-
-    def reason(self) -> str:
-        """Why, in a few words: what each candidate answered."""
-        return (
-            "; ".join(f"{c.reference}: {p}" for c, p in self.answers)
-            or "no candidates (no mirrors entry matches)"
-        )
-
-
-def refused(decision: Decision, registries: Sequence[Registry], upstream: bool) -> bool:
-    """Whether `upstream: false` forbids this pull: no candidate holds the image, and its own
-    registry is not a configured one (pulling from a configured registry is never "upstream")."""
-    return (
-        decision.target is None and not upstream and registry_for(decision.source.domain, registries) is None
-    )
-
-
-Outcome = Literal["rewritten", "unchanged", "refused"]
-
-
-def outcome(decision: Decision, registries: Sequence[Registry], upstream: bool) -> Outcome:
-    """What PullImage does with `decision`; the pull, the decision log line, the metrics and
-    `--resolve` all ask this, so they cannot disagree. A target at the image's own name (its own
-    registry is configured and holds it) is a pull as asked: unchanged, not rewritten."""
-    if decision.rewritten:
-        return "rewritten"
-    return "refused" if refused(decision, registries, upstream) else "unchanged"
-
-
-def refusal(decision: Decision) -> str:
-    """Why a pull is refused under `upstream: false`, for `kubectl describe pod`: each candidate
-    with the name it was asked for and its answer (the answers carry no secret)."""
-    source = decision.source
-    head = (
-        f"{source}: no configured registry holds it, and upstream: false forbids pulling it"
-        f" from {source.domain}"
-    )
-    if not decision.answers:
-        return f"{head}: no registry is a candidate for it (no mirrors entry matches)"
-    return f"{head}: {decision.reason()}"

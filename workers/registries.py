@@ -21,12 +21,15 @@ from image_cri_shim import logs
 from image_cri_shim.config import Config
 from image_cri_shim.metrics import OFF
 from image_cri_shim.reference import Reference
+from image_cri_shim.workers.plan import Planner
 
 if TYPE_CHECKING:
     import asyncio
 
+    from image_cri_shim.workers.decisions import Decision
     from image_cri_shim.workers.failures import Verdict
-    from image_cri_shim.workers.plan import Candidate, Decision
+    from image_cri_shim.workers.plan import Candidate
+    from image_cri_shim.workers.registry import RegistryClient
     from image_cri_shim.workers.resolver import Resolver
 
 log = logs.get("worker")
@@ -39,6 +42,8 @@ class Registries:
     def __init__(self, config: Config, metrics: Any = OFF) -> None:
         self._config = config
         self._metrics = metrics
+        self.planner = Planner(config.registries)  # the worker's one plan cache
+        self._clients: dict[str, RegistryClient] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resolver: concurrent.futures.Future[Resolver] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, name="registries", daemon=True)
@@ -60,11 +65,11 @@ class Registries:
             # A probe may use at most half of `timeout`: the pull it decides for needs the rest.
             probe = min(PROBE_TIMEOUT, config.timeout / 2)
             metrics = self._metrics
-            clients = {
+            clients = self._clients = {
                 r.domain: RegistryClient(r, node, timeout=probe, metrics=metrics) for r in config.registries
             }
             self._resolver.set_result(
-                Resolver(config.registries, clients, config.cache, upstream=config.upstream, metrics=metrics)
+                Resolver(self.planner, clients, config.cache, upstream=config.upstream, metrics=metrics)
             )
         except BaseException as err:  # surfaces in resolve(), where a pull can report it
             self._resolver.set_exception(err)
@@ -126,7 +131,7 @@ class Registries:
         async def shutdown() -> None:
             import asyncio
 
-            for client in self._resolver.result().clients.values():
+            for client in self._clients.values():
                 await client.aclose()
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():

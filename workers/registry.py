@@ -13,7 +13,6 @@ import asyncio
 import base64
 import contextlib
 import email.utils
-import enum
 import json
 import platform
 import re
@@ -29,6 +28,7 @@ from image_cri_shim import logs
 from image_cri_shim.config import Registry
 from image_cri_shim.metrics import OFF
 from image_cri_shim.reference import Reference
+from image_cri_shim.workers.decisions import Answer, Probe
 
 log = logs.get("registry")
 
@@ -95,25 +95,6 @@ class Platform:
 def node_platform() -> Platform:
     arch, variant = _GOARCH.get(platform.machine().lower(), (platform.machine().lower(), ""))
     return Platform("linux", arch, variant)
-
-
-class Answer(enum.Enum):
-    FOUND = "found"
-    NOT_FOUND = "not found"
-    NO_PLATFORM = "no manifest for this platform"
-    DENIED = "denied"
-    THROTTLED = "throttled"
-    UNREACHABLE = "unreachable"
-    SKIPPED = "skipped (backing off)"
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    answer: Answer
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.answer.value} ({self.detail})" if self.detail else self.answer.value
 
 
 class _Unreachable(Exception):

@@ -1,27 +1,54 @@
 """Where to pull an image from: the plan (`plan.py`) executed against the registries, cached.
 
 `Resolver` probes the candidates concurrently but answers as if it had asked them in order,
-caches the decision, and lets concurrent lookups of one image share one probe.
+caches the decision, and lets concurrent lookups of one image share one probe. It asks each
+registry through a `Prober` (the HTTP client, `registry.RegistryClient`, in the worker); what the
+answers mean is decided by the pure functions of `decisions`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from cachetools import TLRUCache
 
 from image_cri_shim import logs
-from image_cri_shim.config import CacheConfig, Registry
+from image_cri_shim.config import CacheConfig
 from image_cri_shim.metrics import OFF
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers.failures import Cause, Verdict
-from image_cri_shim.workers.plan import Candidate, Decision, Outcome, Planner, outcome
-from image_cri_shim.workers.registry import Answer, Probe, RegistryClient
+from image_cri_shim.workers.decisions import (
+    Answer,
+    Decision,
+    Outcome,
+    Probe,
+    after_failure,
+    choose,
+    expiry,
+    next_source,
+    outcome,
+    past,
+    shown,
+)
+from image_cri_shim.workers.failures import Verdict
+from image_cri_shim.workers.plan import Candidate, Planner
 
 log = logs.get("resolver")
+
+
+class Prober(Protocol):
+    """One registry, as the resolver asks it."""
+
+    async def holds(self, ref: Reference) -> Probe:
+        """Whether the registry holds `ref` (its path and tag or digest)."""
+
+    def retry_in(self) -> float:
+        """Seconds until the registry is asked again (0 when it is not backing off)."""
+
+    def pull_failed(self, why: str, *, down: bool) -> None:
+        """A pull through the registry failed for a cause of its own (`down`: connection-level)."""
 
 
 class _Cache(TLRUCache[str, Decision]):
@@ -41,14 +68,14 @@ class Resolver:
 
     def __init__(
         self,
-        registries: Sequence[Registry],
-        clients: Mapping[str, RegistryClient],
+        planner: Planner,
+        clients: Mapping[str, Prober],
         cache: CacheConfig,
         clock: Callable[[], float] = time.monotonic,
         upstream: bool = True,
         metrics: Any = OFF,
     ) -> None:
-        self._plan = Planner(registries)
+        self._plan = planner
         self._upstream = upstream  # config `upstream`: only for saying what happens next
         self.clients = clients
         self._positive_ttl = cache.image_cache_ttl
@@ -62,23 +89,11 @@ class Resolver:
         self.hits = 0
         self.misses = 0
 
-    @property
-    def registries(self) -> tuple[Registry, ...]:
-        return self._plan.registries
-
     def _expiry(self, _key: str, decision: Decision, now: float) -> float:
-        if decision.target is not None and not decision.degraded:
-            return now + self._positive_ttl
-        if decision.degraded:
-            # made without a registry that was down: decide again once it is asked again, so
-            # traffic returns to it when it recovers, not a whole negativeCacheTTL later
-            waits = [
-                self.clients[c.registry.domain].retry_in()
-                for c, probe in decision.answers
-                if probe.answer in (Answer.UNREACHABLE, Answer.SKIPPED, Answer.THROTTLED)
-            ]
-            return now + min([self._negative_ttl, *waits])
-        return now + self._negative_ttl
+        return expiry(decision, now, self._positive_ttl, self._negative_ttl, self._retry_in)
+
+    def _retry_in(self, domain: str) -> float:
+        return self.clients[domain].retry_in()
 
     def cache_size(self) -> int:
         return len(self._cache) if self._cache is not None else 0
@@ -105,7 +120,7 @@ class Resolver:
         return decision
 
     def _outcome(self, decision: Decision) -> Outcome:
-        return outcome(decision, self.registries, self._upstream)
+        return outcome(decision, self._plan.registries, self._upstream)
 
     def _count(self, decision: Decision) -> None:
         registry = decision.target.registry.domain if decision.target is not None else ""
@@ -117,19 +132,8 @@ class Resolver:
         if self._cache is not None:
             self._cache[str(ref)] = decision
         elapsed = f"{(time.monotonic() - started) * 1000:.0f}ms"
-        fate = self._outcome(decision)
-        if fate != "rewritten" or decision.target is None:
-            target = "refused (upstream: false)" if fate == "refused" else "unchanged"
-            log.info("rewrite decision", image=ref, target=target, why=decision.reason(), took=elapsed)
-        else:
-            log.info(
-                "rewrite decision",
-                image=ref,
-                target=decision.target.reference,
-                registry=decision.target.registry.domain,
-                why=decision.reason(),
-                took=elapsed,
-            )
+        where = shown(decision, self._outcome(decision))
+        log.info("rewrite decision", image=ref, **where, why=decision.reason(), took=elapsed)
         return decision
 
     async def forget(self, ref: Reference, failed: Candidate) -> None:
@@ -154,7 +158,7 @@ class Resolver:
         key = str(ref)
         if self._cache is not None:
             current = self._cache.get(key)
-            if current is not None and _past(current, tried):
+            if current is not None and past(current, tried):
                 return current
             self._cache.pop(key, None)
         flight = (key, tried)
@@ -171,26 +175,12 @@ class Resolver:
         client = self.clients[failed.registry.domain]
         client.pull_failed(verdict.why, down=verdict.registry_down)
         self._metrics.failovers.labels(failed.registry.domain, verdict.cause.value).inc()
-        probed = await self.probe(ref, skip=tried)
-        pulled = (failed, Probe(_answer(verdict), f"pull failed: {verdict.why}"))
-        decision = Decision(
-            ref, probed.target, (pulled, *probed.answers), probed.degraded or verdict.registry_down
-        )
+        decision = after_failure(failed, verdict, await self.probe(ref, skip=tried))
         if self._cache is not None:
             self._cache[str(ref)] = decision
-        to = self._next(decision, tried)
+        to = next_source(decision, self._outcome(decision), tried)
         log.info("pull failover", image=ref, **{"from": failed.reference}, to=to, why=verdict.why)
         return decision
-
-    def _next(self, decision: Decision, tried: frozenset[str]) -> object:
-        """Where a pull goes after a failover, for the log line."""
-        if decision.target is not None:
-            return decision.target.reference
-        if self._outcome(decision) == "refused":
-            return "none (upstream: false)"
-        if decision.source.domain in tried:
-            return "none (every candidate failed)"
-        return f"{decision.source} (unchanged)"
 
     async def probe(
         self, ref: Reference, *, everyone: bool = False, skip: frozenset[str] = frozenset()
@@ -205,33 +195,12 @@ class Resolver:
             asyncio.ensure_future(self.clients[c.registry.domain].holds(c.reference)) for c in candidates
         ]
         answers: list[tuple[Candidate, Probe]] = []
-        target: Candidate | None = None
-        degraded = False
         try:
             for candidate, task in zip(candidates, tasks, strict=True):
-                probe = await task
-                answers.append((candidate, probe))
-                if target is not None:
-                    continue
-                if probe.answer is Answer.FOUND:
-                    target = candidate
-                    if not everyone:
-                        break
-                elif probe.answer in (Answer.UNREACHABLE, Answer.SKIPPED, Answer.THROTTLED):
-                    degraded = True
+                answers.append((candidate, await task))
+                if answers[-1][1].answer is Answer.FOUND and not everyone:
+                    break
         finally:
             for task in tasks:
                 task.cancel()
-        return Decision(ref, target, tuple(answers), degraded)
-
-
-def _answer(verdict: Verdict) -> Answer:
-    """A failed pull as a probe answer, for the decision made after it."""
-    if verdict.registry_down:
-        return Answer.UNREACHABLE
-    return Answer.DENIED if verdict.cause is Cause.DENIED else Answer.NOT_FOUND
-
-
-def _past(decision: Decision, tried: frozenset[str]) -> bool:
-    """Whether `decision` was made after every pull in `tried` failed: it points elsewhere."""
-    return decision.target is None or decision.target.registry.domain not in tried
+        return choose(ref, answers)

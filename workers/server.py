@@ -237,7 +237,7 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
     images = ImageService(
         upstream,
         upstream.waits.around(registries.resolve),  # type: ignore[arg-type]
-        config.registries,
+        registries.planner,
         NameStore(config.state_dir),
         config.upstream,
         metrics,

@@ -20,9 +20,10 @@ import pytest
 
 from image_cri_shim import config, reference
 from image_cri_shim.metrics import WorkerMetrics
+from image_cri_shim.workers.decisions import Answer
 from image_cri_shim.workers.failures import Cause, Verdict
-from image_cri_shim.workers.plan import Candidate
-from image_cri_shim.workers.registry import Answer, RegistryClient
+from image_cri_shim.workers.plan import Candidate, Planner
+from image_cri_shim.workers.registry import RegistryClient
 from image_cri_shim.workers.resolver import Resolver
 from tests.conftest import SMALL_DISK, SUITES
 from tests.harness import Blackhole, Containerd
@@ -59,7 +60,7 @@ class Three:
             r.domain: RegistryClient(r, AMD64, clock=self.clock, metrics=self.metrics) for r in cfg.registries
         }
         self.resolver = Resolver(
-            cfg.registries, self.clients, cfg.cache, clock=self.clock, metrics=self.metrics
+            Planner(cfg.registries), self.clients, cfg.cache, clock=self.clock, metrics=self.metrics
         )
         self.ref = reference.parse("nginx:1.27")
         self.loop = asyncio.new_event_loop()

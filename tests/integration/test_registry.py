@@ -12,7 +12,8 @@ import pytest
 
 from image_cri_shim import config, reference
 from image_cri_shim.workers import registry as reg
-from image_cri_shim.workers.registry import Answer, Platform, RegistryClient
+from image_cri_shim.workers.decisions import Answer, Probe
+from image_cri_shim.workers.registry import Platform, RegistryClient
 from tests.harness.tinyregistry import TinyRegistry
 
 AMD64 = Platform("linux", "amd64")
@@ -42,15 +43,15 @@ def tiny() -> Iterator[TinyRegistry]:
     server.stop()
 
 
-def probe(client: RegistryClient, image: str) -> reg.Probe:
-    async def run() -> reg.Probe:
+def probe(client: RegistryClient, image: str) -> Probe:
+    async def run() -> Probe:
         return await client.holds(reference.parse(image))
 
     return asyncio.run(run())
 
 
-def run_probes(client: RegistryClient, *images: str) -> list[reg.Probe]:
-    async def run() -> list[reg.Probe]:
+def run_probes(client: RegistryClient, *images: str) -> list[Probe]:
+    async def run() -> list[Probe]:
         try:
             return [await client.holds(reference.parse(i)) for i in images]
         finally:

@@ -24,8 +24,9 @@ import pytest
 
 from image_cri_shim import config, reference
 from image_cri_shim.workers import registry as reg
-from image_cri_shim.workers.plan import Decision
-from image_cri_shim.workers.registry import Answer, Platform, Probe, RegistryClient
+from image_cri_shim.workers.decisions import Answer, Decision, Probe
+from image_cri_shim.workers.plan import Planner
+from image_cri_shim.workers.registry import Platform, RegistryClient
 from image_cri_shim.workers.resolver import Resolver
 from tests.harness import Blackhole, CertAuthority, free_port
 from tests.harness.evidence import record
@@ -114,7 +115,7 @@ class Pair:
         self.clock = Clock()
         self.clients = {r.domain: RegistryClient(r, AMD64, clock=self.clock) for r in cfg.registries}
         self.preferred = self.clients[cfg.registries[0].domain]
-        self.resolver = Resolver(cfg.registries, self.clients, cfg.cache)
+        self.resolver = Resolver(Planner(cfg.registries), self.clients, cfg.cache)
         self.loop = asyncio.new_event_loop()
 
     async def _decide(self, image: str) -> Outcome:

@@ -1,4 +1,7 @@
-"""The rewrite plan (pure) and the resolver that executes it: order, concurrency, cache, single-flight."""
+"""The rewrite plan (pure), and the resolver against real HTTP registries.
+
+The resolver's rules (order, single-flight, cache lifetimes, failover) over registries that
+answer from a table, without sockets: unit/test_resolver_rules.py."""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from image_cri_shim import config, reference
-from image_cri_shim.workers.plan import Decision, Excluded, Planner, explain, outcome, plan, refusal
-from image_cri_shim.workers.registry import Answer, Platform, Probe, RegistryClient
+from image_cri_shim.workers.decisions import Answer, Decision, Probe, outcome, refusal
+from image_cri_shim.workers.plan import Excluded, Planner, explain, plan
+from image_cri_shim.workers.registry import Platform, RegistryClient
 from image_cri_shim.workers.resolver import Resolver
 from tests.harness.tinyregistry import OCI_INDEX, TinyRegistry
 from tests.integration.test_registry import MANIFEST, Clock
@@ -69,7 +73,7 @@ class Registries:
 
     def resolver(self) -> tuple[Resolver, list[RegistryClient]]:
         clients = {r.domain: RegistryClient(r, AMD64, clock=self.clock) for r in self.config.registries}
-        return Resolver(self.config.registries, clients, self.config.cache, clock=self.clock), list(
+        return Resolver(Planner(self.config.registries), clients, self.config.cache, clock=self.clock), list(
             clients.values()
         )
 
@@ -113,63 +117,6 @@ def test_highest_priority_holder_wins(three: Registries) -> None:
     ]
 
 
-def test_concurrent_probes_still_answer_in_priority_order(three: Registries) -> None:
-    high, _, low = three.servers
-    high.add_manifest("library/nginx", "1.27", MANIFEST)
-    high.behaviour.delay = 0.5  # the preferred registry answers last
-    low.add_manifest("library/nginx", "1.27", MANIFEST)
-    assert resolve_all(three, "nginx:1.27") == [f"{high.host}/library/nginx:1.27"]
-
-
-def test_decisions_are_cached_and_lookups_share_one_probe(three: Registries) -> None:
-    _, mid, _ = three.servers
-    mid.add_manifest("library/nginx", "1.27", MANIFEST)
-    mid.behaviour.delay = 0.3
-
-    async def run() -> None:
-        resolver, clients = three.resolver()
-        try:
-            ref = reference.parse("nginx:1.27")
-            decisions = await asyncio.gather(*(resolver.resolve(ref) for _ in range(20)))
-            assert {str(d.target.reference) for d in decisions if d.target} == {
-                f"{mid.host}/library/nginx:1.27"
-            }
-            assert mid.count(lambda m, p: "manifests" in p) == 1
-            await resolver.resolve(ref)
-            assert mid.count(lambda m, p: "manifests" in p) == 1
-            assert resolver.hits == 1
-        finally:
-            for c in clients:
-                await c.aclose()
-
-    asyncio.run(run())
-
-
-def test_negative_decisions_expire_sooner() -> None:
-    r = Registries(1, [100], cache="cache: {imageCacheTTL: 1h, negativeCacheTTL: 10s}\n")
-    (server,) = r.servers
-
-    async def run() -> None:
-        resolver, clients = r.resolver()
-        try:
-            ref = reference.parse("nginx:1.27")
-            assert (await resolver.resolve(ref)).target is None
-            server.add_manifest("library/nginx", "1.27", MANIFEST)
-            r.clock.now += 5
-            assert (await resolver.resolve(ref)).target is None  # still cached
-            r.clock.now += 6
-            assert (await resolver.resolve(ref)).target is not None
-            server.behaviour.manifests.clear()
-            r.clock.now += 1800
-            assert (await resolver.resolve(ref)).target is not None  # positive: an hour
-        finally:
-            for c in clients:
-                await c.aclose()
-            r.stop()
-
-    asyncio.run(run())
-
-
 def test_a_down_registry_is_skipped_and_used_again_after_recovery(three: Registries) -> None:
     """A decision taken while a better candidate was down lives only until that one is asked again."""
     high, mid, _ = three.servers
@@ -198,17 +145,6 @@ def test_a_down_registry_is_skipped_and_used_again_after_recovery(three: Registr
                 await c.aclose()
 
     asyncio.run(run())
-
-
-def test_zero_cache_size_disables_the_cache() -> None:
-    r = Registries(1, [100], cache="cache: {imageCacheSize: 0}\n")
-    (server,) = r.servers
-    server.add_manifest("library/nginx", "1.27", MANIFEST)
-    try:
-        resolve_all(r, "nginx:1.27", "nginx:1.27")
-        assert server.count(lambda m, p: "manifests" in p) == 2
-    finally:
-        r.stop()
 
 
 # --------------------------------------------------------------------------- routing rules (§9)
@@ -425,7 +361,9 @@ def test_one_meaning_of_a_decision_for_the_pull_the_metrics_and_the_log() -> Non
         "refused": decided("nginx:1.27", None),
     }
     counts = _Labels()
-    resolver = Resolver(cfg.registries, {}, cfg.cache, upstream=cfg.upstream, metrics=_Metrics(counts))
+    resolver = Resolver(
+        Planner(cfg.registries), {}, cfg.cache, upstream=cfg.upstream, metrics=_Metrics(counts)
+    )
     for expected, decision in cases.items():
         assert outcome(decision, cfg.registries, cfg.upstream) == expected
         resolver._count(decision)

@@ -24,9 +24,9 @@ import yaml
 
 from image_cri_shim import reference
 from image_cri_shim.config import parse
+from image_cri_shim.workers.decisions import Answer, Decision, Probe
 from image_cri_shim.workers.diagnose import registry_lines
-from image_cri_shim.workers.plan import Decision, explain, plan
-from image_cri_shim.workers.registry import Answer, Probe
+from image_cri_shim.workers.plan import explain, plan
 from image_cri_shim.workers.server import CONNECTION_AGE
 from tests.harness import (
     Blackhole,
