@@ -9,6 +9,7 @@ must load neither.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -17,9 +18,23 @@ from image_cri_shim.config import DEFAULT_PATH, Config
 from image_cri_shim.lifecycle import become_child
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own, told the terminal's width: left to find it, argparse imports `shutil`
+    (and with it bz2, lzma and zlib) into every process, the master included, as soon as an
+    argument is declared."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
+        except (ValueError, OSError):
+            columns = 80
+        super().__init__(prog, width=columns - 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="image-cri-shim",
+        formatter_class=_Formatter,
         description="CRI image-service proxy: pulls each image from the configured registry that holds it.",
     )
     parser.add_argument("-f", "--file", default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})")
@@ -34,19 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the config, then reload the running service and wait until its new worker serves",
     )
-    sub = parser.add_subparsers(dest="command", metavar="")
-    # Internal subcommands: how the master starts its children (docs/architecture.md).
-    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    # Internal subcommands: how the master starts its children (docs/architecture.md). Without
+    # a `help` argparse lists no entry for them (`help=SUPPRESS` would print "==SUPPRESS==").
+    worker = sub.add_parser("worker", formatter_class=_Formatter)
     worker.add_argument("-f", "--file", default=DEFAULT_PATH)
     worker.add_argument("--generation", type=int, default=1)
     worker.add_argument("--ready-fd", type=int, default=None)
     worker.add_argument("--master-pid", type=int, default=None)
     worker.add_argument("--heartbeat-fd", type=int, default=None)
     worker.add_argument("--heartbeat-every", type=float, default=None)
-    syncer = sub.add_parser("syncer", help=argparse.SUPPRESS)
+    syncer = sub.add_parser("syncer", formatter_class=_Formatter)
     syncer.add_argument("-f", "--file", default=DEFAULT_PATH)
     syncer.add_argument("--master-pid", type=int, default=None)
-    sub.add_parser("selfcheck", help="load every library the service loads, then exit (install.sh runs it)")
+    sub.add_parser(
+        "selfcheck",
+        formatter_class=_Formatter,
+        help="load every library the service loads, then exit (install.sh runs it)",
+    )
     return parser
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -47,6 +46,8 @@ def anonymous_file() -> int:
             return fd
         except OSError:  # ENOSYS: a kernel older than its glibc
             pass
+    import tempfile  # only here: with `random` and `shutil` it is half a MiB of the master
+
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryFile(dir=shm, prefix="image-cri-shim-heartbeat-") as file:
         return os.dup(file.fileno())

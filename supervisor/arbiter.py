@@ -21,6 +21,7 @@ from image_cri_shim.changes import changed_keys
 from image_cri_shim.config import Config, ConfigError, parse_bytes, read
 from image_cri_shim.heartbeat import Reading
 from image_cri_shim.lifecycle import trim_heap
+from image_cri_shim.messages import Message, RuntimeUp, Serving
 from image_cri_shim.metrics import MasterMetrics, active
 from image_cri_shim.startup import remove_socket
 from image_cri_shim.supervisor import samples
@@ -193,27 +194,25 @@ class Master:
             if child is not None:
                 child.signal(signal.SIGINT if child.kind == "worker" else signal.SIGTERM)
 
-    def handle_report(self, generation: int, message: dict[str, Any] | None) -> None:
+    def handle_report(self, generation: int, message: Message | None) -> None:
         child = self.worker_of(generation)
         if child is None or message is None:
             return
-        if message.get("event") == "serving":
+        if isinstance(message, Serving):
             child.serving = True
-            child.cri = str(message.get("cri") or "")
+            child.cri = message.cri
             if child is self.pending:
                 self.finish_swap(child)
             else:
                 self.metrics.generation.set(generation)
-                log.info(
-                    "worker serving", gen=generation, runtime=message.get("runtime") or "not answering yet"
-                )
+                log.info("worker serving", gen=generation, runtime=message.runtime or "not answering yet")
                 if self.ready_sent:
                     self.notifier.status(self.status_line())
-            if message.get("runtime") or self.config.force:
+            if message.runtime or self.config.force:
                 self.announce_ready()
             else:
                 self.notifier.status(f"{self.status_line()}; waiting for the container runtime")
-        elif message.get("event") == "runtime":
+        elif isinstance(message, RuntimeUp):
             self.announce_ready()
 
     def handle_child_exit(self) -> None:
@@ -283,7 +282,7 @@ class Master:
             self.pending = child
         return child
 
-    def on_report(self, generation: int, message: dict[str, Any] | None) -> None:
+    def on_report(self, generation: int, message: Message | None) -> None:
         """Called from a pipe-reader thread: hand over to the loop."""
         self.events.put(("report", generation, message))
 

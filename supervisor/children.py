@@ -8,19 +8,19 @@ to the master themselves (`image_cri_shim.lifecycle`).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from image_cri_shim.heartbeat import Heartbeat
+from image_cri_shim.messages import Message, decode
 from image_cri_shim.supervisor.notify import MASTER_ONLY_ENV
+
+OnReport = Callable[[int, "Message | None"], None]
 
 
 def program() -> list[str]:
@@ -32,7 +32,7 @@ def program() -> list[str]:
 @dataclass
 class Child:
     kind: str  # "worker" or "syncer"
-    process: subprocess.Popen[bytes]
+    process: Process
     generation: int = 0
     started: float = field(default_factory=time.monotonic)
     serving: bool = False
@@ -51,8 +51,7 @@ class Child:
         return self.process.poll()
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
+        self.process.send_signal(signum)
 
     def release(self) -> None:
         """After it exited: the heartbeat page is no longer read."""
@@ -61,15 +60,50 @@ class Child:
             self.beat = None
 
 
-def _spawn(args: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+class Process:
+    """A started child, by pid: `subprocess` would cost the master half a MiB of imports for
+    what is a spawn, a non-blocking wait and a kill here."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit code (negative: the signal), or None while it runs; reaps it once."""
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: it is gone, how is not known
+                self.returncode = 255
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+
+def _spawn(args: list[str], pass_fds: tuple[int, ...] = ()) -> Process:
+    """Execute the program with `args`: stdin from /dev/null, stdout and stderr shared, and of
+    the master's descriptors only `pass_fds` (every other one is close-on-exec)."""
     env = {k: v for k, v in os.environ.items() if k not in MASTER_ONLY_ENV}
-    return subprocess.Popen([*program(), *args], pass_fds=pass_fds, env=env, stdin=subprocess.DEVNULL)
+    argv = [*program(), *args]
+    stdin = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+    try:
+        return Process(os.posix_spawn(argv[0], argv, env, file_actions=stdin))
+    finally:
+        for fd in pass_fds:  # the next child must not inherit them
+            os.set_inheritable(fd, False)
 
 
 def start_worker(
     config_path: str,
     generation: int,
-    on_report: Callable[[int, dict[str, Any] | None], None],
+    on_report: OnReport,
     prove_every: float,
 ) -> Child:
     """Start worker `generation`; its readiness reports arrive at `on_report(generation, message)`,
@@ -115,13 +149,9 @@ def start_syncer(config_path: str) -> Child:
     return Child("syncer", _spawn(["syncer", "--file", config_path, "--master-pid", str(os.getpid())]))
 
 
-def _read_reports(fd: int, generation: int, on_report: Callable[[int, dict[str, Any] | None], None]) -> None:
+def _read_reports(fd: int, generation: int, on_report: OnReport) -> None:
     with os.fdopen(fd, "r") as pipe:
         for line in pipe:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(message, dict):
+            if (message := decode(line)) is not None:
                 on_report(generation, message)
     on_report(generation, None)

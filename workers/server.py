@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import signal
 import threading
@@ -28,7 +27,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import grpc
 
@@ -36,6 +35,7 @@ from image_cri_shim import logs
 from image_cri_shim.config import Config
 from image_cri_shim.heartbeat import RUNTIME_FAILED, RUNTIME_OK, Heartbeat
 from image_cri_shim.lifecycle import trim_heap
+from image_cri_shim.messages import Message, RuntimeUp, Serving, encode
 from image_cri_shim.metrics import WorkerMetrics, active
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.workers import liveness
@@ -263,7 +263,7 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
             runtime=runtime or "unavailable",
             registries=",".join(r.domain for r in config.registries),
         )
-        ready.send({"event": "serving", "socket": config.shim, "runtime": runtime, "cri": upstream.target})
+        ready.send(Serving(config.shim, upstream.target, runtime))
         if prover is not None:
             prover.start()
         registries.start()
@@ -302,22 +302,22 @@ def wait_for_runtime(upstream: Upstream, ready: ReadyPipe, stop: Stop) -> None:
         if stop.requested.wait(1.0):
             return
     log.info("container runtime answers", runtime=runtime)
-    ready.send({"event": "runtime", "runtime": runtime})
+    ready.send(RuntimeUp(runtime))
     ready.close()
 
 
 class ReadyPipe:
-    """Readiness reports to the master: JSON lines on an inherited pipe (absent when run alone)."""
+    """Readiness reports to the master on an inherited pipe (absent when run alone): `messages`."""
 
     def __init__(self, fd: int | None) -> None:
         self._pipe = os.fdopen(fd, "w") if fd is not None else None
         self._lock = threading.Lock()
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: Message) -> None:
         with self._lock:
             if self._pipe is not None:
                 with contextlib.suppress(OSError):
-                    self._pipe.write(json.dumps(message) + "\n")
+                    self._pipe.write(encode(message))
                     self._pipe.flush()
 
     def close(self) -> None:

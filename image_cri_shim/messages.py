@@ -1,0 +1,65 @@
+"""What a worker tells the master on its readiness pipe, as typed values (no grpc, no I/O).
+
+One JSON object per line. The worker encodes, the master decodes; both import this module, so
+a field is spelled in one place. A line the master cannot read (a newer or broken worker) is
+dropped, never fatal: the worker's exit status and its heartbeat page still tell the master
+what it needs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TypeAlias
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The worker's socket is in place at the shim path and answers calls. `runtime` is the
+    runtime's `name version (api)` when it answered Version, else None (READY=1 waits for it,
+    unless `force`); `cri` is the runtime socket the worker forwards to."""
+
+    socket: str
+    cri: str
+    runtime: str | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeUp:
+    """The runtime answered for the first time after a worker started serving without it."""
+
+    runtime: str
+
+
+Message: TypeAlias = Serving | RuntimeUp
+
+
+def encode(message: Message) -> str:
+    """One line, newline included."""
+    if isinstance(message, Serving):
+        fields: dict[str, object] = {
+            "event": "serving",
+            "socket": message.socket,
+            "cri": message.cri,
+            "runtime": message.runtime,
+        }
+    else:
+        fields = {"event": "runtime", "runtime": message.runtime}
+    return json.dumps(fields) + "\n"
+
+
+def decode(line: str) -> Message | None:
+    """The message on `line`, or None when it is not one this master knows."""
+    try:
+        fields = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(fields, dict):
+        return None
+    runtime = fields.get("runtime")
+    runtime = str(runtime) if runtime else None
+    if fields.get("event") == "serving":
+        return Serving(str(fields.get("socket") or ""), str(fields.get("cri") or ""), runtime)
+    if fields.get("event") == "runtime" and runtime is not None:
+        return RuntimeUp(runtime)
+    return None
