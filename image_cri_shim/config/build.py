@@ -8,7 +8,7 @@ from typing import Any
 
 from image_cri_shim.config.errors import ConfigError, Ctx
 from image_cri_shim.config.model import PASSTHROUGH, Config, Registry
-from image_cri_shim.config.reading import fields, read_section
+from image_cri_shim.config.reading import field_values, read_section
 from image_cri_shim.config.registries import check_unique, registry
 from image_cri_shim.config.schema import LEGACY_TOP, REGISTRY, TOP
 from image_cri_shim.config.yamlio import describe_kind, load_yaml, show
@@ -42,7 +42,7 @@ def parse(text: str, path: str, source: bytes = b"") -> Config:
         registries=tuple(sorted(registries, key=lambda r: (-r.priority, not r.offline, r.domain))),
         warnings=tuple(ctx.warnings),
         source=source,
-        **fields(TOP, top),
+        **field_values(TOP, top),
     )
 
 

@@ -15,7 +15,7 @@ from image_cri_shim.config.checks import Check
 from image_cri_shim.config.errors import Ctx
 from image_cri_shim.config.yamlio import key_name, show
 
-__all__ = ["Rule", "Section", "Table", "fields", "join", "read_section"]
+__all__ = ["Rule", "Section", "Table", "field_values", "join", "read_section"]
 
 # The Go shim briefly read extra registries from files in this directory; they are not read here.
 _REGISTRY_DIR_KEY = "registry.d"
@@ -92,7 +92,7 @@ def _did_you_mean(key: object, known: Mapping[str, object]) -> str:
     return f" (did you mean {show(by_lower[close[0]])}?)" if close else ""
 
 
-def fields(schema: Table, values: Mapping[str, Any]) -> dict[str, Any]:
+def field_values(schema: Table, values: Mapping[str, Any]) -> dict[str, Any]:
     """The dataclass fields that the checked `values` of `schema` fill, by each rule's `field`."""
     found: dict[str, Any] = {}
     for key, rule in schema.items():
@@ -112,4 +112,4 @@ class Section:
     legacy: frozenset[str] = frozenset()
 
     def __call__(self, ctx: Ctx, key: str, value: object) -> Any:
-        return self.make(**fields(self.table, read_section(ctx, key, value, self.table, self.legacy)))
+        return self.make(**field_values(self.table, read_section(ctx, key, value, self.table, self.legacy)))

@@ -9,7 +9,7 @@ from typing import Any
 
 from image_cri_shim.config.errors import Ctx
 from image_cri_shim.config.model import Registry
-from image_cri_shim.config.reading import Table, fields, join, read_section
+from image_cri_shim.config.reading import Table, field_values, join, read_section
 from image_cri_shim.config.yamlio import show
 
 __all__ = ["Registries", "check_unique", "registry"]
@@ -17,7 +17,7 @@ __all__ = ["Registries", "check_unique", "registry"]
 
 def registry(ctx: Ctx, key: str, schema: Table, entry: Mapping[str, Any], *, offline: bool) -> Registry:
     """The Registry of one checked entry (`key` is where it is in the file: `registries[1]`, `address`)."""
-    made = Registry(**fields(schema, entry), offline=offline, key=key)
+    made = Registry(**field_values(schema, entry), offline=offline, key=key)
     if made.scheme == "http":
         for name in ("insecureSkipVerify", "ca"):
             if entry[name]:

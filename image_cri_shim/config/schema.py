@@ -182,6 +182,8 @@ CONFIG_MAP: dict[str, Rule] = {
 }
 
 
+# `address` and the keys with a `registry_key` become the offline registry, and `registries` is
+# joined to it and sorted: build.py assembles both into `Config.registries`.
 TOP: dict[str, Rule] = {
     "shim": Rule(
         checks.socket_path,
