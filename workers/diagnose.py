@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config, ConfigError, Registry, load
@@ -20,6 +21,7 @@ from image_cri_shim.workers.plan import Candidate, Excluded, Planner, explain
 from image_cri_shim.workers.registry import RegistryClient, node_platform
 from image_cri_shim.workers.resolver import Resolver
 from image_cri_shim.workers.server import runtime_version
+from image_cri_shim.workers.transport import TLSSetupError
 from image_cri_shim.workers.upstream import Upstream
 
 
@@ -47,7 +49,16 @@ def dry_run(path: str, sections: dict[str, Section] | None = None) -> int:
     config = _load(path)
     if config is None:
         return 1
-    return asyncio.run(_dry_run(config, sections or {}))
+    return _run(_dry_run(config, sections or {}))
+
+
+def _run(command: Coroutine[Any, Any, int]) -> int:
+    """Run a command; the node's TLS settings unusable is one line, as the worker says it."""
+    try:
+        return asyncio.run(command)
+    except TLSSetupError as err:
+        print(f"image-cri-shim: {err}", file=sys.stderr)
+        return 1
 
 
 async def _timed(client: RegistryClient) -> tuple[Probe, float]:
@@ -118,7 +129,7 @@ def resolve(path: str, image: str) -> int:
     config = _load(path)
     if config is None:
         return 1
-    return asyncio.run(_resolve(config, image))
+    return _run(_resolve(config, image))
 
 
 async def _resolve(config: Config, image: str) -> int:

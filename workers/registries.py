@@ -54,8 +54,9 @@ class Registries:
     def _run(self) -> None:
         import asyncio  # imported here: off the path to serving
 
-        from image_cri_shim.workers.registry import PROBE_TIMEOUT, RegistryClient, node_platform
+        from image_cri_shim.workers.registry import RegistryClient, node_platform
         from image_cri_shim.workers.resolver import Resolver
+        from image_cri_shim.workers.transport import PROBE_TIMEOUT, TLSSetupError
 
         config = self._config
         loop = self._loop = asyncio.new_event_loop()
@@ -71,6 +72,10 @@ class Registries:
             self._resolver.set_result(
                 Resolver(self.planner, clients, config.cache, upstream=config.upstream, metrics=metrics)
             )
+        except TLSSetupError as err:  # the node's TLS settings: said once, and by every pull
+            log.error("registries cannot be asked", error=str(err))
+            self._resolver.set_exception(err)
+            return
         except BaseException as err:  # surfaces in resolve(), where a pull can report it
             self._resolver.set_exception(err)
             raise

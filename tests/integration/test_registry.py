@@ -6,14 +6,19 @@ test_registry_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from image_cri_shim import config, reference
-from image_cri_shim.workers import registry as reg
 from image_cri_shim.workers.decisions import Answer, Probe
 from image_cri_shim.workers.registry import Platform, RegistryClient
+from tests.harness.processes import ShimFactory, wait_for
 from tests.harness.tinyregistry import TinyRegistry
 
 AMD64 = Platform("linux", "amd64")
@@ -111,14 +116,34 @@ def test_basic_auth(tiny: TinyRegistry) -> None:
     assert run_probes(anonymous, "nginx:1.27")[0].answer is Answer.DENIED
 
 
-def test_parse_challenge() -> None:
-    scheme, params = reg.parse_challenge(
-        'Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull"'
+def test_a_missing_ssl_cert_file_is_one_line_naming_it(
+    short_dir: Path, shim_factory: ShimFactory, tiny: TinyRegistry
+) -> None:
+    """The worker keeps serving and says it once; `--resolve` exits 1 with that one line."""
+    said = "SSL_CERT_FILE=/nonexistent/ca.pem (environment): No such file or directory"
+    runtime = socket.socket(socket.AF_UNIX)  # a runtime that listens and never answers
+    runtime.bind(str(short_dir / "cri.sock"))
+    runtime.listen()
+    path = short_dir / "config.yaml"
+    path.write_text(
+        f"shim: {short_dir / 'shim.sock'}\ncri: {short_dir / 'cri.sock'}\n"
+        f"stateDir: {short_dir / 'state'}\naddress: http://{tiny.host}\n"
     )
-    assert scheme == "bearer"
-    assert params == {
-        "realm": "https://auth.example.com/token",
-        "service": "registry.example.com",
-        "scope": "repository:a/b:pull",
-    }
-    assert reg.parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+    env = {**os.environ, "SSL_CERT_FILE": "/nonexistent/ca.pem"}
+    try:
+        worker = shim_factory(path, short_dir / "shim.sock", env=env)
+        line = wait_for(
+            lambda: next(
+                (x for x in worker.log_text().splitlines() if "registries cannot be asked" in x), None
+            ),
+            10.0,
+            "the worker to say why it cannot ask the registries",
+            detail=worker.describe,
+        )
+        assert f'error="{said}"' in line
+        assert worker.alive() and "Traceback" not in worker.log_text()
+        command = [sys.executable, "-m", "image_cri_shim", "--resolve", "nginx:1.27", "--file", str(path)]
+        resolved = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        runtime.close()
+    assert (resolved.returncode, resolved.stderr) == (1, f"image-cri-shim: {said}\n"), resolved

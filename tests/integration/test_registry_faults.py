@@ -23,7 +23,8 @@ import grpc
 import pytest
 
 from image_cri_shim import config, reference
-from image_cri_shim.workers import registry as reg
+from image_cri_shim.workers import health
+from image_cri_shim.workers import transport as wire
 from image_cri_shim.workers.decisions import Answer, Decision, Probe
 from image_cri_shim.workers.plan import Planner
 from image_cri_shim.workers.registry import Platform, RegistryClient
@@ -167,12 +168,12 @@ def test_5xx_fails_over_backs_off_and_recovers(broken: TinyRegistry, fallback: T
         assert all(o.answer(broken.host).answer is Answer.SKIPPED for o in during)
         assert broken.count() == asked, "a registry in backoff is not contacted"
 
-        p.clock.now += reg.BACKOFF_FIRST
+        p.clock.now += health.BACKOFF_FIRST
         assert p.decide().answer(broken.host).answer is Answer.UNREACHABLE
-        p.clock.now += reg.BACKOFF_FIRST  # the second period is twice as long
+        p.clock.now += health.BACKOFF_FIRST  # the second period is twice as long
         assert p.decide().answer(broken.host).answer is Answer.SKIPPED
         broken.behaviour.status = None
-        p.clock.now += reg.BACKOFF_FIRST
+        p.clock.now += health.BACKOFF_FIRST
         recovered = p.decide()
         assert recovered.target == broken.host
     record(
@@ -237,9 +238,9 @@ def test_silent_registry_costs_its_timeout_once(fallback: TinyRegistry) -> None:
         first = p.decide()
         assert first.target == fallback.host
         assert first.answer(hole.host) == Probe(
-            Answer.UNREACHABLE, f"no answer within {reg.PROBE_TIMEOUT:g}s"
+            Answer.UNREACHABLE, f"no answer within {wire.PROBE_TIMEOUT:g}s"
         )
-        assert first.seconds < reg.PROBE_TIMEOUT + 2
+        assert first.seconds < wire.PROBE_TIMEOUT + 2
         during = [p.decide() for _ in range(10)]
         assert all(o.answer(hole.host).answer is Answer.SKIPPED for o in during)
         assert max(o.seconds for o in during) < 1
@@ -251,7 +252,7 @@ def test_silent_registry_costs_its_timeout_once(fallback: TinyRegistry) -> None:
         failed=0,
         lost="none",
         result=(
-            f"first decision {first.seconds:.1f} s (bound {reg.PROBE_TIMEOUT:g} s), next 10 "
+            f"first decision {first.seconds:.1f} s (bound {wire.PROBE_TIMEOUT:g} s), next 10 "
             f"<{max(o.seconds for o in during) * 1000:.0f} ms; {hole.accepted} connection in all"
         ),
     )
@@ -285,7 +286,7 @@ def test_concurrent_probes_of_a_dead_registry_are_one_failure() -> None:
     assert late == Probe(Answer.SKIPPED, "another probe found it down")
     assert late_seconds < bound * 0.85, "the late probe stopped when the registry was found down"
     assert max(s for _, s in results) < bound + 1.5
-    clock.now += reg.BACKOFF_FIRST - 0.1
+    clock.now += health.BACKOFF_FIRST - 0.1
     assert not client.available()
     clock.now += 0.1
     assert client.available(), "9 concurrent failures are one failure: the first backoff period"
@@ -297,7 +298,8 @@ def test_concurrent_probes_of_a_dead_registry_are_one_failure() -> None:
         lost="none",
         result=(
             f"all done by {max(s for _, s in results):.1f} s (bound {bound:g} s); late one waited "
-            f"{late_seconds:.1f} s; backoff {reg.BACKOFF_FIRST:g} s, not 8 steps; {hole.accepted} connections"
+            f"{late_seconds:.1f} s; backoff {health.BACKOFF_FIRST:g} s, not 8 steps; "
+            f"{hole.accepted} connections"
         ),
     )
 
@@ -311,10 +313,10 @@ def test_headers_trickling_in_are_cut_at_the_probe_deadline(
         outcome = p.decide()
         assert outcome.target == fallback.host
         assert outcome.answer(broken.host) == Probe(
-            Answer.UNREACHABLE, f"no answer within {reg.PROBE_TIMEOUT:g}s"
+            Answer.UNREACHABLE, f"no answer within {wire.PROBE_TIMEOUT:g}s"
         )
-        assert reg.PROBE_TIMEOUT - 0.5 < outcome.seconds < reg.PROBE_TIMEOUT + 2
-        assert 2 <= broken.trickled <= reg.PROBE_TIMEOUT + 2
+        assert wire.PROBE_TIMEOUT - 0.5 < outcome.seconds < wire.PROBE_TIMEOUT + 2
+        assert 2 <= broken.trickled <= wire.PROBE_TIMEOUT + 2
     record(
         "registry sends its response headers one byte a second",
         load="1 decision",
@@ -322,7 +324,7 @@ def test_headers_trickling_in_are_cut_at_the_probe_deadline(
         failed=0,
         lost="none",
         result=(
-            f"probe gave up at {outcome.seconds:.1f} s (bound {reg.PROBE_TIMEOUT:g} s) after "
+            f"probe gave up at {outcome.seconds:.1f} s (bound {wire.PROBE_TIMEOUT:g} s) after "
             f"{broken.trickled} bytes; failover to the next registry"
         ),
     )
@@ -391,9 +393,9 @@ def test_bearer_realm_on_a_dead_host(broken: TinyRegistry, fallback: TinyRegistr
         silent = p.decide()
         assert silent.target == fallback.host
         assert silent.answer(broken.host) == Probe(
-            Answer.UNREACHABLE, f"no answer within {reg.PROBE_TIMEOUT:g}s"
+            Answer.UNREACHABLE, f"no answer within {wire.PROBE_TIMEOUT:g}s"
         )
-        assert silent.seconds < reg.PROBE_TIMEOUT + 2
+        assert silent.seconds < wire.PROBE_TIMEOUT + 2
         assert hole.accepted == 1
     record(
         "Bearer realm on a dead host",
@@ -403,7 +405,7 @@ def test_bearer_realm_on_a_dead_host(broken: TinyRegistry, fallback: TinyRegistr
         lost="none",
         result=(
             f"refused: failover in {refused.seconds:.2f} s, then skipped; "
-            f"silent: failover in {silent.seconds:.1f} s (bound {reg.PROBE_TIMEOUT:g} s)"
+            f"silent: failover in {silent.seconds:.1f} s (bound {wire.PROBE_TIMEOUT:g} s)"
         ),
     )
 
@@ -416,9 +418,9 @@ def test_redirects_in_a_loop_end_and_credentials_never_follow_to_another_host(
         loop = p.decide()
         assert loop.target == fallback.host
         assert loop.answer(broken.host) == Probe(
-            Answer.UNREACHABLE, f"redirect loop (more than {reg.MAX_REDIRECTS} redirects)"
+            Answer.UNREACHABLE, f"redirect loop (more than {wire.MAX_REDIRECTS} redirects)"
         )
-    assert broken.count() == reg.MAX_REDIRECTS + 1
+    assert broken.count() == wire.MAX_REDIRECTS + 1
     loop_requests = broken.count()
 
     # A redirect to another host is followed, without the registry's credentials.
@@ -492,9 +494,9 @@ def test_a_10_mib_index_is_refused_without_reading_it_whole(
         outcome, peak = peak_memory(p)
     assert outcome.target == fallback.host
     assert outcome.answer(broken.host) == Probe(
-        Answer.NOT_FOUND, f"index larger than {reg.MAX_BODY >> 20} MiB"
+        Answer.NOT_FOUND, f"index larger than {wire.MAX_BODY >> 20} MiB"
     )
-    limit = reg.MAX_BODY + 2 * MIB if chunked else MIB  # a known length is refused before reading
+    limit = wire.MAX_BODY + 2 * MIB if chunked else MIB  # a known length is refused before reading
     assert peak < limit, f"{peak} bytes held"
     record(
         f"10 MiB index ({'chunked' if chunked else 'with Content-Length'})",
@@ -503,7 +505,7 @@ def test_a_10_mib_index_is_refused_without_reading_it_whole(
         failed=0,
         lost="none",
         result=(
-            f"refused as larger than {reg.MAX_BODY >> 20} MiB in {outcome.seconds:.2f} s, "
+            f"refused as larger than {wire.MAX_BODY >> 20} MiB in {outcome.seconds:.2f} s, "
             f"peak memory {peak / MIB:.1f} MiB; failover"
         ),
     )
@@ -642,7 +644,7 @@ def test_dead_registry_costs_its_timeout_once_per_backoff_period(blackhole: Blac
     names = [repo() for _ in range(8)]
     for name in names:
         stack.images(fallback, name, "1")
-    probe = reg.PROBE_TIMEOUT  # with the default-like `timeout` below
+    probe = wire.PROBE_TIMEOUT  # with the default-like `timeout` below
     shim = stack.start(
         [entry(blackhole.url, 900), entry(fallback, 100)],
         timeout="1m",
