@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,13 @@ from tests.harness import (
     ShimFactory,
     evidence,
 )
-from tests.harness.containerd import ROOT_PACKAGES
+from tests.harness.containerd import ROOT_PACKAGES, SMALL_DISK
+from tests.harness.dist import bundle, extracted
+from tests.harness.node import Stack
 from tests.harness.rootfs import debian_root
-from tests.integration.test_worker import Stack
+from tests.harness.service import PROGRAM, Service, start_service
+
+__all__ = ["bundle", "extracted"]  # fixtures of the dist tests, defined with the bundle they build
 
 # Tests using any of these fixtures are marked `integration` (deselect with -m "not integration").
 REAL_PARTS = {
@@ -93,10 +97,6 @@ def containerd(tmp_path_factory: pytest.TempPathFactory, certs_d: CertsDir) -> I
     daemon.stop()
 
 
-#: Debian suites whose containerd the tests also run against, with the release each ships.
-SUITES = {"trixie": "1.7.", "sid": "2."}
-
-
 @pytest.fixture(scope="session")
 def containerd_of(
     tmp_path_factory: pytest.TempPathFactory, certs_d: CertsDir
@@ -116,10 +116,6 @@ def containerd_of(
     yield get
     for daemon in daemons.values():
         daemon.stop()
-
-
-#: containerd's root in `small_disk_of`: its metadata fits, an image with an 8 MiB layer does not.
-SMALL_DISK = "4m"
 
 
 @pytest.fixture(scope="session")
@@ -144,6 +140,15 @@ def small_disk_of(
     yield get
     for daemon in daemons.values():
         daemon.stop()
+
+
+@pytest.fixture
+def own_containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
+    """A containerd of the test's own, for tests that stop, kill or freeze it."""
+    daemon = Containerd(tmp_path_factory.mktemp("restarted-containerd"))
+    daemon.start()
+    yield daemon
+    daemon.stop()
 
 
 @pytest.fixture(scope="session")
@@ -224,3 +229,27 @@ def stack(
     directory = Path(tempfile.mkdtemp(prefix="shim-"))
     yield Stack(containerd, registry_factory, image_factory, shim_factory, cri_client, directory)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def service_factory(short_dir: Path) -> Iterator[Callable[..., Service]]:
+    """`service_factory(config, env=None, wait_ready=True, program=PROGRAM) -> Service`: the master as
+    systemd runs it, in `short_dir`; every one is stopped after the test."""
+    started: list[Service] = []
+
+    def start(
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        program: Sequence[str] = PROGRAM,
+    ) -> Service:
+        service = start_service(short_dir, config, env=env, program=program, wait_ready=False)
+        started.append(service)
+        if wait_ready:
+            service.notify.wait("READY", timeout=10)
+        return service
+
+    yield start
+    for service in started:
+        service.stop(timeout=20)
+        print(service.process.describe(lines=60))

@@ -36,9 +36,10 @@ from image_cri_shim import config as shim_config
 from image_cri_shim import reference
 from tests.harness.cri import CriClient
 from tests.harness.kubeapi import KubeApi
+from tests.harness.node import Stack
 from tests.harness.processes import ManagedProcess, start_shim, wait_for
 from tests.harness.pullfaults import delete_layer
-from tests.harness.service import Node, Service, cpu_ticks, start_service, wakeups
+from tests.harness.service import Service, cpu_ticks, start_service, wakeups
 from tests.harness.tcpproxy import TcpProxy
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -88,17 +89,17 @@ def ms(seconds: float) -> str:
 # -- the stack -----------------------------------------------------------------------------------------
 
 
-class Stack:
+class Bench:
     """containerd, registries, the stand-in API server and the service, for one benchmark run."""
 
     def __init__(self, work: Path, resources: ExitStack) -> None:
         self.work = work
-        node = Node(work, resources)
+        node = Stack.started(work, resources)
         self.containerd, self.registries, self.images, self.api = (
             node.containerd,
             node.registries,
             node.images,
-            node.api,
+            node.cluster(),
         )
         self.registry = self.registries()
         self.images(self.registry, "library/bench", "1")
@@ -127,7 +128,7 @@ def timed(action: Callable[[], object]) -> float:
 # -- 1, 2: ImageStatus latency and throughput ----------------------------------------------------------
 
 
-def latency(stack: Stack) -> tuple[list[Figure], dict[str, list[float]]]:
+def latency(stack: Bench) -> tuple[list[Figure], dict[str, list[float]]]:
     sides = {
         "direct": (stack.direct, f"{stack.registry.host}/library/bench:1"),
         "shim": (stack.shim, "bench:1"),
@@ -188,7 +189,7 @@ def calls_per_second(socket: str, image: str, clients: int) -> float:
     return total / seconds
 
 
-def throughput(stack: Stack, clients: int) -> Figure:
+def throughput(stack: Bench, clients: int) -> Figure:
     direct, shim = [], []
     for _ in range(1 if QUICK else 2):
         direct.append(
@@ -209,7 +210,7 @@ def throughput(stack: Stack, clients: int) -> Figure:
 # -- 3, 4: pulls ------------------------------------------------------------------------------------------
 
 
-def concurrent_pulls(stack: Stack) -> Figure:
+def concurrent_pulls(stack: Bench) -> Figure:
     names = [f"library/p{uuid.uuid4().hex[:8]}" for _ in range(CONCURRENT_PULLS)]
     for name in names:
         stack.images(stack.registry, name, "1")
@@ -243,7 +244,7 @@ def concurrent_pulls(stack: Stack) -> Figure:
     )
 
 
-def cold_decision(stack: Stack, resources: ExitStack) -> Figure:
+def cold_decision(stack: Bench, resources: ExitStack) -> Figure:
     """4 candidates behind proxies adding 50 ms, the image only on the lowest-priority one."""
     registries = [stack.registries() for _ in range(4)]
     proxies = [TcpProxy(r.port, delay=PROXY_DELAY) for r in registries]
@@ -292,7 +293,7 @@ def cold_decision(stack: Stack, resources: ExitStack) -> Figure:
     )
 
 
-def failover(stack: Stack, resources: ExitStack) -> Figure:
+def failover(stack: Bench, resources: ExitStack) -> Figure:
     """A partial mirror (the primary lost a layer blob): what the failed attempt and the failover
     add to the first pull, against a direct pull of the same kind of image from the backup."""
     primary, backup = stack.registries(), stack.registries()
@@ -339,7 +340,7 @@ def failover(stack: Stack, resources: ExitStack) -> Figure:
 # -- 5: warm decision ----------------------------------------------------------------------------------------
 
 
-def warm_decision(stack: Stack) -> Figure:
+def warm_decision(stack: Bench) -> Figure:
     from image_cri_shim.workers.plan import Planner
     from image_cri_shim.workers.registries import Registries
     from image_cri_shim.workers.registry import RegistryClient, node_platform
@@ -385,7 +386,7 @@ def warm_decision(stack: Stack) -> Figure:
 # -- 6, 7, 8: reloads, ConfigMap, start-up ------------------------------------------------------------------
 
 
-def reloads(stack: Stack) -> list[Figure]:
+def reloads(stack: Bench) -> list[Figure]:
     service = stack.service
 
     def reload(trigger: Callable[[], object]) -> float:
@@ -425,7 +426,7 @@ def reloads(stack: Stack) -> list[Figure]:
     ]
 
 
-def configmap_propagation(stack: Stack) -> Figure:
+def configmap_propagation(stack: Bench) -> Figure:
     service = stack.service
     times = []
     for i in range(SCALE["configmap_changes"]):
@@ -445,7 +446,7 @@ def configmap_propagation(stack: Stack) -> Figure:
     )
 
 
-def startup(stack: Stack) -> Figure:
+def startup(stack: Bench) -> Figure:
     times = []
     for i in range(SCALE["startups"]):
         started = time.monotonic()
@@ -476,7 +477,7 @@ def memory_of(pid: int) -> tuple[float, float, int]:
     return values["Rss:"], values["Pss:"], len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def memory(stack: Stack) -> list[Figure]:
+def memory(stack: Bench) -> list[Figure]:
     time.sleep(7)  # let workers replaced by the reloads above finish handing over and exit
     pids = stack.service.pids()
     before = {role: memory_of(pid) for role, pid in pids.items()}
@@ -525,7 +526,7 @@ def kubelet_polling(client: CriClient, seconds: float) -> None:
         time.sleep(max(0.0, started + calls - time.monotonic()))
 
 
-def at_rest(stack: Stack) -> list[Figure]:
+def at_rest(stack: Bench) -> list[Figure]:
     time.sleep(10)  # workers replaced by the figures above finish handing over and exit
     pids = stack.service.pids()
     ticks = {role: cpu_ticks(pid) for role, pid in pids.items()}
@@ -577,7 +578,7 @@ def at_rest(stack: Stack) -> list[Figure]:
 # -- 10: fleet at rest ---------------------------------------------------------------------------------------
 
 
-def fleet(stack: Stack, resources: ExitStack) -> list[Figure]:
+def fleet(stack: Bench, resources: ExitStack) -> list[Figure]:
     api = KubeApi(bookmark_interval=60.0)
     api.start()
     resources.callback(api.close)
@@ -715,7 +716,7 @@ def workdir() -> Iterator[Path]:
 
 def main() -> int:
     with workdir() as work, ExitStack() as resources:
-        stack = Stack(work, resources)
+        stack = Bench(work, resources)
         figures, samples = latency(stack)
         figures.append(throughput(stack, 8))
         figures.append(throughput(stack, 32))

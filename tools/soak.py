@@ -40,9 +40,10 @@ import grpc
 from image_cri_shim.config import load
 from tests.harness.cri import CriClient
 from tests.harness.evidence import record
+from tests.harness.node import Stack
 from tests.harness.processes import HarnessError, cri_socket_answers, wait_for
 from tests.harness.registry import Registry
-from tests.harness.service import Node, Service, Usage, alive, start_service, usage
+from tests.harness.service import Service, Usage, alive, start_service, usage
 
 DEFAULT_SECONDS = 600.0
 CLIENTS = 4
@@ -332,7 +333,7 @@ class Controller:
     def __init__(
         self,
         service: Service,
-        node: Node,
+        node: Stack,
         report: Report,
         clock: Callable[[], float],
         syncer_min_age: float = SYNCER_MIN_AGE,
@@ -369,10 +370,10 @@ class Controller:
             )
         elif fault == "configmap":
             self.version += 1
-            self.reload(lambda: self.node.api.apply_configmap(CONFIGMAP, {KEY: self.configmap_text()}))
+            self.reload(lambda: self.node.cluster().apply_configmap(CONFIGMAP, {KEY: self.configmap_text()}))
         elif fault == "malformed-configmap":
             said = self.service.process.log_text().count(" not applied: ")
-            version = self.node.api.apply_configmap(CONFIGMAP, {KEY: "cache: {imageCacheSize: [\n"})
+            version = self.node.cluster().apply_configmap(CONFIGMAP, {KEY: "cache: {imageCacheSize: [\n"})
             wait_for(
                 lambda: self.service.process.log_text().count(" not applied: ") > said,
                 10,
@@ -415,7 +416,7 @@ class Controller:
 # -- the run ------------------------------------------------------------------------------------------
 
 
-def push_images(node: Node, plain: Registry, private: Registry) -> list[str]:
+def push_images(node: Stack, plain: Registry, private: Registry) -> list[str]:
     """One image per client, alternating between the two registries; each exists in one only."""
     names = []
     for i in range(CLIENTS):
@@ -425,7 +426,7 @@ def push_images(node: Node, plain: Registry, private: Registry) -> list[str]:
     return names
 
 
-def check_nothing_lost(service: Service, node: Node, controller: Controller, report: Report) -> None:
+def check_nothing_lost(service: Service, node: Stack, controller: Controller, report: Report) -> None:
     """The last ConfigMap version is in the file; every pulled image is present under its name."""
     wanted = f"imageCacheSize: {1000 + controller.version}"
     try:
@@ -447,18 +448,18 @@ def run(
     warmup = warmup if warmup is not None else max(10.0, seconds * 0.1)
     report = Report(seconds=seconds, warmup=warmup)
     with ExitStack() as resources:
-        node = Node(work, resources)
+        node = Stack.started(work, resources)
         plain = node.registries()
         private = node.registries(auth=True)
         images = push_images(node, plain, private)
-        node.api.apply_configmap(CONFIGMAP, {KEY: "version: v1\ncache: {imageCacheSize: 1000}\n"})
+        node.cluster().apply_configmap(CONFIGMAP, {KEY: "version: v1\ncache: {imageCacheSize: 1000}\n"})
         config = {
             "cri": node.containerd.address,
             "address": plain.url,
             "registries": [{"address": private.url, "auth": private.auth, "priority": 500}],
             "reloadInterval": "15s",
         }
-        service = start_service(work / "service", config, api=node.api)
+        service = start_service(work / "service", config, api=node.cluster())
         resources.callback(service.stop)
         wait_for(lambda: "imageCacheSize: 1000" in service.config.read_text(), 10, "the first sync")
         origin = time.monotonic()

@@ -46,6 +46,10 @@ from .rootfs import chrooted
 
 #: What a Debian root needs to run pods with its own containerd.
 ROOT_PACKAGES = ("containerd", "runc")
+#: Debian suites whose containerd the tests also run against, with the release each ships.
+SUITES = {"trixie": "1.7.", "sid": "2."}
+#: containerd's root in `small_disk_of`: its metadata fits, an image with an 8 MiB layer does not.
+SMALL_DISK = "4m"
 
 # Snapshotters that cannot work or are not wanted here; "native" needs no kernel support.
 _DISABLED_PLUGINS = (

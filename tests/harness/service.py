@@ -2,7 +2,8 @@
 
 A unix datagram socket stands in for systemd's NOTIFY_SOCKET and records every message; the
 master's children are found by their titles under /proc; `usage` reads a process's RSS, open
-descriptors and threads. Used by the supervisor tests, the soak, the secrets test and the bench.
+descriptors and threads; `base_config` is the least a service needs, and `Load` keeps clients
+calling through its socket. Used by the supervisor tests, the soak, the secrets test and the bench.
 """
 
 from __future__ import annotations
@@ -16,18 +17,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
 
-from .containerd import CertsDir, Containerd
-from .images import ImageBuilder
+from .containerd import Containerd
+from .cri import CriClient
 from .kubeapi import KubeApi
 from .processes import ManagedProcess, check_socket_path, wait_for
-from .registry import CertAuthority, RegistryFactory
 
 PROGRAM = (sys.executable, "-m", "image_cri_shim")
 WORKER_TITLE = "image-cri-shim: worker gen="
@@ -288,20 +288,37 @@ def start_service(
     return service
 
 
-class Node:
-    """A node's real parts outside pytest (`make bench`, `make soak`): a private containerd,
-    docker-registry instances, the image builder and the stand-in API server, each stopped
-    through `resources`."""
+def base_config(containerd: Containerd, registry: Any) -> dict[str, Any]:
+    return {"cri": containerd.address, "address": registry.url}
 
-    def __init__(self, work: Path, resources: ExitStack) -> None:
-        self.work = work
-        certs = CertsDir(work / "certs.d")
-        self.containerd = Containerd(work / "containerd", certs)
-        self.containerd.start()
-        resources.callback(self.containerd.stop)
-        self.registries = RegistryFactory(work / "registries", CertAuthority.create(work / "ca"), certs)
-        resources.callback(self.registries.close)
-        self.images = ImageBuilder(work / "images")
-        self.api = KubeApi()
-        self.api.start()
-        resources.callback(self.api.close)
+
+class Load:
+    """Client threads calling ImageStatus and ListImages through the shim, counting failures."""
+
+    def __init__(self, socket_path: Path, threads: int = 4) -> None:
+        self.calls = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(socket_path,), daemon=True) for _ in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, socket_path: Path) -> None:
+        with CriClient(socket_path, timeout=10) as client:
+            while not self._stop.is_set():
+                try:
+                    client.status("docker.io/library/busybox:1")
+                    client.list()
+                    with self._lock:
+                        self.calls += 2
+                except grpc.RpcError as err:
+                    with self._lock:
+                        self.failures.append(f"{err.code()}: {err.details()}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)

@@ -24,6 +24,8 @@ from urllib.parse import parse_qs, urlparse
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+#: The smallest manifest a probe accepts, for `add_manifest`.
+MANIFEST = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
 
 
 @dataclass

@@ -12,27 +12,9 @@ import yaml
 
 from image_cri_shim import __version__
 from tests.harness import Containerd, ImageBuilder, RegistryFactory
+from tests.harness.cli import run, write
 from tests.harness.kubeapi import KubeApi
 from tests.harness.registry import free_port
-
-
-def run(
-    *args: str, timeout: float = 30, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "image_cri_shim", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def write(directory: Path, config: dict[str, object]) -> Path:
-    path = directory / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_version() -> None:

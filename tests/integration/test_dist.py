@@ -16,7 +16,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tarfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -28,63 +27,13 @@ from image_cri_shim import __version__
 from image_cri_shim.config import load
 from tests.harness import Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
+from tests.harness.dist import DIST, MAPPED, NAME, ROOT
 from tests.harness.processes import wait_for
-from tests.harness.service import Service, alive, title
-from tests.integration import test_supervisor
-from tests.integration.test_metrics import get, scrape, value
-from tests.integration.test_supervisor import base_config
-
-# The master as tests/integration/test_supervisor.py starts it (with a test NOTIFY_SOCKET), here with
-# `program=`.
-service_factory = test_supervisor.service_factory
-
-ROOT = Path(__file__).resolve().parents[2]
-DIST = ROOT / "dist"
-GOARCH = {"x86_64": "amd64", "aarch64": "arm64"}
-NAME = f"image-cri-shim-{__version__}-linux-{GOARCH[os.uname().machine]}"
-MAPPED = ("supervisor", "workers", "syncer", "protos")  # linked into image_cri_shim/
-# What `make dist` builds from: a bundle older than any of these is built again.
-BUILT_FROM = (
-    "pyproject.toml",
-    "Makefile",
-    "packaging",
-    "systemd",
-    "docs/examples",
-    "image_cri_shim",
-    *MAPPED,
-)
+from tests.harness.scrape import get, scrape, value
+from tests.harness.service import Service, alive, base_config, title
 
 # The first test waits for the build, which on a fresh machine includes the toolchain's.
 pytestmark = pytest.mark.timeout(3600)
-
-
-def newest_input() -> float:
-    paths = [ROOT / name for name in BUILT_FROM]
-    files = [p for path in paths for p in [path, *path.rglob("*")] if p.is_file()]
-    return max(p.stat().st_mtime for p in files if "__pycache__" not in p.parts)
-
-
-@pytest.fixture(scope="session")
-def bundle() -> Path:
-    """dist/<NAME>/, the bundle unpacked, as `make dist` made it from the current tree."""
-    tarball = DIST / f"{NAME}.tar.gz"
-    if not tarball.exists() or tarball.stat().st_mtime < newest_input():
-        started = time.monotonic()
-        done = subprocess.run(
-            ["make", "--no-print-directory", "dist"], cwd=ROOT, capture_output=True, text=True, timeout=3300
-        )
-        assert done.returncode == 0, f"make dist failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        print(f"make dist: {time.monotonic() - started:.0f} s")
-    return DIST / NAME
-
-
-@pytest.fixture(scope="session")
-def extracted(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundle as an operator has it: the tarball unpacked somewhere else."""
-    target = tmp_path_factory.mktemp("node")
-    with tarfile.open(DIST / f"{NAME}.tar.gz") as tar:
-        tar.extractall(target, filter="tar")
-    return target / NAME
 
 
 @pytest.fixture(scope="session")

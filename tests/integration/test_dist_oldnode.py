@@ -23,9 +23,7 @@ from tests.harness import Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
 from tests.harness.processes import wait_for
 from tests.harness.rootfs import chrooted, debian_root, glibc_version
-from tests.harness.service import Service, alive
-from tests.integration.test_dist import bundle, extracted, service_factory  # noqa: F401 (fixtures)
-from tests.integration.test_supervisor import base_config
+from tests.harness.service import Service, alive, base_config
 
 pytestmark = pytest.mark.timeout(3600)  # the first test may wait for the build and debootstrap
 
@@ -45,11 +43,11 @@ def maps(pid: int) -> set[str]:
 
 def test_the_bundle_installs_and_serves_on_debian_11(
     bullseye: Path,
-    extracted: Path,  # noqa: F811
+    extracted: Path,
     containerd: Containerd,
     registry_factory: RegistryFactory,
     image_factory: ImageBuilder,
-    service_factory: Callable[..., Service],  # noqa: F811
+    service_factory: Callable[..., Service],
     short_dir: Path,
     tmp_path: Path,
 ) -> None:

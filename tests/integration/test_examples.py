@@ -29,7 +29,7 @@ from image_cri_shim.config import CRI_SOCKETS, DEFAULT_SHIM, ConfigMapRef, parse
 from image_cri_shim.syncer.merge import Merged, merge
 from tests.harness.kubeapi import KubeApi
 from tests.harness.processes import wait_for
-from tests.integration.test_syncer import TOKEN, Node
+from tests.harness.syncer import TOKEN, SyncerNode
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -212,7 +212,7 @@ def test_the_rbac_model_of_this_test(verb: str, target: str, expected: bool) -> 
 
 def test_the_example_rbac_covers_every_request_of_the_syncer(tmp_path: Path) -> None:
     with KubeApi(tokens={TOKEN: "allowed"}) as api:
-        node = Node(tmp_path, api, local=(EXAMPLES / "config.yaml").read_text())
+        node = SyncerNode(tmp_path, api, local=(EXAMPLES / "config.yaml").read_text())
         node.secrets.append("PASSWORD")  # the example's password must stay out of the log too
         try:
             api.apply_configmap(REF.name, {REF.key: registries_yaml()}, namespace=REF.namespace)

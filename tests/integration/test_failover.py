@@ -23,19 +23,21 @@ from image_cri_shim.metrics import WorkerMetrics
 from image_cri_shim.workers.decisions import Answer
 from image_cri_shim.workers.failures import Cause, Verdict
 from image_cri_shim.workers.plan import Candidate, Planner
-from image_cri_shim.workers.registry import RegistryClient
+from image_cri_shim.workers.registry import Platform, RegistryClient
 from image_cri_shim.workers.resolver import Resolver
-from tests.conftest import SMALL_DISK, SUITES
 from tests.harness import Blackhole, Containerd
+from tests.harness.clock import Clock
+from tests.harness.containerd import SMALL_DISK, SUITES
 from tests.harness.evidence import record
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.images import push
+from tests.harness.node import Shim, Stack, entry, repo
 from tests.harness.pullfaults import MIB, big_content, corrupt_layer, delete_layer
 from tests.harness.registry import Registry
-from tests.harness.tinyregistry import TinyRegistry
-from tests.integration.test_registry import MANIFEST, Clock
-from tests.integration.test_registry_faults import AMD64
-from tests.integration.test_worker import Shim, Stack, entry, failure, repo, tags
+from tests.harness.tinyregistry import MANIFEST, TinyRegistry
+from tests.harness.worker import failure, tags
+
+AMD64 = Platform("linux", "amd64")
 
 RUNTIMES = ("host", *SUITES)  # this machine's containerd (1.6), and Debian's 1.7 and 2.x
 MISSING = Verdict(Cause.NOT_FOUND, "not found")

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from image_cri_shim.workers.failures import Cause, Verdict, classify
-from tests.conftest import SUITES
 from tests.harness import Containerd, CriClientFactory, ImageBuilder, RegistryFactory
-from tests.harness.pullfaults import PullFaults
-from tools.pullmessages import FAULTS, load
+from tests.harness.containerd import SUITES
+from tests.harness.pullfaults import FAULTS, PullFaults, load
 
 NOT_RETRYABLE = frozenset(
     {

@@ -13,11 +13,10 @@ from __future__ import annotations
 import collections
 import random
 import socket
-import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -28,75 +27,24 @@ from cri_api.v1 import api_pb2 as v1
 
 from image_cri_shim.workers.server import HANDSHAKE_TIMEOUT
 from tests.harness import Containerd, ManagedProcess, wait_for
-from tests.harness.cri import VERSIONS, CriClient, Method, methods
+from tests.harness.cri import VERSIONS, Method, methods
 from tests.harness.evidence import record
-from tests.harness.service import Usage
-from tests.harness.service import usage as read_usage
+from tests.harness.node import Shim, Stack
 from tests.harness.streaming_runtime import UNKNOWN_METHOD
-from tests.integration.test_worker import Shim, Stack
+from tests.harness.worker import (
+    NO_REGISTRY,
+    outcome,
+    settles,
+    still_serving,
+    usage,
+    warm,
+)
 
 MAX_MESSAGE = 16 << 20
 SEED = 20240611
 GARBAGE_SIZES = (1, 5, 64, 1024, 65536)
 # The image methods the shim decodes; every other method is forwarded as bytes.
 DECODED = ("PullImage", "ImageStatus", "RemoveImage", "ListImages")
-# No registry is reached in these scenarios; the config needs one all the same.
-NO_REGISTRY = [{"address": "http://127.0.0.1:9"}]
-ABSENT = "docker.io/library/absent:1"
-
-
-# -- what the worker holds, and who serves the socket ----------------------------------------------
-
-
-def usage(pid: int) -> Usage:
-    """The worker's open descriptors and threads; it must still be running."""
-    found = read_usage(pid)
-    assert found is not None, f"pid {pid} is gone"
-    return found
-
-
-def settles(pid: int, before: Usage, *, fds: int = 2, threads: int = 2, timeout: float = 15.0) -> Usage:
-    """Wait until the worker holds at most `fds`/`threads` more than `before`; returns its usage."""
-
-    def back() -> Usage | None:
-        now = usage(pid)
-        return now if now.fds <= before.fds + fds and now.threads <= before.threads + threads else None
-
-    what = f"the worker to hold no more than {before} (+{fds} fds, +{threads} threads)"
-    return wait_for(back, timeout, what, detail=lambda: f"now: {usage(pid)}")
-
-
-def serving_pid(path: Path) -> int:
-    """The pid of the process listening on the unix socket `path` (SO_PEERCRED)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(str(path))
-        pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    return int(pid)
-
-
-def still_serving(shim: Shim, client: CriClient) -> None:
-    """The same worker serves the socket and answers ImageStatus."""
-    assert shim.process.alive(), shim.process.describe()
-    assert serving_pid(shim.socket) == shim.process.pid, "another process serves the shim socket"
-    assert client.status(ABSENT) is None
-    assert "Traceback" not in shim.log(), shim.log()
-
-
-def warm(client: CriClient) -> None:
-    """The calls that create the worker's lazy state (multicallables, the decoded path)."""
-    for _ in range(3):
-        client.status(ABSENT)
-        client.version()
-
-
-def outcome(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    """(code, message) of a call, OK included."""
-    try:
-        call()
-    except grpc.RpcError as err:
-        return err.code(), err.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 def histogram(codes: collections.Counter[grpc.StatusCode]) -> str:

@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import SUITES
 from tests.harness import (
     VERSIONS,
     Blackhole,
@@ -28,6 +27,7 @@ from tests.harness import (
     node_platform,
     wait_for,
 )
+from tests.harness.containerd import SUITES
 from tests.harness.registry import MANIFEST_TYPES
 
 pytestmark = pytest.mark.timeout(60)

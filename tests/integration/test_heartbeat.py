@@ -26,10 +26,6 @@ from tests.harness import Containerd, RegistryFactory, wait_for
 from tests.harness.cri import CriClient
 from tests.harness.evidence import record
 from tests.harness.service import Service, alive
-from tests.integration.test_runtime_faults import own_containerd
-from tests.integration.test_supervisor import service_factory
-
-__all__ = ["own_containerd", "service_factory"]  # fixtures used here
 
 PING_USEC = 2_000_000  # WATCHDOG_USEC: a ping every second
 RECOVERY_BOUND = 15.0

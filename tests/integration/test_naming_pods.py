@@ -14,7 +14,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import SUITES
 from tests.harness import (
     CertAuthority,
     Containerd,
@@ -23,14 +22,14 @@ from tests.harness import (
     RegistryFactory,
     ShimFactory,
 )
-from tests.harness.containerd import ROOT_PACKAGES
+from tests.harness.containerd import ROOT_PACKAGES, SUITES
 from tests.harness.cri import VERSIONS, CriClient, CriVersion
 from tests.harness.images import PushedImage, push
+from tests.harness.node import Stack, entry
 from tests.harness.pods import PodNetwork, busybox_layout, container_config, remove_pods, sandbox_config
 from tests.harness.registry import Registry
 from tests.harness.rootfs import debian_root
 from tests.harness.service import start_service
-from tests.integration.test_worker import Stack, entry
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -18,26 +18,16 @@ import pytest
 from image_cri_shim import config, reference
 from image_cri_shim.workers.decisions import Answer, Probe
 from image_cri_shim.workers.registry import Platform, RegistryClient
+from tests.harness.clock import Clock
 from tests.harness.processes import ShimFactory, wait_for
-from tests.harness.tinyregistry import TinyRegistry
+from tests.harness.tinyregistry import MANIFEST, TinyRegistry
 
 AMD64 = Platform("linux", "amd64")
-MANIFEST = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}
 
 
 def registry_of(address: str, auth: str = "", extra: str = "") -> config.Registry:
     text = f"address: {address}\nauth: '{auth}'\n{extra}"
     return config.parse(text, "test.yaml").registries[0]
-
-
-class Clock:
-    """Monotonic time the test moves by hand, so backoff periods need no sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -30,11 +30,12 @@ from image_cri_shim.workers.plan import Planner
 from image_cri_shim.workers.registry import Platform, RegistryClient
 from image_cri_shim.workers.resolver import Resolver
 from tests.harness import Blackhole, CertAuthority, free_port
+from tests.harness.clock import Clock
 from tests.harness.evidence import record
+from tests.harness.node import Stack, entry, repo
 from tests.harness.tcpproxy import Gate, TcpProxy
-from tests.harness.tinyregistry import OCI_INDEX, TinyRegistry
-from tests.integration.test_registry import MANIFEST, Clock
-from tests.integration.test_worker import Stack, entry, failure, repo
+from tests.harness.tinyregistry import MANIFEST, OCI_INDEX, TinyRegistry
+from tests.harness.worker import failure
 
 AMD64 = Platform("linux", "amd64")
 IMAGE = "nginx:1.27"

@@ -16,10 +16,7 @@ from pathlib import Path
 from image_cri_shim.changes import changed_keys
 from image_cri_shim.config import parse
 from tests.harness import Containerd, RegistryFactory
-from tests.harness.service import Service
-from tests.integration.test_supervisor import base_config, service_factory
-
-__all__ = ["service_factory"]  # a fixture used here
+from tests.harness.service import Service, base_config
 
 
 def reload_command(config: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:

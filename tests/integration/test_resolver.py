@@ -17,8 +17,8 @@ from image_cri_shim.workers.decisions import Answer, Decision, Probe, outcome, r
 from image_cri_shim.workers.plan import Excluded, Planner, explain, plan
 from image_cri_shim.workers.registry import Platform, RegistryClient
 from image_cri_shim.workers.resolver import Resolver
-from tests.harness.tinyregistry import OCI_INDEX, TinyRegistry
-from tests.integration.test_registry import MANIFEST, Clock
+from tests.harness.clock import Clock
+from tests.harness.tinyregistry import MANIFEST, OCI_INDEX, TinyRegistry
 
 AMD64 = Platform("linux", "amd64")
 

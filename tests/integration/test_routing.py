@@ -35,10 +35,10 @@ from tests.harness import (
     RegistryFactory,
 )
 from tests.harness.cri import CriClient
+from tests.harness.node import Stack, entry, repo
 from tests.harness.processes import ManagedProcess, wait_for
-from tests.harness.service import NotifySocket, Service
-from tests.integration.test_supervisor import Load
-from tests.integration.test_worker import Stack, entry, failure, repo, tags
+from tests.harness.service import Load, NotifySocket, Service
+from tests.harness.worker import failure, tags
 
 REFUSAL_BUDGET = 2.0  # seconds: a refused pull asks the registries (fast here) and nothing else
 # An old worker hands its client connections over within its connection age

@@ -13,7 +13,7 @@ import collections
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -22,7 +22,8 @@ import pytest
 from tests.harness import Blackhole, Containerd, wait_for
 from tests.harness.cri import CriClient
 from tests.harness.evidence import record
-from tests.integration.test_grpc_faults import (
+from tests.harness.node import Stack
+from tests.harness.worker import (
     ABSENT,
     NO_REGISTRY,
     outcome,
@@ -32,7 +33,6 @@ from tests.integration.test_grpc_faults import (
     usage,
     warm,
 )
-from tests.integration.test_worker import Stack
 
 CLIENTS = 4
 # The worker's thread pool never shrinks and starts a thread whenever a call finds none idle,
@@ -105,14 +105,6 @@ class Load:
 
     def failures(self, since: float = 0.0) -> list[Outcome]:
         return [o for o in self.outcomes if o.started >= since and o.code != grpc.StatusCode.OK]
-
-
-@pytest.fixture
-def own_containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
-    daemon = Containerd(tmp_path_factory.mktemp("restarted-containerd"))
-    daemon.start()
-    yield daemon
-    daemon.stop()
 
 
 @pytest.mark.parametrize("fault", ["stop", "kill"])

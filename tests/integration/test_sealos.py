@@ -11,9 +11,9 @@ import yaml
 
 from image_cri_shim.config import PASSTHROUGH
 from tests.harness import Containerd, CriClientFactory, ImageBuilder, RegistryFactory, wait_for
+from tests.harness.cli import run, write
 from tests.harness.kubeapi import KubeApi
 from tests.harness.service import Service, start_service
-from tests.integration.test_cli import run, write
 
 pytestmark = pytest.mark.timeout(120)
 

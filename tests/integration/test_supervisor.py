@@ -14,9 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -26,68 +25,10 @@ from tests.harness import Containerd, ImageBuilder, RegistryFactory, free_port
 from tests.harness.cri import CriClient
 from tests.harness.evidence import record
 from tests.harness.processes import wait_for
-from tests.harness.service import PROGRAM, Service, alive, start_service, title, wakeups
+from tests.harness.service import Load, Service, alive, base_config, title, wakeups
 from tests.harness.tcpproxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def service_factory(short_dir: Path) -> Iterator[Callable[..., Service]]:
-    started: list[Service] = []
-
-    def start(
-        config: dict[str, Any],
-        env: dict[str, str] | None = None,
-        wait_ready: bool = True,
-        program: Sequence[str] = PROGRAM,
-    ) -> Service:
-        service = start_service(short_dir, config, env=env, program=program, wait_ready=False)
-        started.append(service)
-        if wait_ready:
-            service.notify.wait("READY", timeout=10)
-        return service
-
-    yield start
-    for service in started:
-        service.stop(timeout=20)
-        print(service.process.describe(lines=60))
-
-
-def base_config(containerd: Containerd, registry: Any) -> dict[str, Any]:
-    return {"cri": containerd.address, "address": registry.url}
-
-
-class Load:
-    """Client threads calling ImageStatus and ListImages through the shim, counting failures."""
-
-    def __init__(self, socket_path: Path, threads: int = 4) -> None:
-        self.calls = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, args=(socket_path,), daemon=True) for _ in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self, socket_path: Path) -> None:
-        with CriClient(socket_path, timeout=10) as client:
-            while not self._stop.is_set():
-                try:
-                    client.status("docker.io/library/busybox:1")
-                    client.list()
-                    with self._lock:
-                        self.calls += 2
-                except grpc.RpcError as err:
-                    with self._lock:
-                        self.failures.append(f"{err.code()}: {err.details()}")
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
 
 
 # -- start, titles, notify, stop ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -28,22 +28,7 @@ from image_cri_shim.syncer.cluster import NODE_KUBECONFIGS
 from tests.harness.evidence import record
 from tests.harness.kubeapi import KubeApi
 from tests.harness.processes import HarnessError, ManagedProcess, wait_for
-
-NAME, KEY = "image-cri-shim", "registries.yaml"
-TOKEN = "node-token-4f7a19c2"
-LOCAL_PASSWORD = "local-secret-81b"
-CM_PASSWORD = "cm-secret-5d2e"
-
-LOCAL = f"""\
-shim: /run/test-shim.sock
-address: http://local.hub:5000
-auth: local:{LOCAL_PASSWORD}
-registries:
-  - {{address: mirror-a.local, priority: 600}}
-  - {{address: mirror-b.local}}
-cache: {{imageCacheTTL: 10m, negativeCacheTTL: 5s}}
-reloadInterval: 1s
-"""
+from tests.harness.syncer import CM_PASSWORD, KEY, LOCAL, LOCAL_PASSWORD, NAME, TOKEN, SyncerNode
 
 DOCUMENTED_EXAMPLE = f"""\
 version: "v1"
@@ -59,68 +44,6 @@ cache: {{imageCacheSize: 2048, imageCacheTTL: "1h"}}
 
 def configmap(address: str, password: str = CM_PASSWORD) -> str:
     return f"sealos: {{address: {address}, auth: {{username: admin, password: {password}}}}}\n"
-
-
-class Node:
-    """One node's config, HOME and kubeconfig, its syncer processes, and the cluster's API server."""
-
-    SECRETS = (TOKEN, LOCAL_PASSWORD, CM_PASSWORD)
-
-    def __init__(self, root: Path, api: KubeApi, local: str = LOCAL) -> None:
-        self.root = root
-        self.api = api
-        self.config = root / "etc" / "config.yaml"
-        self.config.parent.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(local)
-        self.home = root / "home"
-        self.home.mkdir(exist_ok=True)
-        self.kubeconfig = api.write_kubeconfig(root / "kubeconfig", token=TOKEN)
-        self.procs: list[ManagedProcess] = []
-        self.secrets: list[str] = list(self.SECRETS)
-
-    def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.home),
-            "KUBECONFIG": str(kubeconfig or self.kubeconfig),
-            "LANG": "C.UTF-8",
-        }
-
-    def start(self, argv: list[str] | None = None, env: dict[str, str] | None = None) -> ManagedProcess:
-        command = argv or [sys.executable, "-m", "image_cri_shim", "syncer", "-f", str(self.config)]
-        proc = ManagedProcess(
-            command, self.root / f"syncer-{len(self.procs) + 1}.log", env=env or self.env(), name="syncer"
-        )
-        self.procs.append(proc)
-        return proc
-
-    def set_configmap(self, text: str) -> str:
-        return self.api.apply_configmap(NAME, {KEY: text})
-
-    def wait_config(
-        self, predicate: Callable[[str], bool], what: str, timeout: float = 5.0, interval: float = 0.05
-    ) -> str:
-        def matching() -> str | None:
-            text = self.config.read_text()
-            return text if predicate(text) else None
-
-        return wait_for(matching, timeout, what, detail=self.describe, interval=interval)
-
-    def wait_log(self, proc: ManagedProcess, needle: str, timeout: float = 5.0) -> None:
-        wait_for(
-            lambda: needle in proc.log_text(), timeout, f"{needle!r} in the syncer log", detail=self.describe
-        )
-
-    def describe(self) -> str:
-        return "\n".join(p.describe() for p in self.procs)
-
-    def close(self) -> None:
-        codes = [(p.pid, p.stop()) for p in self.procs]
-        for proc in self.procs:
-            print(proc.describe(60))
-            for secret in self.secrets:
-                assert secret not in proc.log_text(), f"a secret reached the log of syncer pid {proc.pid}"
-        assert all(code in (0, -signal.SIGKILL) for _, code in codes), f"exit codes on SIGTERM: {codes}"
 
 
 def contains(needle: str, text: str) -> bool:
@@ -150,8 +73,8 @@ def api() -> Iterator[KubeApi]:
 
 
 @pytest.fixture
-def node(tmp_path: Path, api: KubeApi) -> Iterator[Node]:
-    n = Node(tmp_path, api)
+def node(tmp_path: Path, api: KubeApi) -> Iterator[SyncerNode]:
+    n = SyncerNode(tmp_path, api)
     yield n
     n.close()
 
@@ -167,7 +90,7 @@ def require_no_node_credentials() -> None:
 
 
 @pytest.mark.parametrize("entry", ["image_cri_shim syncer", "image_cri_shim.syncer"])
-def test_initial_sync(node: Node, entry: str) -> None:
+def test_initial_sync(node: SyncerNode, entry: str) -> None:
     node.set_configmap(DOCUMENTED_EXAMPLE)
     before = node.config.read_bytes()
     proc = node.start([sys.executable, "-m", *entry.split(), "-f", str(node.config)])
@@ -191,7 +114,7 @@ def test_initial_sync(node: Node, entry: str) -> None:
     assert title == b"image-cri-shim: syncer"  # the process titles of docs/operations.md
 
 
-def test_changes_reach_the_file_within_2s(node: Node) -> None:
+def test_changes_reach_the_file_within_2s(node: SyncerNode) -> None:
     node.set_configmap(configmap("http://v0.hub"))
     proc = node.start()
     node.wait_config(lambda t: "v0.hub" in t, "the initial sync")
@@ -212,7 +135,7 @@ def test_changes_reach_the_file_within_2s(node: Node) -> None:
     wait_for(updates, 2, "one log line per version")  # the line follows the write
 
 
-def test_absent_keys_kept_and_unchanged_content_not_rewritten(node: Node) -> None:
+def test_absent_keys_kept_and_unchanged_content_not_rewritten(node: SyncerNode) -> None:
     node.set_configmap("debug: true\n")
     proc = node.start()
     text = node.wait_config(lambda t: "debug: true" in t, "debug from the ConfigMap")
@@ -229,7 +152,7 @@ def test_absent_keys_kept_and_unchanged_content_not_rewritten(node: Node) -> Non
     )
 
 
-def test_malformed_versions_leave_the_file_and_are_logged_once(node: Node) -> None:
+def test_malformed_versions_leave_the_file_and_are_logged_once(node: SyncerNode) -> None:
     node.set_configmap(configmap("http://good.hub"))
     proc = node.start()
     node.wait_config(lambda t: "good.hub" in t, "the initial sync")
@@ -275,7 +198,7 @@ def test_malformed_versions_leave_the_file_and_are_logged_once(node: Node) -> No
     )
 
 
-def test_deleted_configmap_then_recreated(node: Node) -> None:
+def test_deleted_configmap_then_recreated(node: SyncerNode) -> None:
     node.set_configmap(configmap("http://first.hub"))
     proc = node.start()
     node.wait_config(lambda t: "first.hub" in t, "the initial sync")
@@ -292,7 +215,7 @@ def test_deleted_configmap_then_recreated(node: Node) -> None:
 # --------------------------------------------------------------------------- the watch
 
 
-def test_api_server_restart_mid_watch(node: Node) -> None:
+def test_api_server_restart_mid_watch(node: SyncerNode) -> None:
     node.set_configmap(configmap("http://before.hub"))
     proc = node.start()
     node.wait_config(lambda t: "before.hub" in t, "the initial sync")
@@ -308,7 +231,7 @@ def test_api_server_restart_mid_watch(node: Node) -> None:
     node.wait_config(lambda t: "after.hub" in t, "a change after the restart", 2)
 
 
-def test_gone_410_lists_again(node: Node) -> None:
+def test_gone_410_lists_again(node: SyncerNode) -> None:
     node.set_configmap(configmap("http://before.hub"))
     node.start()
     node.wait_config(lambda t: "before.hub" in t, "the initial sync")
@@ -323,7 +246,7 @@ def test_gone_410_lists_again(node: Node) -> None:
 
 def test_bookmarks_keep_the_resume_point_fresh(tmp_path: Path) -> None:
     with KubeApi(tokens={TOKEN: "allowed"}, bookmark_interval=0.2) as api:
-        node = Node(tmp_path, api)
+        node = SyncerNode(tmp_path, api)
         try:
             node.set_configmap(configmap("http://before.hub"))
             node.start()
@@ -341,7 +264,7 @@ def test_bookmarks_keep_the_resume_point_fresh(tmp_path: Path) -> None:
             node.close()
 
 
-def test_idle_costs_no_requests(node: Node) -> None:
+def test_idle_costs_no_requests(node: SyncerNode) -> None:
     node.set_configmap(configmap("http://idle.hub"))
     node.start()
     node.wait_config(lambda t: "idle.hub" in t, "the initial sync")
@@ -353,7 +276,7 @@ def test_idle_costs_no_requests(node: Node) -> None:
     assert node.api.active_watches == 1
 
 
-def test_sigterm_and_sigint_exit_0_promptly_while_watching(node: Node) -> None:
+def test_sigterm_and_sigint_exit_0_promptly_while_watching(node: SyncerNode) -> None:
     node.set_configmap(configmap("http://term.hub"))
     procs = {signal.SIGTERM: node.start(), signal.SIGINT: node.start()}
     wait_for(partial(watches_requested, node.api, 2), 5, "both watches to be open", detail=node.describe)
@@ -367,7 +290,7 @@ def test_sigterm_and_sigint_exit_0_promptly_while_watching(node: Node) -> None:
 # --------------------------------------------------------------------------- cluster access
 
 
-def test_no_cluster_one_line_then_quiet_then_found(node: Node) -> None:
+def test_no_cluster_one_line_then_quiet_then_found(node: SyncerNode) -> None:
     require_no_node_credentials()
     proc = node.start(env=node.env(kubeconfig=node.root / "absent-kubeconfig"))
     node.wait_log(proc, 'msg="no cluster access, retrying quietly" every=1s')
@@ -386,7 +309,7 @@ def test_no_cluster_one_line_then_quiet_then_found(node: Node) -> None:
 def test_denied_credentials_move_on_to_the_next_source(tmp_path: Path, status: int) -> None:
     require_no_node_credentials()
     with KubeApi(tokens={TOKEN: "allowed", "forbidden-token": "forbidden"}) as api:
-        node = Node(tmp_path, api)
+        node = SyncerNode(tmp_path, api)
         try:
             refused = api.write_kubeconfig(
                 tmp_path / "refused", token="revoked" if status == 401 else "forbidden-token"
@@ -402,7 +325,7 @@ def test_denied_credentials_move_on_to_the_next_source(tmp_path: Path, status: i
 
 
 def test_disabled_is_idle(tmp_path: Path, api: KubeApi) -> None:
-    node = Node(tmp_path, api, local=LOCAL + "configMap: {enabled: false}\n")
+    node = SyncerNode(tmp_path, api, local=LOCAL + "configMap: {enabled: false}\n")
     try:
         node.set_configmap(configmap("http://ignored.hub"))
         before = node.config.read_bytes()
@@ -418,7 +341,7 @@ def test_disabled_is_idle(tmp_path: Path, api: KubeApi) -> None:
 # --------------------------------------------------------------------------- the local file
 
 
-def test_local_edits_are_merged_again_and_settings_followed(node: Node) -> None:
+def test_local_edits_are_merged_again_and_settings_followed(node: SyncerNode) -> None:
     node.set_configmap(configmap("http://cluster.hub"))
     node.api.apply_configmap("other-map", {KEY: configmap("http://other.hub")})
     proc = node.start()
@@ -455,7 +378,7 @@ def launcher(config: Path, prelude: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def test_write_failure_leaves_the_file_and_is_logged_once(node: Node) -> None:
+def test_write_failure_leaves_the_file_and_is_logged_once(node: SyncerNode) -> None:
     """A write that fails half-way (here EFBIG from a file size limit; a full disk gives ENOSPC)."""
     limit = 64 * 1024
     node.set_configmap(configmap("http://small.hub"))
@@ -481,7 +404,7 @@ def test_write_failure_leaves_the_file_and_is_logged_once(node: Node) -> None:
     )
 
 
-def test_unwritable_config_directory(node: Node) -> None:
+def test_unwritable_config_directory(node: SyncerNode) -> None:
     node.set_configmap(configmap("http://nowhere.hub"))
     before = node.config.read_bytes()
     node.config.parent.chmod(0o555)
@@ -547,7 +470,7 @@ def test_full_filesystem_leaves_the_file_intact(tmp_path: Path, api: KubeApi) ->
     etc = tmp_path / "etc"
     mount_tmpfs(etc, "256k")
     try:
-        node = Node(tmp_path, api)
+        node = SyncerNode(tmp_path, api)
         try:
             node.set_configmap(configmap("http://roomy.hub"))
             proc = node.start()

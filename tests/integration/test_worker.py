@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 import shutil
 import signal
 import stat
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -35,10 +35,11 @@ from tests.harness import (
     foreign_platform,
     node_platform,
 )
-from tests.harness.cri import VERSIONS, CriClient, CriVersion
+from tests.harness.containerd import SUITES
+from tests.harness.cri import VERSIONS, CriVersion
 from tests.harness.evidence import record
-from tests.harness.processes import ShimProcess
-from tests.harness.registry import Registry, free_port
+from tests.harness.node import Stack, entry, repo
+from tests.harness.registry import free_port
 from tests.harness.streaming_runtime import (
     EVENTS,
     SLOW_METHOD,
@@ -47,102 +48,9 @@ from tests.harness.streaming_runtime import (
     StreamingRuntime,
 )
 from tests.harness.tcpproxy import Gate, TcpProxy
+from tests.harness.worker import failure, tags
 
 PROBE_TIMEOUT = 5.0
-
-
-def repo() -> str:
-    return f"library/t{uuid.uuid4().hex[:10]}"
-
-
-def entry(registry: Registry | str, priority: int | None = None, **extra: Any) -> dict[str, Any]:
-    """A `registries[]` entry for a harness registry (its credentials and CA included) or a URL."""
-    if isinstance(registry, str):
-        item: dict[str, Any] = {"address": registry}
-    else:
-        item = {"address": registry.url}
-        if registry.auth:
-            item["auth"] = registry.auth
-        if registry.ca_path:
-            item["ca"] = str(registry.ca_path)
-    if priority is not None:
-        item["priority"] = priority
-    item.update(extra)
-    return item
-
-
-@dataclass
-class Shim:
-    """A started worker plus what tests need around it."""
-
-    process: ShimProcess
-    socket: Path
-
-    def log(self) -> str:
-        return self.process.log_text()
-
-
-@dataclass
-class Stack:
-    """The real parts one test uses: containerd, registries, images, shims, CRI clients."""
-
-    containerd: Containerd
-    registries: RegistryFactory
-    images: ImageBuilder
-    shims: ShimFactory
-    cri: CriClientFactory
-    dir: Path  # short: unix socket paths are limited to 107 bytes
-
-    def direct(self, version: CriVersion = "v1") -> CriClient:
-        """A client of containerd itself, bypassing the shim."""
-        return self.cri(self.containerd.socket, version)
-
-    def start(
-        self, registries: Sequence[dict[str, Any]], address: dict[str, Any] | None = None, **settings: Any
-    ) -> Shim:
-        """A worker in front of the test containerd."""
-        return self.start_on(self.containerd.address, registries, address, **settings)
-
-    def start_on(
-        self,
-        cri: str,
-        registries: Sequence[dict[str, Any]],
-        address: dict[str, Any] | None = None,
-        **settings: Any,
-    ) -> Shim:
-        """A worker in front of the runtime at `cri`, with debug logging unless told otherwise."""
-        config: dict[str, Any] = {
-            "shim": str(self.dir / "shim.sock"),
-            "cri": cri,
-            "stateDir": str(self.dir / "state"),
-            "registries": list(registries),
-            "debug": True,
-            **settings,
-        }
-        if address is not None:
-            config["address"] = address["address"]
-            for key in ("auth", "ca", "insecureSkipVerify"):
-                if key in address:
-                    config[key] = address[key]
-            if "priority" in address:
-                config["offlinePriority"] = address["priority"]
-        path = self.dir / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        socket = self.dir / "shim.sock"
-        process = self.shims(path, socket, log_path=self.dir / f"shim-{uuid.uuid4().hex[:6]}.log")
-        return Shim(process, socket)
-
-
-def failure(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    """The status code and message of a call that must fail."""
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return caught.value.code(), caught.value.details() or ""
-
-
-def tags(client: CriClient, image: str) -> list[str]:
-    status = client.status(image)
-    return list(status.repo_tags) if status is not None else []
 
 
 # -- rewriting ----------------------------------------------------------------------------------
@@ -583,3 +491,39 @@ def test_cache_statistics_are_logged_only_when_something_happened(stack: Stack) 
     assert 'msg="decision cache" hits=1 misses=1 size=1' in shim.log()
     time.sleep(2.5)
     assert shim.log().count("decision cache") == 1, "an idle cache logs nothing"
+
+
+# -- the scenarios above about names and passthrough, against containerd 1.7 (Debian trixie) and
+# -- 2.x (sid), each run as the host's 1.6 runs them
+
+SCENARIOS: dict[str, Callable[[Stack], None]] = {
+    "priority": functools.partial(test_pull_goes_to_the_highest_priority_registry_that_holds_it, "v1"),
+    "short-names": test_short_names_are_normalized_like_docker_io,
+    "digest": test_digest_pull_keeps_the_digest,
+    "held-nowhere": test_image_held_nowhere_goes_upstream_unchanged_and_fails_as_upstream_fails,
+    "status-list-remove": test_status_list_and_remove_answer_for_the_caller_name,
+    "image-ids": test_image_ids_pass_through,
+    "runtime-passthrough": functools.partial(test_runtime_service_and_image_fs_info_pass_through, "v1"),
+}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("suite", SUITES)
+def test_worker_scenario(
+    suite: str,
+    scenario: str,
+    containerd_of: Callable[[str], Containerd],
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    shim_factory: ShimFactory,
+    cri_client: CriClientFactory,
+) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="shim-"))
+    try:
+        stack = Stack(
+            containerd_of(suite), registry_factory, image_factory, shim_factory, cri_client, directory
+        )
+        SCENARIOS[scenario](stack)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
