@@ -27,7 +27,7 @@ from image_cri_shim.atomic import remove_stale_temp_files
 from image_cri_shim.config import Config, ConfigError, ConfigMapRef, load, parse_bytes, read
 from image_cri_shim.lifecycle import trim_heap
 from image_cri_shim.metrics import SyncerMetrics, active
-from image_cri_shim.syncer.apply import apply
+from image_cri_shim.syncer.apply import NotApplied, apply
 from image_cri_shim.syncer.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -112,25 +112,17 @@ class _Syncer:
             return
         outcome = apply(seen, self._ref, self._path, local)
         logs.register_secret(*outcome.passwords)
-        if outcome.problem is not None:
-            absent = seen.data is None or self._ref.key not in seen.data
-            self._metrics.syncs.labels(
-                "failed" if outcome.retry else "absent" if absent else "rejected"
-            ).inc()
+        self._metrics.syncs.labels(outcome.result.value).inc()
+        if isinstance(outcome, NotApplied):
             self._report(outcome.problem)
             if not outcome.retry:
                 self._settled = (seen.identity, local)
             return
         self._reported = None
-        assert outcome.text is not None and outcome.config is not None
         fields: dict[str, object] = {"version": seen.version, "file": self._path}
         if outcome.notes:
             fields["ignored"] = "; ".join(outcome.notes)
-        if outcome.written:
-            log.info("config updated from ConfigMap", **fields)
-        else:
-            log.info("config already matches ConfigMap", **fields)
-        self._metrics.syncs.labels("written" if outcome.written else "unchanged").inc()
+        log.info(outcome.message, **fields)
         self._metrics.last_sync.set(time.time())
         self._settled = (seen.identity, outcome.text)
         self._use(outcome.config, outcome.text)

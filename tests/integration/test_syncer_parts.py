@@ -17,7 +17,7 @@ from image_cri_shim import logs
 from image_cri_shim.atomic import remove_stale_temp_files
 from image_cri_shim.config import ConfigMapRef
 from image_cri_shim.syncer import cluster
-from image_cri_shim.syncer.apply import apply
+from image_cri_shim.syncer.apply import Applied, NotApplied, Result, apply
 from image_cri_shim.syncer.follow import BACKOFF_CAP, backoff
 from image_cri_shim.syncer.snapshot import ABSENT, Snapshot, from_object
 from tests.harness.kubeapi import KubeApi
@@ -146,12 +146,12 @@ def config_file(tmp_path: Path) -> Path:
 def test_apply_writes_0600_only_when_different(config_file: Path) -> None:
     snapshot = Snapshot("5", {"registries.yaml": "debug: false\n"})
     outcome = apply(snapshot, REF, str(config_file), LOCAL)
-    assert outcome.written and outcome.problem is None
+    assert isinstance(outcome, Applied) and outcome.result is Result.WRITTEN
     assert config_file.read_bytes() == outcome.text
     assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
     inode = config_file.stat().st_ino
     again = apply(snapshot, REF, str(config_file), config_file.read_bytes())
-    assert not again.written and again.problem is None
+    assert isinstance(again, Applied) and again.result is Result.UNCHANGED
     assert config_file.stat().st_ino == inode, "an unchanged result is not written"
 
 
@@ -168,15 +168,15 @@ def test_apply_writes_0600_only_when_different(config_file: Path) -> None:
 )
 def test_apply_problems_leave_the_file(config_file: Path, snapshot: Snapshot, problem: str) -> None:
     outcome = apply(snapshot, REF, str(config_file), LOCAL)
-    assert outcome.problem is not None and problem in outcome.problem
-    assert not outcome.retry and not outcome.written
+    assert isinstance(outcome, NotApplied) and problem in outcome.problem
+    assert not outcome.retry
     assert config_file.read_bytes() == LOCAL
 
 
 def test_apply_write_failure_is_retryable(tmp_path: Path) -> None:
     missing_dir = tmp_path / "gone" / "config.yaml"  # write_atomic cannot create its temp file
     outcome = apply(Snapshot("8", {"registries.yaml": "debug: false\n"}), REF, str(missing_dir), LOCAL)
-    assert outcome.retry and outcome.problem is not None
+    assert isinstance(outcome, NotApplied) and outcome.result is Result.FAILED and outcome.retry
     assert outcome.problem.startswith(f"cannot write config {missing_dir}: No such file or directory")
 
 
