@@ -29,8 +29,13 @@ ENTRIES = {f"{PACKAGE}.__main__", f"{WORKER}.__main__", f"{SYNCER}.__main__"}
 #: What a pure module (docs/architecture.md: "pure: ...") must not load: I/O and its libraries.
 IO_MODULES = (
     "socket", "ssl", "select", "selectors", "subprocess", "threading", "asyncio", "signal", "mmap",
-    "http", "urllib", "grpc", "httpx", "kubernetes", "urllib3", "sdnotify", "prometheus_client",
+    "http.client", "http.server", "urllib.request", "grpc", "httpx", "kubernetes", "urllib3", "sdnotify",
+    "prometheus_client",
 )  # fmt: skip
+#: Pure modules that load an I/O library all the same, and why; each entry must still be needed.
+IMPURE_BY_DESIGN = {
+    f"{PACKAGE}.workers.auth": "httpx: a token realm's URL is parsed and extended with httpx.URL",
+}
 
 MODULE, FUNCTION, TYPING = "module", "function", "typing"
 
@@ -251,7 +256,7 @@ def pure_violations(edges: list[Import], pure: Iterable[str]) -> list[str]:
         f"{module} (pure) loads {found}"
         for module in pure
         for found in loaded(module, edges)
-        if within(found, *IO_MODULES)
+        if within(found, *IO_MODULES) and module not in IMPURE_BY_DESIGN
     )
 
 
@@ -297,6 +302,10 @@ def test_pure_modules_load_no_io(edges: list[Import]) -> None:
     pure = pure_modules()
     assert f"{WORKER}.plan" in pure and f"{SYNCER}.merge" in pure, pure
     assert pure_violations(edges, pure) == []
+    for module, why in IMPURE_BY_DESIGN.items():
+        assert module in pure, f"{module} is no longer called pure: drop it from IMPURE_BY_DESIGN"
+        library = why.split(":", 1)[0]
+        assert library in loaded(module, edges), f"{module} no longer loads {library}: drop the entry"
 
 
 # -- the rules catch what they are for ------------------------------------------------------------------
