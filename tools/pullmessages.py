@@ -3,10 +3,9 @@
 `python -m tools.pullmessages` starts this machine's containerd (1.6 on Debian 12) and those of
 Debian trixie (1.7) and sid (2.x), chrooted, each with its own root, provokes each fault of
 `FAULTS` by pulling straight from it, and writes what it answered into tests/pull-messages.json
-under its version. The table
-tests of tests/integration/test_failures.py read that file, so the words of every version checked stay
-checked on any machine; the provoking tests there run the same faults against the containerd
-of the test session.
+under its version. tests/unit/test_failures.py reads that file, so the words of every version
+checked stay checked on any machine; tests/integration/test_failures_provoked.py runs the same
+faults against the containerd of the test session.
 """
 
 from __future__ import annotations
@@ -19,7 +18,8 @@ from pathlib import Path
 from image_cri_shim.workers.failures import Cause
 from tests.harness import CertAuthority, CertsDir, Containerd, CriClient, ImageBuilder, RegistryFactory
 from tests.harness.containerd import ROOT_PACKAGES, SMALL_DISK
-from tests.harness.pullfaults import FAULTS, FILE, PullFaults, load
+from tests.harness.pullfaults import PullFaults
+from tests.harness.pullrecord import FAULTS, FILE, load
 from tests.harness.rootfs import debian_root
 
 

@@ -2,7 +2,7 @@
 
 A pure function: the runtime tells the shim nothing but a status code and a message, so the
 message is matched against the words containerd (1.6, 1.7, 2.x) really uses for each failure,
-collected by provoking every failure against a real containerd (tests/integration/test_failures.py).
+collected by provoking every failure against a real containerd (tests/unit/test_failures.py).
 
 Whether another source can help decides what the shim does next:
 - the target registry is at fault (it lacks the manifest or a blob, refuses credentials,

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import grpc
 
-from image_cri_shim.workers.failures import Cause
-
 from .cri import CriClient
 from .faultproxy import FaultProxy
 from .images import OCI_MANIFEST, ImageBuilder, OciLayout, foreign_platform, push
@@ -28,40 +26,6 @@ from .processes import HarnessError
 from .registry import Registry, RegistryFactory, free_port
 
 MIB = 1 << 20
-
-#: What each runtime version answered to each fault, written by `python -m tools.pullmessages`.
-FILE = Path(__file__).resolve().parents[1] / "pull-messages.json"
-
-# fault (see PullFaults) -> what the classifier must make of the runtime's answer
-FAULTS = {
-    "manifest-missing": Cause.NOT_FOUND,
-    "blob-missing": Cause.NOT_FOUND,
-    "platform-missing": Cause.NOT_FOUND,
-    "refused": Cause.CONNECTION,
-    "status:blob-500": Cause.SERVER_ERROR,
-    "status:blob-502": Cause.SERVER_ERROR,
-    "status:manifest-503": Cause.SERVER_ERROR,
-    "status:blob-401": Cause.DENIED,
-    "status:blob-403": Cause.DENIED,
-    "status:manifest-403": Cause.DENIED,
-    "status:blob-429": Cause.THROTTLED,
-    "status:manifest-429": Cause.THROTTLED,
-    "denied": Cause.DENIED,
-    "killed-mid-pull": Cause.CONNECTION,
-    "digest-mismatch": Cause.BAD_CONTENT,
-    "deadline": Cause.DEADLINE,
-    "unpack": Cause.UNPACK,
-    "invalid-reference": Cause.INVALID_REFERENCE,
-    "disk-full": Cause.DISK_FULL,
-}
-
-
-def load() -> dict[str, list[dict[str, str]]]:
-    """runtime version -> [{fault, code, message, cause}]"""
-    if not FILE.exists():
-        return {}
-    table: dict[str, list[dict[str, str]]] = json.loads(FILE.read_text())
-    return table
 
 
 def repo() -> str:

@@ -15,14 +15,7 @@ from image_cri_shim.workers.auth import Auth, TokenRequest, Tokens, parse_challe
 from image_cri_shim.workers.decisions import Answer, Probe
 from image_cri_shim.workers.health import BACKOFF_MAX, Health, backoff
 from image_cri_shim.workers.registry import Platform, classify, listed
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.harness.clock import Clock
 
 
 def registry(address: str, extra: str = "") -> config.Registry:

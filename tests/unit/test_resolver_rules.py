@@ -19,6 +19,7 @@ from image_cri_shim.workers.decisions import Answer, Decision, Probe
 from image_cri_shim.workers.failures import Cause, Verdict
 from image_cri_shim.workers.plan import Planner
 from image_cri_shim.workers.resolver import Resolver
+from tests.harness.clock import Clock
 
 F, N, U, S = Answer.FOUND, Answer.NOT_FOUND, Answer.UNREACHABLE, Answer.SKIPPED
 DOMAINS = ("a.test", "b.test", "c.test")  # in plan order
@@ -56,14 +57,6 @@ class Table:
         self.failed.append((why, down))
         if down:
             self.backoff = 5.0  # as the real client backs off
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def resolver(tables: dict[str, Table], cache: str = "", upstream: bool = True) -> tuple[Resolver, Clock]:

@@ -1,22 +1,17 @@
-"""The pull-failure classifier: every message real containerd versions answered with, and each
-failure provoked against the test session's real containerd.
+"""The pull-failure classifier, without sockets: every message real containerd versions answered
+with, and the answers after which no registry could help.
 
-tests/pull-messages.json holds what containerd said when each fault was provoked
-(`python -m tools.pullmessages` writes it, with the same code the provoking test below runs),
-so the words of every version checked stay checked here, without sockets.
+tests/pull-messages.json holds what containerd 1.6, 1.7 and 2.x said when each fault was provoked
+(`python -m tools.pullmessages` writes it with the faults tests/integration/test_failures_provoked.py
+provokes against the session's containerd), so the words of every version checked stay checked here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 
 from image_cri_shim.workers.failures import Cause, Verdict, classify
-from tests.harness import Containerd, CriClientFactory, ImageBuilder, RegistryFactory
-from tests.harness.containerd import SUITES
-from tests.harness.pullfaults import FAULTS, PullFaults, load
+from tests.harness.pullrecord import FAULTS, load
 
 NOT_RETRYABLE = frozenset(
     {
@@ -97,33 +92,3 @@ def test_what_no_registry_can_fix_is_not_retried(code: str, message: str, cause:
 def test_only_connection_level_causes_back_the_registry_off() -> None:
     down = {cause for cause in Cause if Verdict(cause, "").registry_down}
     assert down == {Cause.CONNECTION, Cause.SERVER_ERROR, Cause.THROTTLED}
-
-
-RUNTIMES = ("host", *SUITES)  # this machine's containerd (1.6), and Debian's 1.7 and 2.x
-
-
-@pytest.mark.parametrize("suite", RUNTIMES)
-@pytest.mark.parametrize(("fault", "cause"), FAULTS.items(), ids=list(FAULTS))
-def test_provoked_failures_are_classified(
-    fault: str,
-    cause: Cause,
-    suite: str,
-    containerd: Containerd,
-    containerd_of: Callable[[str], Containerd],
-    small_disk_of: Callable[[str], Containerd],
-    cri_client: CriClientFactory,
-    registry_factory: RegistryFactory,
-    image_factory: ImageBuilder,
-    tmp_path: Path,
-) -> None:
-    daemon, small = containerd if suite == "host" else containerd_of(suite), small_disk_of(suite)
-    faults = PullFaults(
-        cri_client(daemon.socket),
-        registry_factory,
-        image_factory,
-        tmp_path,
-        small_disk=cri_client(small.socket),
-    )
-    code, message = faults.provoke(fault)
-    assert code != "OK", f"{fault}: the pull succeeded"
-    assert classify(code, message).cause is cause, f"containerd {daemon.release}, {fault}: {code} {message}"

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from image_cri_shim import logs
-
 CHILD = """
 from image_cri_shim import logs
 logs.setup("worker", gen=3)
@@ -72,15 +70,3 @@ def test_inherited_journal_stream_for_another_stream_keeps_the_timestamp(tmp_pat
     text = run_child(tmp_path, value)
     found = [STAMPED.fullmatch(line) for line in text.splitlines()]
     assert [match.group(2) if match else None for match in found] == LINES, text
-
-
-@pytest.mark.parametrize(
-    ("created", "text"),
-    [
-        (0.0, "1970-01-01T00:00:00.000Z"),
-        (1795975323.1234, "2026-11-29T18:02:03.123Z"),
-        (1795975323.9999, "2026-11-29T18:02:03.999Z"),  # never rounded up into the next second
-    ],
-)
-def test_timestamp_format(created: float, text: str) -> None:
-    assert logs.timestamp(created) == text

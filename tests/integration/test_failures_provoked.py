@@ -1,0 +1,45 @@
+"""Each pull failure the classifier knows, provoked against real containerd (this machine's 1.6,
+Debian's 1.7 and 2.x): what the runtime answers is classified as the fault's cause. The recorded
+answers of every version are checked without sockets in tests/unit/test_failures.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from image_cri_shim.workers.failures import Cause, classify
+from tests.harness import Containerd, CriClientFactory, ImageBuilder, RegistryFactory
+from tests.harness.containerd import SUITES
+from tests.harness.pullfaults import PullFaults
+from tests.harness.pullrecord import FAULTS
+
+RUNTIMES = ("host", *SUITES)  # this machine's containerd (1.6), and Debian's 1.7 and 2.x
+
+
+@pytest.mark.parametrize("suite", RUNTIMES)
+@pytest.mark.parametrize(("fault", "cause"), FAULTS.items(), ids=list(FAULTS))
+def test_provoked_failures_are_classified(
+    fault: str,
+    cause: Cause,
+    suite: str,
+    containerd: Containerd,
+    containerd_of: Callable[[str], Containerd],
+    small_disk_of: Callable[[str], Containerd],
+    cri_client: CriClientFactory,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    tmp_path: Path,
+) -> None:
+    daemon, small = containerd if suite == "host" else containerd_of(suite), small_disk_of(suite)
+    faults = PullFaults(
+        cri_client(daemon.socket),
+        registry_factory,
+        image_factory,
+        tmp_path,
+        small_disk=cri_client(small.socket),
+    )
+    code, message = faults.provoke(fault)
+    assert code != "OK", f"{fault}: the pull succeeded"
+    assert classify(code, message).cause is cause, f"containerd {daemon.release}, {fault}: {code} {message}"
