@@ -1,4 +1,5 @@
-"""Container image references, parsed and normalized as the distribution reference grammar does.
+"""Container image references, parsed and normalized as the distribution reference grammar does
+(what that means for a pull: docs/behaviour.md, "Which names are rewritten").
 
 The shim must read an image name exactly as containerd and kubelet read it, otherwise it would probe
 (and rewrite to) a repository other than the one the pod asked for. The rules follow

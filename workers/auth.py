@@ -1,5 +1,6 @@
 """How to authenticate to one registry: the challenge it answered with,, and the credentials to
-answer it with (Basic from the config, or Bearer tokens kept until they expire).
+answer it with (Basic from the config, or Bearer tokens kept until they expire;
+docs/behaviour.md, "Credentials").
 
 No I/O here: the registry client sends the requests; this decides the Authorization header,
 where to ask for a token, and what to keep from the token endpoint's answer. Every credential

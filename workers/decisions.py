@@ -82,7 +82,7 @@ def expiry(
     """When a cached decision is made afresh. A target found with every earlier candidate asked
     lives `positive` seconds, no target `negative`. A degraded one lives until the first registry
     that could not be asked is asked again (`retry_in(domain)`), so traffic returns to it when it
-    recovers, not a whole negativeCacheTTL later."""
+    recovers, not a whole negativeCacheTTL later (docs/behaviour.md, "Decisions and their lifetimes")."""
     if not decision.degraded:
         return now + (positive if decision.target is not None else negative)
     waits = [retry_in(c.registry.domain) for c, p in decision.answers if p.answer in UNASKED]

@@ -1,4 +1,5 @@
-"""A rewritten PullImage, and its failover to the next source when the target registry fails it.
+"""A rewritten PullImage, and its failover to the next source when the target registry fails it
+(docs/behaviour.md, "Pull-time failover").
 
 The pull goes to the decision's target first. When the runtime answers with a failure that lies
 with that registry (`failures.classify`), the resolver drops the decision through it and names

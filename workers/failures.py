@@ -1,4 +1,5 @@
-"""Why a PullImage failed, read off the gRPC status and message the runtime answered with.
+"""Why a PullImage failed, read off the gRPC status and message the runtime answered with
+(docs/behaviour.md, "Pull-time failover").
 
 A pure function: the runtime tells the shim nothing but a status code and a message, so the
 message is matched against the words containerd (1.6, 1.7, 2.x) really uses for each failure,

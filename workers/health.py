@@ -1,4 +1,5 @@
-"""Whether a registry is asked now: up, or backing off after it failed, on a clock.
+"""Whether a registry is asked now: up, or backing off after it failed, on a clock
+(docs/behaviour.md, "A registry that is down").
 
 Pure state and arithmetic (no I/O, no HTTP): the registry client reports each failure and
 success here and asks `available()` before each probe. A registry that is down costs its

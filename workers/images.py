@@ -5,6 +5,7 @@ registry's credentials. The other three answer for the name the caller used: an 
 as `registry.company.com/library/nginx:latest` for a caller that asked for `nginx:latest` is
 found, listed and removed under `docker.io/library/nginx:latest`, from the runtime's own state
 and the name store, never from a registry round trip. How it is named is `naming`'s policy.
+What goes as asked: docs/behaviour.md, "Which names are rewritten".
 
 With `upstream: false` (docs/routing.md) a pull that no configured registry can serve is refused
 with NOT_FOUND and what each candidate answered, instead of going to the image's own registry.
@@ -285,7 +286,8 @@ def has_credentials(auth: cri.AuthConfig) -> bool:
 
 
 def set_credentials(request: cri.PullImageRequest, registry: Registry) -> None:
-    """The target registry's configured credentials, or none: the caller's never travel on."""
+    """The target registry's configured credentials, or none: the caller's never travel on
+    (docs/behaviour.md, "Credentials")."""
     request.ClearField("auth")
     if registry.has_credentials:
         request.auth.username = registry.username

@@ -1,4 +1,5 @@
-"""Which caller name was pulled as which rewritten name, kept under `stateDir`.
+"""Which caller name was pulled as which rewritten name, kept under `stateDir`
+(docs/behaviour.md, "Names a client sees").
 
 kubelet asks for `nginx:latest`; the shim pulled `registry.company.com/library/nginx:latest`.
 On a runtime whose image records the shim cannot rename, the runtime knows only the second name,

@@ -1,4 +1,5 @@
-"""The naming policy: to every CRI client, an image pulled through the shim is the image it asked for.
+"""The naming policy: to every CRI client, an image pulled through the shim is the image it asked for
+(docs/behaviour.md, "Names a client sees").
 
 The shim pulls `registry.k8s.io/pause:3.9` as `mirror.local/pause:3.9`; the runtime then holds it
 under the second name. Clients expect the first: in ImageStatus and ListImages (`repo_tags`,

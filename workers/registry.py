@@ -1,4 +1,5 @@
-"""Ask one registry (API v2) whether it holds a manifest, and remember whether it is up.
+"""Ask one registry (API v2) whether it holds a manifest, and remember whether it is up
+(docs/behaviour.md, "How a registry is chosen").
 
 One `RegistryClient` per configured registry, for the life of a worker: it keeps a pooled
 HTTP client (TLS settings of that registry, `transport`), the auth scheme the registry asked

@@ -1,4 +1,5 @@
-"""Where to pull an image from: the plan (`plan.py`) executed against the registries, cached.
+"""Where to pull an image from: the plan (`plan.py`) executed against the registries, cached
+(docs/behaviour.md, "How a registry is chosen").
 
 `Resolver` probes the candidates concurrently but answers as if it had asked them in order,
 caches the decision, and lets concurrent lookups of one image share one probe. It asks each

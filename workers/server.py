@@ -2,7 +2,8 @@
 
 The four image methods the shim changes go to `ImageService`, and CreateContainer to the naming
 policy (which maps its image on runtimes without image records); every other method of the CRI
-image and runtime services, of both API versions, is forwarded as bytes, never decoded.
+image and runtime services, of both API versions, is forwarded as bytes, never decoded
+(docs/behaviour.md, "The methods served").
 Known methods are registered per service, so grpc matches them in its core; a method this
 table does not know (a newer CRI) reaches a generic handler and is forwarded as a
 bidirectional stream, which carries any cardinality on the wire.
@@ -13,7 +14,7 @@ Registry I/O, which only a cold PullImage needs, runs on its own event loop (`re
 
 The socket is bound on a temporary path next to the shim path and renamed over it once the
 server runs, so the shim path always resolves to a listening socket, also while a new worker
-replaces an old one.
+replaces an old one (docs/behaviour.md, "During a reload").
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Requests and responses cross this module as serialized bytes: the shim decodes o
 image messages it changes, everything else is forwarded as it came. Upstream status codes
 and messages reach the caller unchanged; a runtime that cannot be reached becomes
 UNAVAILABLE with a message naming the socket. The caller's deadline is propagated, capped
-by the configured `timeout`.
+by the configured `timeout` (docs/behaviour.md, "Errors the shim returns", "Deadlines and timeouts").
 """
 
 from __future__ import annotations
