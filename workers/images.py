@@ -75,10 +75,8 @@ class ImageService:
         self._puller = Puller(upstream, decisions, self._outcome)  # failover through the resolver
         self._metrics = metrics
         self._resolve = resolve  # runs the resolver on the registry event loop
-        self._names = names
-        self.naming = Naming(upstream, names)
+        self.naming = Naming(upstream, names, planner)
         self._registries = planner.registries
-        self._plan = planner
         self._pull_upstream = pull_upstream  # config `upstream`
 
     def _outcome(self, decision: Decision) -> Outcome:
@@ -190,84 +188,77 @@ class ImageService:
         return raw
 
     # -- ImageStatus / ListImages / RemoveImage ----------------------------------------------------
-
-    def local_names(self, source: Reference) -> list[str]:
-        """Names the caller's image may be present under, most likely first: its own name and the
-        name it was pulled as through the shim, then each candidate's name in plan order."""
-        names = self.naming.first_names(reported(source))
-        for candidate in self._plan(source):
-            name = reported(candidate.reference)
-            if name not in names:
-                names.append(name)
-        return names
+    # Each looks in the runtime's state under the names `naming` says the image may be held under.
 
     def image_status(self, method: str, raw: bytes, context: Context) -> bytes:
         request = decode(cri.ImageStatusRequest, raw, context)
         source = parse_name(request.image.image)
         if source is None:
             return self._named_status(self._upstream.unary(method, raw, context), None, request.verbose)
-        caller = reported(source)
-        first: bytes | None = None
-        for name in self.local_names(source):
+
+        def ask(name: str) -> tuple[bool, bytes]:
             request.image.image = name
-            response_raw = self._upstream.unary(method, request.SerializeToString(), context)
-            if cri.ImageStatusResponse.FromString(response_raw).image.id:
-                if name != caller:
-                    self.naming.found(method, caller, name)
-                    if self.naming.native:  # the runtime holds it under the caller's name now
-                        request.image.image = caller
-                        response_raw = self._upstream.unary(method, request.SerializeToString(), context)
-                return self._named_status(response_raw, caller, request.verbose)
-            if name == self._names.target(caller):
-                self._names.forget([caller])  # pruned: the image is gone
-            first = first if first is not None else response_raw
-        return first if first is not None else b""
+            answer = self._upstream.unary(method, request.SerializeToString(), context)
+            return bool(cri.ImageStatusResponse.FromString(answer).image.id), answer
+
+        name, answer = self.naming.look(source, ask)
+        if name is None:
+            return answer or b""
+        caller = reported(source)
+        if self.naming.found(method, caller, name):  # the runtime holds it under the caller's name now
+            _, answer = ask(caller)
+        return self._named_status(answer or b"", caller, request.verbose)
 
     def list_images(self, method: str, raw: bytes, context: Context) -> bytes:
         request = decode(cri.ListImagesRequest, raw, context)
         source = parse_name(request.filter.image.image) if request.HasField("filter") else None
         if source is None:
             response_raw = self._upstream.unary(method, raw, context)
-            if not self._names:
+            if not self.naming.remembers:
                 return response_raw
             response = cri.ListImagesResponse.FromString(response_raw)
             if not request.filter.image.image:
                 self.naming.prune(response)
             return response.SerializeToString() if self.naming.listing(response) else response_raw
-        caller = reported(source)
-        first: bytes | None = None
-        for name in self.local_names(source):
+
+        def ask(name: str) -> tuple[bool, tuple[bytes, cri.ListImagesResponse]]:
             request.filter.image.image = name
-            response_raw = self._upstream.unary(method, request.SerializeToString(), context)
-            response = cri.ListImagesResponse.FromString(response_raw)
-            if response.images:
-                if name != caller:
-                    self.naming.found(method, caller, name)
-                return response.SerializeToString() if self.naming.listing(response) else response_raw
-            first = first if first is not None else response_raw
-        return first if first is not None else b""
+            answer = self._upstream.unary(method, request.SerializeToString(), context)
+            response = cri.ListImagesResponse.FromString(answer)
+            return bool(response.images), (answer, response)
+
+        name, found = self.naming.look(source, ask)
+        if found is None:
+            return b""
+        answer, response = found
+        if name is None:
+            return answer
+        self.naming.found(method, reported(source), name)
+        return response.SerializeToString() if self.naming.listing(response) else answer
 
     def remove_image(self, method: str, raw: bytes, context: Context) -> bytes:
         request = decode(cri.RemoveImageRequest, raw, context)
         source = parse_name(request.image.image)
         if source is None:
             return self._upstream.unary(method, raw, context)
-        caller = reported(source)
         status_method = method.rsplit("/", 1)[0] + "/ImageStatus"
-        for name in self.local_names(source):
+
+        def ask(name: str) -> tuple[bool, cri.ImageStatusResponse]:
             status = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
             found = cri.ImageStatusResponse.FromString(self._upstream.unary(status_method, status, context))
-            if found.image.id:
-                request.image.image = name
-                response = self._upstream.unary(method, request.SerializeToString(), context)
-                self._names.forget_targets([*found.image.repo_tags, *found.image.repo_digests])
-                self._names.forget([caller])
-                return response
-        self._names.forget([caller])
-        return self._upstream.unary(method, raw, context)
+            return bool(found.image.id), found
+
+        name, found = self.naming.look(source, ask)
+        if name is None or found is None:
+            self.naming.removed(reported(source), ())
+            return self._upstream.unary(method, raw, context)
+        request.image.image = name
+        response = self._upstream.unary(method, request.SerializeToString(), context)
+        self.naming.removed(reported(source), [*found.image.repo_tags, *found.image.repo_digests])
+        return response
 
     def _named_status(self, raw: bytes, caller: str | None, verbose: bool) -> bytes:
-        if not self._names:
+        if not self.naming.remembers:
             return raw
         response = cri.ImageStatusResponse.FromString(raw)
         return response.SerializeToString() if self.naming.status(response, caller, verbose) else raw

@@ -26,8 +26,9 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -37,65 +38,16 @@ from image_cri_shim.protos import containerd_pb2 as ctr
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.names import NameStore, reported, repository
+from image_cri_shim.workers.plan import Planner
+from image_cri_shim.workers.records import RECORD_TIMEOUT, Records
 from image_cri_shim.workers.upstream import Context, Upstream
 
 log = logs.get("naming")
 
-IMAGES = "/containerd.services.images.v1.Images/"
-NAMESPACE = (("containerd-namespace", "k8s.io"),)  # containerd's CRI keeps its images there
-RECORD_TIMEOUT = 10.0  # a local metadata write
 GATES = 64
+T = TypeVar("T")
 SETTLE_TIMEOUT = 5.0  # containerd's CRI follows record changes within milliseconds
 INFO_KEY = "image-cri-shim"
-
-
-class Records:
-    """containerd's image records, over the runtime channel."""
-
-    def __init__(self, channel: grpc.Channel) -> None:
-        self.channel = channel
-
-    def _call(self, method: str, request: bytes) -> bytes:
-        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(IMAGES + method)
-        response: bytes = call(request, timeout=RECORD_TIMEOUT, metadata=NAMESPACE)
-        return response
-
-    def get(self, name: str) -> ctr.Image | None:
-        try:
-            raw = self._call("Get", ctr.GetImageRequest(name=name).SerializeToString())
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
-        return ctr.GetImageResponse.FromString(raw).image
-
-    def put(self, image: ctr.Image) -> None:
-        """Create the record, or point an existing one of that name where `image` points."""
-        try:
-            self._call("Create", ctr.CreateImageRequest(image=image).SerializeToString())
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.ALREADY_EXISTS:
-                raise
-            self._call("Update", ctr.UpdateImageRequest(image=image).SerializeToString())
-
-    def delete(self, name: str) -> None:
-        try:
-            self._call("Delete", ctr.DeleteImageRequest(name=name).SerializeToString())
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-
-    def served(self) -> bool | None:
-        """Whether the runtime serves the API; None when it cannot be asked now."""
-        try:
-            self.get("")
-        except grpc.RpcError as err:
-            code = err.code()
-            if code == grpc.StatusCode.UNIMPLEMENTED:
-                return False
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return None
-        return True  # containerd answers an empty name with NOT_FOUND or INVALID_ARGUMENT
 
 
 def renames(caller: str, pulled: str, digest: str) -> list[tuple[str, str]]:
@@ -125,9 +77,10 @@ class Pull:
 class Naming:
     """Owns how images pulled through the shim are named to its callers."""
 
-    def __init__(self, upstream: Upstream, names: NameStore) -> None:
+    def __init__(self, upstream: Upstream, names: NameStore, planner: Planner) -> None:
         self._records = Records(upstream.channel)
         self._names = names
+        self._plan = planner
         self._native: bool | None = None
         self._lock = threading.Lock()  # guards _pulls
         # Renaming takes runtime round trips: it holds only its name's gate, so concurrent pulls
@@ -194,14 +147,23 @@ class Naming:
         if self._names.callers(name) - {name}:
             self._names.record(name, name)
 
-    def found(self, method: str, caller: str, name: str) -> None:
-        """The caller's image is on the node under `name` (preloaded, or pulled by an older shim),
-        seen by an ImageService `method`."""
+    def found(self, method: str, caller: str, name: str) -> bool:
+        """The caller's image is on the node under `name` (`look`), seen by an ImageService
+        `method`: under another name (preloaded, or pulled by an older shim) it is named as asked.
+        True when the runtime holds it under the caller's name only now (ask it again so)."""
+        if name == caller:
+            return False
         if self._names.target(caller) != name:
             self._names.record(name, name)  # held before the shim named it: it stays
         self._names.record(caller, name)
         if self.native:
             self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", self._adopt(caller, name, None))
+        return self.native
+
+    def removed(self, caller: str, names: Iterable[str]) -> None:
+        """The caller's image was removed (held under `names`): forget every pair of it."""
+        self._names.forget_targets(names)
+        self._names.forget([caller])
 
     def _adopt(self, caller: str, name: str, since: float | None) -> dict[str, bool]:
         """Copy the records of `name` under `caller`; remove those made since the pulls began
@@ -252,6 +214,36 @@ class Naming:
             )
 
     # -- answers ------------------------------------------------------------------------------------
+
+    @property
+    def remembers(self) -> bool:
+        """Whether any image was pulled under another name (else no answer needs naming)."""
+        return bool(self._names)
+
+    def look(self, source: Reference, ask: Callable[[str], tuple[bool, T]]) -> tuple[str | None, T | None]:
+        """Ask the runtime under each name the caller's image may be held under (`local_names`)
+        until `ask` says it holds it there: (that name, its answer), or (None, the first answer).
+        A remembered pulled name the runtime no longer holds is forgotten on the way."""
+        caller = reported(source)
+        first: T | None = None
+        for name in self.local_names(source):
+            held, answer = ask(name)
+            if held:
+                return name, answer
+            if name == self._names.target(caller):
+                self._names.forget([caller])  # pruned: the image is gone
+            first = answer if first is None else first
+        return None, first
+
+    def local_names(self, source: Reference) -> list[str]:
+        """Names the caller's image may be present under, most likely first: its own name and the
+        name it was pulled as through the shim, then each candidate's name in plan order."""
+        names = self.first_names(reported(source))
+        for candidate in self._plan(source):
+            name = reported(candidate.reference)
+            if name not in names:
+                names.append(name)
+        return names
 
     def first_names(self, caller: str) -> list[str]:
         """Names the caller's image is most likely held under, in the order to look."""

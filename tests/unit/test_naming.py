@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from image_cri_shim import config, reference
 from image_cri_shim.protos import containerd_pb2 as ctr
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.workers.names import NameStore
 from image_cri_shim.workers.naming import Naming, created_before, renames, translate
+from image_cri_shim.workers.plan import Planner
 from image_cri_shim.workers.upstream import Upstream
 
 D = "sha256:" + "ab" * 32
@@ -74,9 +78,51 @@ def test_two_callers_of_one_pulled_name(tmp_path: Path) -> None:
 
 def translating(tmp_path: Path, pairs: dict[str, str]) -> Naming:
     """A policy for a runtime without image records (nothing is called upstream here)."""
-    naming = Naming(Upstream(str(tmp_path / "none.sock"), 1.0), store(tmp_path, pairs))
+    registries = config.parse("address: http://127.0.0.1:5000\n", "t.yaml").registries
+    naming = Naming(Upstream(str(tmp_path / "none.sock"), 1.0), store(tmp_path, pairs), Planner(registries))
     naming._native = False
     return naming
+
+
+CANDIDATE = "127.0.0.1:5000/e2e-test-images/busybox:1.29-2"  # the plan's one candidate for CALLER
+
+
+@pytest.mark.parametrize(
+    ("native", "pairs", "held", "found", "asked", "kept"),
+    [
+        # nothing remembered: the caller's name, then the candidate's
+        (False, {}, {CALLER}, CALLER, [CALLER], {}),
+        (False, {}, {CANDIDATE}, CANDIDATE, [CALLER, CANDIDATE], {}),
+        (False, {}, set(), None, [CALLER, CANDIDATE], {}),
+        # translated: the pulled name first; renamed records: the caller's name first
+        (False, {CALLER: PULLED}, {PULLED}, PULLED, [PULLED], {CALLER: PULLED}),
+        (True, {CALLER: PULLED}, {CALLER}, CALLER, [CALLER], {CALLER: PULLED}),
+        # the pulled name is gone from the node: the pair is forgotten on the way
+        (True, {CALLER: "m.io/x:1"}, {CANDIDATE}, CANDIDATE, [CALLER, "m.io/x:1", CANDIDATE], {}),
+        (False, {CALLER: "m.io/x:1"}, set(), None, ["m.io/x:1", CALLER, CANDIDATE], {}),
+    ],
+)
+def test_look_asks_the_likely_names_in_order_and_prunes_what_is_gone(
+    tmp_path: Path,
+    native: bool,
+    pairs: dict[str, str],
+    held: set[str],
+    found: str | None,
+    asked: list[str],
+    kept: dict[str, str],
+) -> None:
+    naming = translating(tmp_path, pairs)
+    naming._native = native
+    calls: list[str] = []
+
+    def ask(name: str) -> tuple[bool, str]:
+        calls.append(name)
+        return name in held, f"answer for {name}"
+
+    name, answer = naming.look(reference.parse(CALLER), ask)
+    assert (name, calls) == (found, asked)
+    assert answer == f"answer for {found or asked[0]}", "found: its answer; else the first one"
+    assert {c: naming._names.target(c) for c in pairs if naming._names.target(c)} == kept
 
 
 def test_first_names_and_verbose_origin(tmp_path: Path) -> None:

@@ -1,0 +1,64 @@
+"""containerd's image records (its images API, namespace `k8s.io`), over the runtime channel.
+
+The naming policy (`naming`) renames an image by copying its records under the caller's name;
+this is only the four calls it needs, each a local metadata write.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from image_cri_shim.protos import containerd_pb2 as ctr
+
+IMAGES = "/containerd.services.images.v1.Images/"
+NAMESPACE = (("containerd-namespace", "k8s.io"),)  # containerd's CRI keeps its images there
+RECORD_TIMEOUT = 10.0  # a local metadata write
+
+
+class Records:
+    """containerd's image records, over the runtime channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+
+    def _call(self, method: str, request: bytes) -> bytes:
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(IMAGES + method)
+        response: bytes = call(request, timeout=RECORD_TIMEOUT, metadata=NAMESPACE)
+        return response
+
+    def get(self, name: str) -> ctr.Image | None:
+        try:
+            raw = self._call("Get", ctr.GetImageRequest(name=name).SerializeToString())
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return ctr.GetImageResponse.FromString(raw).image
+
+    def put(self, image: ctr.Image) -> None:
+        """Create the record, or point an existing one of that name where `image` points."""
+        try:
+            self._call("Create", ctr.CreateImageRequest(image=image).SerializeToString())
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            self._call("Update", ctr.UpdateImageRequest(image=image).SerializeToString())
+
+    def delete(self, name: str) -> None:
+        try:
+            self._call("Delete", ctr.DeleteImageRequest(name=name).SerializeToString())
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    def served(self) -> bool | None:
+        """Whether the runtime serves the API; None when it cannot be asked now."""
+        try:
+            self.get("")
+        except grpc.RpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                return False
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return None
+        return True  # containerd answers an empty name with NOT_FOUND or INVALID_ARGUMENT
