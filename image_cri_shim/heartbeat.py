@@ -17,22 +17,11 @@ from __future__ import annotations
 import mmap
 import os
 import time
-from dataclasses import dataclass
+
+from image_cri_shim.messages import Reading
 
 SERVED, RUNTIME_OK, RUNTIME_FAILED = range(3)
 _SIZE = 8 * 3
-
-
-@dataclass(frozen=True)
-class Reading:
-    served: float
-    runtime_ok: float
-    runtime_failed: float
-
-    @property
-    def runtime_down(self) -> bool:
-        """The runtime's last word was a failure (unreachable, or silent past a deadline)."""
-        return self.runtime_failed > self.runtime_ok
 
 
 def anonymous_file() -> int:

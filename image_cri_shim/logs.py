@@ -22,7 +22,6 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable
 from typing import Any, TextIO
 
 _MASK = "***"
@@ -40,11 +39,6 @@ def register_secret(*values: str) -> None:
         # on purpose, this is only the safety net.
         if value and len(value) >= 4:
             _secrets.add(value)
-
-
-def forget_secrets() -> None:
-    """Drop registered secrets (a reload brings a new set)."""
-    _secrets.clear()
 
 
 def redact(text: str) -> str:
@@ -152,9 +146,3 @@ def setup(role: str, debug: bool = False, **static: object) -> None:
 
 def set_debug(debug: bool) -> None:
     logging.getLogger("image_cri_shim").setLevel(logging.DEBUG if debug else logging.INFO)
-
-
-def register_config_secrets(passwords: Iterable[str]) -> None:
-    """Replace the registered secrets with those of a freshly loaded config."""
-    forget_secrets()
-    register_secret(*passwords)

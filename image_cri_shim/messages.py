@@ -1,9 +1,10 @@
-"""What a worker tells the master on its readiness pipe, as typed values (no grpc, no I/O).
+"""What a worker tells the master, as typed values (no grpc, no I/O).
 
-One JSON object per line. The worker encodes, the master decodes; both import this module, so
-a field is spelled in one place. A line the master cannot read (a newer or broken worker) is
-dropped, never fatal: the worker's exit status and its heartbeat page still tell the master
-what it needs.
+On its readiness pipe, `Serving` and `RuntimeUp`: one JSON object per line. The worker encodes,
+the master decodes; both import this module, so a field is spelled in one place. A line the
+master cannot read (a newer or broken worker) is dropped, never fatal: the worker's exit status
+and its heartbeat page still tell the master what it needs. On its heartbeat page
+(`heartbeat.py`), the times a `Reading` holds.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ class RuntimeUp:
 
 
 Message: TypeAlias = Serving | RuntimeUp
+
+
+@dataclass(frozen=True)
+class Reading:
+    served: float
+    runtime_ok: float
+    runtime_failed: float
+
+    @property
+    def runtime_down(self) -> bool:
+        """The runtime's last word was a failure (unreachable, or silent past a deadline)."""
+        return self.runtime_failed > self.runtime_ok
 
 
 def encode(message: Message) -> str:

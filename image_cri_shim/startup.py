@@ -1,4 +1,9 @@
-"""What the master and a worker both check before they serve, with the same one-line errors."""
+"""How every process of the service starts: the config, its log lines and secrets, exit codes.
+
+The master, a worker and the syncer all begin with `configure`; the master and a worker, which
+serve the CRI, then `prepare` checks the CRI socket and the shim socket, with the same one-line
+errors. A failure is a `StartupError`: the line the operator sees and the exit code.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import stat
 from image_cri_shim import logs
 from image_cri_shim.config import CRI_SOCKETS, Config, ConfigError, load
 
+EX_OK = 0
+EX_FAILURE = 1
 EX_CONFIG = 78  # sysexits' "configuration error"; the unit does not restart-loop on it
 
 
@@ -21,30 +28,48 @@ class StartupError(Exception):
         self.code = code
 
 
+def configure(path: str, role: str, **log_fields: object) -> Config:
+    """Load the config and set up this process's log lines (`role` and `log_fields` lead each)."""
+    try:
+        config = load(path)
+    except ConfigError as err:
+        raise StartupError(str(err), EX_CONFIG) from None
+    logs.setup(role, config.debug, **log_fields)
+    use_config(config)
+    return config
+
+
+def use_config(config: Config) -> None:
+    """A config comes into force: its log level, and its passwords join the secrets that are
+    redacted. Secrets accumulate for the life of the process, in every process alike: a line
+    about settings a reload replaced may still carry one of their passwords."""
+    logs.set_debug(config.debug)
+    logs.register_secret(*(r.password for r in config.registries))
+
+
 def prepare(path: str, role: str, first: bool = True, **log_fields: object) -> tuple[Config, str]:
-    """Load the config, find the CRI socket, and set up this process's log lines.
+    """`configure`, then find the CRI socket and check that this process may serve.
 
     `first`: this process starts the service (the master, or a worker run alone), as opposed
     to a worker generation the master starts; only the first logs the config's warnings and
     refuses to take the socket from a live instance.
     """
+    config = configure(path, role, **log_fields)
     try:
-        config = load(path)
         cri_socket = resolve_cri(config)
     except ConfigError as err:
         raise StartupError(str(err), EX_CONFIG) from None
     if not config.force and not os.path.exists(cri_socket):
         raise StartupError(
-            f"image-cri-shim: CRI socket {cri_socket} does not exist (set force: true to wait for it)", 1
+            f"image-cri-shim: CRI socket {cri_socket} does not exist (set force: true to wait for it)",
+            EX_FAILURE,
         )
     if first and serving(config.shim):
         raise StartupError(
             f"image-cri-shim: another instance is serving on {config.shim}; stop it first "
             "(a stale socket file from a stopped one is replaced)",
-            1,
+            EX_FAILURE,
         )
-    logs.setup(role, config.debug, **log_fields)
-    logs.register_config_secrets(r.password for r in config.registries)
     if first:
         for warning in config.warnings:
             logs.get(role).warning(warning)

@@ -11,14 +11,11 @@ so a touch or a rewrite with the same bytes is no reload. Without inotify (an ex
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import struct
 import threading
 from collections.abc import Callable
-
-from image_cri_shim.config import ConfigError, read
 
 # <sys/inotify.h>
 IN_MODIFY = 0x002
@@ -31,24 +28,6 @@ IN_IGNORED = 0x8000
 IN_CLOEXEC = 0o2000000
 CHANGES = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
-
-
-class ConfigFile:
-    """The config file's last examined content, as bytes."""
-
-    def __init__(self, path: str, loaded: bytes | None = None) -> None:
-        """`loaded`: the bytes the settings in force were parsed from; read now when not given."""
-        self.path = os.path.abspath(path)
-        self.loaded = loaded if loaded else self.read()
-
-    def read(self) -> bytes | None:
-        """The file's bytes, or None when it cannot be read (the loader says why on a reload)."""
-        with contextlib.suppress(ConfigError):
-            return read(self.path)
-        return None
-
-    def remember(self, data: bytes | None) -> None:
-        self.loaded = data
 
 
 def names(buffer: bytes) -> list[tuple[int, str]]:

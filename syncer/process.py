@@ -9,54 +9,43 @@ from the file, so turning the syncer off or pointing it elsewhere needs no resta
 A problem is logged once per ConfigMap version (a re-list or a reconnect that sees the same
 version says nothing new) and always leaves the file as it was.
 
-SIGTERM/SIGINT raise in the main thread, so the exit is prompt whatever it waits on; the file
-is only ever replaced by rename, so leaving at any moment is safe.
+SIGTERM/SIGINT wake the main thread's queue (`lifecycle.Stop`), which leaves after the step it
+is in: a step is local and short, and the file is only ever replaced by rename.
 """
 
 from __future__ import annotations
 
 import queue
-import signal
 import sys
 import time
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from image_cri_shim import logs
 from image_cri_shim.atomic import remove_stale_temp_files
-from image_cri_shim.config import Config, ConfigError, ConfigMapRef, load, parse_bytes, read
-from image_cri_shim.lifecycle import trim_heap
+from image_cri_shim.config import Config, ConfigError, ConfigMapRef, parse_bytes, read
+from image_cri_shim.lifecycle import Stop, trim_heap
 from image_cri_shim.metrics import SyncerMetrics, active
+from image_cri_shim.startup import StartupError, configure, use_config
 from image_cri_shim.syncer.apply import NotApplied, apply
 from image_cri_shim.syncer.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from image_cri_shim.syncer.follow import Follower
 
-EX_CONFIG = 78  # sysexits' "configuration error"
-
 log = logs.get("syncer")
-
-
-class _Stop(BaseException):
-    """SIGTERM or SIGINT: leave now (BaseException: no `except Exception` swallows it)."""
 
 
 def run(config_path: str) -> int:
     """The syncer's main: 0 after SIGTERM/SIGINT, 78 when the local config is invalid at start."""
     try:
-        config = load(config_path)
-    except ConfigError as err:
+        config = configure(config_path, "syncer")
+    except StartupError as err:
         print(err, file=sys.stderr)
-        return EX_CONFIG
-    logs.setup("syncer", config.debug)
-    logs.register_secret(*(r.password for r in config.registries))
-    _stop_on_signals()
+        return err.code
     syncer = _Syncer(config_path)
+    stop = Stop(lambda _signum: syncer.wake())
     try:
-        syncer.run(config)
-    except _Stop:
-        pass
+        syncer.run(config, stop)
     finally:
         syncer.close()
     log.info("syncer stopped")
@@ -66,7 +55,7 @@ def run(config_path: str) -> int:
 class _Syncer:
     def __init__(self, path: str) -> None:
         self._path = path
-        self._queue: queue.SimpleQueue[tuple[int, Snapshot]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[int, Snapshot] | None] = queue.SimpleQueue()  # None: wake
         self._generation = 0  # snapshots of an earlier follower are dropped
         self._follower: Follower | None = None
         self._ref: ConfigMapRef | None = None  # what is followed; None: sync disabled
@@ -77,21 +66,26 @@ class _Syncer:
         self._reported: tuple[str, str] | None = None  # (ConfigMap state, problem) already logged
         self._metrics = SyncerMetrics(False)  # recording once the config asks for metrics
 
-    def run(self, config: Config) -> None:
+    def run(self, config: Config, stop: Stop) -> None:
         removed = remove_stale_temp_files(self._path)
         if removed:
             log.info("removed temp files left by an interrupted write", count=removed)
         self._use(config, config.source or None, first=True)  # the bytes it was parsed from
-        while True:
+        while not stop.requested.is_set():
             try:
-                generation, snapshot = self._queue.get(timeout=self._interval)
+                item = self._queue.get(timeout=self._interval)
                 while True:  # a burst of changes: only the latest matters
-                    if generation == self._generation:
-                        self._seen = snapshot
-                    generation, snapshot = self._queue.get_nowait()
+                    if item is not None and item[0] == self._generation:
+                        self._seen = item[1]
+                    item = self._queue.get_nowait()
             except queue.Empty:
                 pass
-            self._step()
+            if not stop.requested.is_set():
+                self._step()
+
+    def wake(self) -> None:
+        """From the signal handler: SimpleQueue.put may be called there."""
+        self._queue.put(None)
 
     def close(self) -> None:
         if self._follower is not None:
@@ -148,8 +142,7 @@ class _Syncer:
 
     def _use(self, config: Config, local: bytes | None, *, first: bool = False) -> None:
         self._local = local
-        logs.set_debug(config.debug)
-        logs.register_secret(*(r.password for r in config.registries))
+        use_config(config)
         self._interval = config.reload_interval
         ref = config.config_map if config.config_map.enabled else None
         if not self._metrics.recording and active(config.metrics_address):
@@ -184,13 +177,3 @@ class _Syncer:
             file=self._path,
         )
         self._follower.start()
-
-
-def _stop_on_signals() -> None:
-    def stop(signum: int, frame: FrameType | None) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)  # one stop is enough; cleanup runs undisturbed
-        raise _Stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop)

@@ -32,7 +32,7 @@ def _load(path: str) -> Config | None:
         print(err, file=sys.stderr)
         return None
     logs.setup("cli", debug=False)
-    logs.register_config_secrets(r.password for r in config.registries)
+    logs.register_secret(*(r.password for r in config.registries))
     return config
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from image_cri_shim.heartbeat import Heartbeat
-from image_cri_shim.startup import StartupError, prepare
+from image_cri_shim.startup import EX_FAILURE, EX_OK, StartupError, prepare
 from image_cri_shim.workers.server import ReadyPipe, StartError, serve
 
 
@@ -29,5 +29,5 @@ def run(
         serve(config, cri_socket, ReadyPipe(ready_fd), Heartbeat(heartbeat_fd), every)
     except StartError as err:
         print(f"image-cri-shim: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return EX_FAILURE
+    return EX_OK

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ import grpc
 from image_cri_shim import logs
 from image_cri_shim.config import Config
 from image_cri_shim.heartbeat import RUNTIME_FAILED, RUNTIME_OK, Heartbeat
-from image_cri_shim.lifecycle import trim_heap
+from image_cri_shim.lifecycle import Stop, trim_heap
 from image_cri_shim.messages import Message, RuntimeUp, Serving, encode
 from image_cri_shim.metrics import WorkerMetrics, active
 from image_cri_shim.protos import cri_pb2 as cri
@@ -193,40 +192,6 @@ def runtime_version(upstream: Upstream, timeout: float = 2.0) -> str | None:
     return None
 
 
-class Stop:
-    """SIGTERM: hand clients over, then drain (a newer worker took the socket, or the service
-    stops). SIGINT, or a second SIGTERM: drain at once."""
-
-    def __init__(self) -> None:
-        self.requested = threading.Event()
-        self.now = threading.Event()
-        signal.signal(signal.SIGTERM, self._term)
-        signal.signal(signal.SIGINT, self._int)
-
-    def _term(self, _signum: int, _frame: object) -> None:
-        if self.requested.is_set():
-            self.now.set()
-        self.requested.set()
-
-    def _int(self, _signum: int, _frame: object) -> None:
-        self.requested.set()
-        self.now.set()
-
-    def wait(self) -> None:
-        # Linux delivers SIGTERM to the main thread, whose wait it interrupts so that the handler
-        # runs at once; the long timeout only bounds a signal that another thread took.
-        while not self.requested.wait(60.0):
-            pass
-
-    def handover(self) -> None:
-        """Let every client connection reach its age: each gets a graceful GOAWAY while this
-        server still serves, so clients reconnect (to the socket's new owner) without a single
-        call arriving at a server that has begun to stop."""
-        deadline = time.monotonic() + HANDOVER
-        while not self.now.is_set() and time.monotonic() < deadline:
-            self.now.wait(0.2)
-
-
 def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, every: float | None) -> None:
     """Serve on the shim socket until SIGTERM/SIGINT, then hand over, drain, and return.
     `beat`: the heartbeat page, proven at least every `every` seconds (`liveness`; None: no
@@ -282,7 +247,10 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
         started = time.monotonic()
         if not stop.now.is_set():
             log.info("handing clients over", within=f"{HANDOVER:g}s")
-            stop.handover()
+            # Every client connection reaches its age and gets a graceful GOAWAY while this server
+            # still serves: clients reconnect (to the socket's new owner) without a single call
+            # arriving at a server that has begun to stop.
+            stop.now.wait(HANDOVER)
         log.info("draining", grace=f"{config.timeout:g}s")
         server.stop(grace=config.timeout).wait()
         log.info("drained", took=f"{time.monotonic() - started:.1f}s")

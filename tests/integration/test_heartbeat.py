@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from image_cri_shim.heartbeat import RUNTIME_OK, Heartbeat
-from image_cri_shim.supervisor.arbiter import HEARTBEAT_STALE
+from image_cri_shim.supervisor.machine import HEARTBEAT_STALE
 from image_cri_shim.workers.server import THREADS
 from tests.harness import Containerd, RegistryFactory, wait_for
 from tests.harness.cri import CriClient
