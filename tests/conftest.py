@@ -27,7 +27,7 @@ from tests.harness import (
 )
 from tests.harness.containerd import ROOT_PACKAGES, SMALL_DISK
 from tests.harness.dist import bundle, extracted
-from tests.harness.node import Stack
+from tests.harness.node import Stack, stack_of
 from tests.harness.rootfs import debian_root
 from tests.harness.service import PROGRAM, Service, start_service
 
@@ -226,9 +226,8 @@ def stack(
     cri_client: CriClientFactory,
 ) -> Iterator[Stack]:
     """The real parts of one shim test, with a short directory for its sockets."""
-    directory = Path(tempfile.mkdtemp(prefix="shim-"))
-    yield Stack(containerd, registry_factory, image_factory, shim_factory, cri_client, directory)
-    shutil.rmtree(directory, ignore_errors=True)
+    with stack_of(containerd, registry_factory, image_factory, shim_factory, cri_client) as built:
+        yield built
 
 
 @pytest.fixture

@@ -1,17 +1,19 @@
 """A node's real parts, assembled in one place: containerd, registries, images, shims, CRI clients.
 
 `Stack` is what a scenario holds. The `stack` fixture (conftest) builds one from the session's
-parts, `test_worker_scenario` from another suite's containerd, and the tools (`make bench`,
-`make soak`) with `Stack.started`, which starts every part itself and the stand-in API server,
-each stopped through an ExitStack. Repositories from `repo()` are unique, so a session's
-containerd never answers one test with another's image.
+parts with `stack_of`, `test_worker_scenario` the same way over another suite's containerd, and
+the tools (`make bench`, `make soak`) with `Stack.started`, which starts every part itself and
+the stand-in API server, each stopped through an ExitStack. Repositories from `repo()` are
+unique, so a session's containerd never answers one test with another's image.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,3 +134,19 @@ class Stack:
         socket = self.dir / "shim.sock"
         process = self.shims(path, socket, log_path=self.dir / f"shim-{uuid.uuid4().hex[:6]}.log")
         return Shim(process, socket)
+
+
+@contextmanager
+def stack_of(
+    containerd: Containerd,
+    registries: RegistryFactory,
+    images: ImageBuilder,
+    shims: ShimFactory,
+    cri: CriClientFactory,
+) -> Iterator[Stack]:
+    """A Stack over parts that already run, with a short directory of its own (removed after)."""
+    directory = Path(tempfile.mkdtemp(prefix="shim-"))
+    try:
+        yield Stack(containerd, registries, images, shims, cri, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -14,12 +14,10 @@ import os
 import shutil
 import signal
 import stat
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 import pytest
@@ -38,7 +36,7 @@ from tests.harness import (
 from tests.harness.containerd import SUITES
 from tests.harness.cri import VERSIONS, CriVersion
 from tests.harness.evidence import record
-from tests.harness.node import Stack, entry, repo
+from tests.harness.node import Stack, entry, repo, stack_of
 from tests.harness.registry import free_port
 from tests.harness.streaming_runtime import (
     EVENTS,
@@ -519,11 +517,5 @@ def test_worker_scenario(
     shim_factory: ShimFactory,
     cri_client: CriClientFactory,
 ) -> None:
-    directory = Path(tempfile.mkdtemp(prefix="shim-"))
-    try:
-        stack = Stack(
-            containerd_of(suite), registry_factory, image_factory, shim_factory, cri_client, directory
-        )
+    with stack_of(containerd_of(suite), registry_factory, image_factory, shim_factory, cri_client) as stack:
         SCENARIOS[scenario](stack)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)

@@ -37,6 +37,15 @@ IMPURE_BY_DESIGN = {
     f"{PACKAGE}.workers.auth": "httpx: a token realm's URL is parsed and extended with httpx.URL",
 }
 
+#: Private names of third-party libraries the product relies on, each used in one module only
+#: (pyproject.toml bounds those libraries; tests/unit/test_private_apis.py fails on a release
+#: that drops one).
+PRIVATE_USES = {
+    "_registered_method": f"{WORKER}.calls",  # grpc: a unary call registered with its channel
+    "mmap_dict": f"{MASTER}.samples",  # prometheus-client: reading a child's sample file
+    "_content": f"{WORKER}.transport",  # httpx: a response body read elsewhere
+}
+
 MODULE, FUNCTION, TYPING = "module", "function", "typing"
 
 
@@ -260,6 +269,27 @@ def pure_violations(edges: list[Import], pure: Iterable[str]) -> list[str]:
     )
 
 
+def identifiers(text: str) -> set[str]:
+    """Every name, attribute, keyword and imported name a module spells."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.keyword) and node.arg:
+            found.add(node.arg)
+        elif isinstance(node, ast.alias):
+            found.update(node.name.split("."))
+    return found
+
+
+def private_uses(modules: dict[str, str]) -> dict[str, set[str]]:
+    """Private name -> the modules that use it."""
+    spelled = {name: identifiers(text) for name, text in modules.items()}
+    return {private: {m for m, names in spelled.items() if private in names} for private in PRIVATE_USES}
+
+
 # -- the product ----------------------------------------------------------------------------------------
 
 
@@ -306,6 +336,11 @@ def test_pure_modules_load_no_io(edges: list[Import]) -> None:
         assert module in pure, f"{module} is no longer called pure: drop it from IMPURE_BY_DESIGN"
         library = why.split(":", 1)[0]
         assert library in loaded(module, edges), f"{module} no longer loads {library}: drop the entry"
+
+
+def test_each_private_third_party_name_is_used_in_one_module() -> None:
+    modules = {name: path.read_text() for name, path in product_files().items()}
+    assert private_uses(modules) == {private: {module} for private, module in PRIVATE_USES.items()}
 
 
 # -- the rules catch what they are for ------------------------------------------------------------------
@@ -381,3 +416,11 @@ def test_a_pure_module_that_reaches_a_socket_is_found() -> None:
     plan = f"{WORKER}.plan"
     modules = {plan: "from image_cri_shim.workers import registry\n", f"{WORKER}.registry": "import httpx\n"}
     assert pure_violations(edges_of(modules), [plan]) == [f"{plan} (pure) loads httpx"]
+
+
+def test_a_second_use_of_a_private_name_is_found() -> None:
+    modules = {
+        f"{WORKER}.calls": "channel.unary_unary(m, _registered_method=True)\n",
+        f"{WORKER}.upstream": "channel.unary_unary(m, _registered_method=True)\n",
+    }
+    assert private_uses(modules)["_registered_method"] == {f"{WORKER}.calls", f"{WORKER}.upstream"}
