@@ -96,7 +96,7 @@ class Puller:
                 if current is None:
                     self._give_up(context, err, source, attempts, ())
                 if not self._may_retry(attempts[-1].verdict, context, started):
-                    self._forget(source, current)  # never outlives a failed pull through it
+                    self.forget(source, current)  # never outlives a failed pull through it
                     self._give_up(context, err, source, attempts, ())
                 tried.add(current.registry.domain)
                 # the failover's probes may take what is left but a margin to answer in time
@@ -128,7 +128,8 @@ class Puller:
             log.error("failover decision failed", image=source, error=repr(err))
         return None
 
-    def _forget(self, source: Reference, failed: Candidate) -> None:
+    def forget(self, source: Reference, failed: Candidate) -> None:
+        """Drop the decision through `failed`: a positive decision never outlives a failed pull."""
         if self._decisions is None:
             return
         try:

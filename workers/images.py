@@ -109,7 +109,8 @@ class ImageService:
             if fate == "refused":
                 log.debug("pull refused: upstream pulls are off", image=source, why=decision.reason())
                 context.abort(grpc.StatusCode.NOT_FOUND, refusal(decision))
-        return self._pull_unchanged(method, raw, request, source, own, context, started)
+        through = decision.target if decision is not None else None  # the image's own registry
+        return self._pull_unchanged(method, raw, request, source, own, through, context, started)
 
     def _decide(self, source: Reference, own: Registry | None, context: Context) -> Decision | None:
         """The resolver's decision; None when it failed and the image may go as asked."""
@@ -167,11 +168,19 @@ class ImageService:
         request: cri.PullImageRequest,
         source: Reference,
         own: Registry | None,
+        through: Candidate | None,
         context: Context,
         started: float,
     ) -> bytes:
+        """The pull as asked. Through a target (the image's own registry holds it) a failed pull
+        drops that decision, as a failover does: the next pull decides afresh."""
         self.naming.pulled_directly(source)
-        return self._upstream.unary(method, self._unchanged(raw, request, source, own), context, started)
+        try:
+            return self._upstream.call(method, self._unchanged(raw, request, source, own), context, started)
+        except grpc.RpcError as err:
+            if through is not None:
+                self._puller.forget(source, through)
+            self._upstream.abort(context, err)
 
     def _unchanged(
         self, raw: bytes, request: cri.PullImageRequest, source: Reference, own: Registry | None

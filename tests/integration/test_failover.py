@@ -403,6 +403,22 @@ def test_an_unpack_error_is_not_failed_over(stack: Stack) -> None:
     assert shim.log().count('msg="rewrite decision"') == 2, "the decision did not outlive the failed pull"
 
 
+def test_a_failed_pull_from_the_images_own_registry_drops_its_decision(stack: Stack) -> None:
+    """The image's own registry is configured and holds the manifest: the pull goes as asked, is
+    not failed over, and its failure drops the decision all the same."""
+    own = stack.registries()
+    name = repo()
+    stack.images(own, name, "1")
+    delete_layer(own, name, "1")
+    shim = stack.start([entry(own)])
+    client = stack.cri(shim.socket)
+    for _ in range(2):
+        code, message = failure(lambda: client.pull(f"{own.host}/{name}:1"))
+        assert code == grpc.StatusCode.NOT_FOUND and not message.startswith(f"{own.host}/{name}:1: every")
+    assert "target=unchanged" in shim.log() and not failovers(shim), shim.log()
+    assert shim.log().count('msg="rewrite decision"') == 2, "the decision did not outlive the failed pull"
+
+
 def test_eight_pulls_meeting_the_failure_together_fail_over_once(stack: Stack) -> None:
     name, primary, backup = pair(stack)
     delete_layer(primary, name, "1")
