@@ -8,6 +8,8 @@ crashes; its gauges leave with it.
 
 A process without `metricsAddress` in its config, or started without the directory, gets
 `OFF` for every metric: the call sites stay the same and prometheus-client is never imported.
+Each metric is typed by the one small protocol it is used through (`Counter`, `Gauge`,
+`Histogram`, and `Family` for one with labels), so a misspelled metric or call fails mypy.
 Labels are bounded: registries are the configured domains, methods the CRI method table.
 """
 
@@ -15,9 +17,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from image_cri_shim import __version__
+
+if TYPE_CHECKING:
+    import prometheus_client
 
 DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "image_cri_shim_"
@@ -26,27 +31,44 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 GaugeMode = Literal["livemostrecent", "livesum", "livemax"]
 
 
+class Counter(Protocol):
+    def inc(self, amount: float = 1, /) -> None: ...
+
+
+class Gauge(Protocol):
+    def set(self, value: float, /) -> None: ...
+
+
+class Histogram(Protocol):
+    def observe(self, amount: float, /) -> None: ...
+
+
+M = TypeVar("M", covariant=True)
+
+
+class Family(Protocol[M]):
+    """A metric with labels: one child per combination of label values."""
+
+    def labels(self, *values: str) -> M: ...
+
+
 class _Off:
-    """Accepts every metric call and does nothing; also stands for a whole catalog that records
-    nothing (`OFF.cache_hits.inc()`), the default of code that takes a catalog."""
+    """Accepts every metric call and does nothing: each metric of a catalog that records nothing."""
 
-    def __getattr__(self, _name: str) -> _Off:
+    def labels(self, *_values: str) -> _Off:
         return self
 
-    def labels(self, *_values: str, **_labels: str) -> _Off:
-        return self
-
-    def inc(self, _amount: float = 1) -> None:
+    def inc(self, _amount: float = 1, /) -> None:
         pass
 
-    def set(self, _value: float) -> None:
+    def set(self, _value: float, /) -> None:
         pass
 
-    def observe(self, _value: float) -> None:
+    def observe(self, _value: float, /) -> None:
         pass
 
 
-OFF: Any = _Off()
+OFF = _Off()
 
 
 def active(metrics_address: str | None) -> bool:
@@ -61,38 +83,52 @@ class _Catalog:
     def __init__(self, recording: bool) -> None:
         self.recording = recording
 
-    def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
+    def counter(self, name: str, doc: str) -> Counter:
+        return self._counter(name, doc, ())
+
+    def counters(self, name: str, doc: str, labels: tuple[str, ...]) -> Family[Counter]:
+        return self._counter(name, doc, labels)
+
+    def gauge(self, name: str, doc: str) -> Gauge:
+        return self._gauge(name, doc, (), "livemostrecent")
+
+    def gauges(
+        self, name: str, doc: str, labels: tuple[str, ...], mode: GaugeMode = "livemostrecent"
+    ) -> Family[Gauge]:
+        return self._gauge(name, doc, labels, mode)
+
+    def histograms(self, name: str, doc: str, labels: tuple[str, ...]) -> Family[Histogram]:
         if not self.recording:
             return OFF
-        from prometheus_client import Counter
+        import prometheus_client
 
-        return Counter(PREFIX + name, doc, labels, registry=None)
+        return prometheus_client.Histogram(PREFIX + name, doc, labels, registry=None, buckets=LATENCY_BUCKETS)
 
-    def gauge(
-        self, name: str, doc: str, labels: tuple[str, ...] = (), mode: GaugeMode = "livemostrecent"
-    ) -> Any:
+    def _counter(self, name: str, doc: str, labels: tuple[str, ...]) -> _Off | prometheus_client.Counter:
         if not self.recording:
             return OFF
-        from prometheus_client import Gauge
+        import prometheus_client
 
-        return Gauge(PREFIX + name, doc, labels, registry=None, multiprocess_mode=mode)
+        return prometheus_client.Counter(PREFIX + name, doc, labels, registry=None)
 
-    def histogram(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
+    def _gauge(
+        self, name: str, doc: str, labels: tuple[str, ...], mode: GaugeMode
+    ) -> _Off | prometheus_client.Gauge:
         if not self.recording:
             return OFF
-        from prometheus_client import Histogram
+        import prometheus_client
 
-        return Histogram(PREFIX + name, doc, labels, registry=None, buckets=LATENCY_BUCKETS)
+        return prometheus_client.Gauge(PREFIX + name, doc, labels, registry=None, multiprocess_mode=mode)
 
 
 class MasterMetrics(_Catalog):
     def __init__(self, recording: bool) -> None:
         super().__init__(recording)
-        self.build_info = self.gauge(
+        self.build_info = self.gauges(
             "build_info", "Always 1; the labels say which build runs.", ("version", "python"), mode="livemax"
         )
         self.build_info.labels(__version__, ".".join(map(str, sys.version_info[:3]))).set(1)
-        self.reloads = self.counter(
+        self.reloads = self.counters(
             "reloads_total",
             "Reloads by what triggered them (signal, file, poll, command) and how they ended.",
             ("trigger", "result"),
@@ -103,7 +139,7 @@ class MasterMetrics(_Catalog):
         )
         self.last_reload_ok.set(1)
         self.generation = self.gauge("worker_generation", "Generation number of the worker serving now.")
-        self.restarts = self.counter(
+        self.restarts = self.counters(
             "child_restarts_total", "Children that exited unasked and were started again.", ("process",)
         )
 
@@ -111,7 +147,7 @@ class MasterMetrics(_Catalog):
 class WorkerMetrics(_Catalog):
     def __init__(self, recording: bool) -> None:
         super().__init__(recording)
-        self.decisions = self.counter(
+        self.decisions = self.counters(
             "rewrite_decisions_total",
             "PullImage decisions: rewritten to a registry, unchanged (pulled as asked; `registry` set "
             "when the image's own registry is a configured one that holds it), refused (upstream: false) "
@@ -125,23 +161,23 @@ class WorkerMetrics(_Catalog):
         self.cache_evictions = self.counter(
             "cache_evictions_total", "Cached decisions dropped to make room (imageCacheSize)."
         )
-        self.probe_seconds = self.histogram(
+        self.probe_seconds = self.histograms(
             "registry_probe_duration_seconds",
             "Manifest probes by registry and answer (found, not_found, denied, unreachable...).",
             ("registry", "answer"),
         )
-        self.registry_up = self.gauge(
+        self.registry_up = self.gauges(
             "registry_up",
             "0 from a failed probe until one succeeds (skipped while backing off), else 1.",
             ("registry",),
         )
-        self.failovers = self.counter(
+        self.failovers = self.counters(
             "pull_failovers_total",
             "Rewritten pulls that failed for a cause of the registry they went to, and were tried "
             "at the next source; by that registry and cause (not_found, denied, connection...).",
             ("registry", "cause"),
         )
-        self.cri_seconds = self.histogram(
+        self.cri_seconds = self.histograms(
             "cri_call_duration_seconds",
             "Unary calls forwarded to the container runtime, by method and gRPC status code.",
             ("method", "code"),
@@ -155,9 +191,14 @@ class SyncerMetrics(_Catalog):
         self.last_sync = self.gauge(
             "configmap_last_sync_timestamp_seconds", "Unix time the ConfigMap was last read and applied."
         )
-        self.syncs = self.counter(
+        self.syncs = self.counters(
             "configmap_syncs_total",
             "ConfigMap states handled: written, unchanged, absent (no ConfigMap or key), rejected (invalid)"
             " or failed (write error).",
             ("result",),
         )
+
+
+# The catalogs code that takes one defaults to: every metric a no-op.
+WORKER_OFF = WorkerMetrics(recording=False)
+SYNCER_OFF = SyncerMetrics(recording=False)

@@ -35,7 +35,7 @@ from typing import Any
 
 from image_cri_shim import logs
 from image_cri_shim.config import ConfigMapRef
-from image_cri_shim.metrics import OFF
+from image_cri_shim.metrics import SYNCER_OFF, SyncerMetrics
 from image_cri_shim.syncer import cluster, kube
 from image_cri_shim.syncer.snapshot import ABSENT, Snapshot, from_object
 
@@ -84,7 +84,7 @@ class Follower:
         publish: Callable[[Snapshot], None],
         retry_every: Callable[[], float],
         env: Mapping[str, str] | None = None,
-        metrics: Any = OFF,
+        metrics: SyncerMetrics = SYNCER_OFF,
     ) -> None:
         self._ref = ref
         self._watch_up = metrics.watch_up

@@ -16,14 +16,14 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 from image_cri_shim import logs, reference
 from image_cri_shim.config import Registry
-from image_cri_shim.metrics import OFF
+from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.decisions import Decision, Outcome, outcome, refusal
@@ -68,7 +68,7 @@ class ImageService:
         planner: Planner,
         names: NameStore,
         pull_upstream: bool = True,
-        metrics: Any = OFF,
+        metrics: WorkerMetrics = WORKER_OFF,
         decisions: Decisions | None = None,
     ) -> None:
         self._upstream = upstream

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config
-from image_cri_shim.metrics import OFF
+from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.plan import Planner
 
@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 
 class Registries:
-    def __init__(self, config: Config, metrics: Any = OFF) -> None:
+    def __init__(self, config: Config, metrics: WorkerMetrics = WORKER_OFF) -> None:
         self._config = config
         self._metrics = metrics
         self.planner = Planner(config.registries)  # the worker's one plan cache

@@ -24,7 +24,7 @@ import httpx
 
 from image_cri_shim import logs
 from image_cri_shim.config import Registry
-from image_cri_shim.metrics import OFF
+from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers import transport as wire
 from image_cri_shim.workers.auth import Auth, TokenRequest
@@ -99,7 +99,7 @@ class RegistryClient:
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = PROBE_TIMEOUT,
-        metrics: Any = OFF,
+        metrics: WorkerMetrics = WORKER_OFF,
     ) -> None:
         self.registry = registry
         self.timeout = timeout  # the whole probe's deadline

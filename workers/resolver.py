@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from cachetools import TLRUCache
 
 from image_cri_shim import logs
 from image_cri_shim.config import CacheConfig
-from image_cri_shim.metrics import OFF
+from image_cri_shim.metrics import WORKER_OFF, Counter, WorkerMetrics
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.decisions import (
     Answer,
@@ -55,7 +55,13 @@ class Prober(Protocol):
 class _Cache(TLRUCache[str, Decision]):
     """The decision cache, counting what it drops to make room (not what expires)."""
 
-    def __init__(self, evictions: Any, maxsize: int, ttu: Any, timer: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        evictions: Counter,
+        maxsize: int,
+        ttu: Callable[[str, Decision, float], float],
+        timer: Callable[[], float],
+    ) -> None:
         super().__init__(maxsize=maxsize, ttu=ttu, timer=timer)
         self._evictions = evictions
 
@@ -74,7 +80,7 @@ class Resolver:
         cache: CacheConfig,
         clock: Callable[[], float] = time.monotonic,
         upstream: bool = True,
-        metrics: Any = OFF,
+        metrics: WorkerMetrics = WORKER_OFF,
     ) -> None:
         self._plan = planner
         self._upstream = upstream  # config `upstream`: only for saying what happens next

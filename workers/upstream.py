@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import grpc
 
 from image_cri_shim.heartbeat import RUNTIME_FAILED, RUNTIME_OK, SERVED, Heartbeat
-from image_cri_shim.metrics import OFF
+from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.workers.calls import unary_call
 from image_cri_shim.workers.liveness import Waits
 
@@ -55,7 +55,11 @@ Context = grpc.ServicerContext
 
 class Upstream:
     def __init__(
-        self, socket_path: str, timeout: float, metrics: Any = OFF, beat: Heartbeat | None = None
+        self,
+        socket_path: str,
+        timeout: float,
+        metrics: WorkerMetrics = WORKER_OFF,
+        beat: Heartbeat | None = None,
     ) -> None:
         self.target = f"unix://{socket_path}"
         self.timeout = timeout

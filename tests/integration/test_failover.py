@@ -14,8 +14,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import grpc
+import prometheus_client
 import pytest
 
 from image_cri_shim import config, reference
@@ -76,8 +78,15 @@ class Three:
         return decision.target
 
     def failed_over(self, registry: str, cause: Cause) -> float:
-        value: float = self.metrics.failovers.labels(registry, cause.value)._value.get()
-        return value
+        family = cast(prometheus_client.Counter, self.metrics.failovers)
+        wanted = {"registry": registry, "cause": cause.value}
+        counted = [
+            s.value
+            for metric in family.collect()
+            for s in metric.samples
+            if s.name.endswith("_total") and s.labels == wanted
+        ]
+        return counted[0] if counted else 0.0
 
     def close(self) -> None:
         for client in self.clients.values():

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from image_cri_shim import config, reference
+from image_cri_shim.metrics import WorkerMetrics
 from image_cri_shim.workers.decisions import Answer, Decision, Probe, outcome, refusal
 from image_cri_shim.workers.plan import Excluded, Planner, explain, plan
 from image_cri_shim.workers.resolver import Resolver
@@ -236,7 +237,7 @@ class _Labels:
         self.counted.append(values)
         return self
 
-    def inc(self) -> None:
+    def inc(self, _amount: float = 1, /) -> None:
         pass
 
 
@@ -262,17 +263,11 @@ def test_one_meaning_of_a_decision_for_the_pull_the_metrics_and_the_log() -> Non
         "refused": decided("nginx:1.27", None),
     }
     counts = _Labels()
-    resolver = Resolver(
-        Planner(cfg.registries), {}, cfg.cache, upstream=cfg.upstream, metrics=_Metrics(counts)
-    )
+    metrics = WorkerMetrics(recording=False)
+    metrics.decisions = counts
+    resolver = Resolver(Planner(cfg.registries), {}, cfg.cache, upstream=cfg.upstream, metrics=metrics)
     for expected, decision in cases.items():
         assert outcome(decision, cfg.registries, cfg.upstream) == expected
         resolver._count(decision)
     assert [label for label, _registry in counts.counted] == list(cases)
     assert outcome(decided("registry.company.com/app:1", None), cfg.registries, upstream=False) == "unchanged"
-
-
-class _Metrics:
-    def __init__(self, decisions: _Labels) -> None:
-        self.decisions = decisions
-        self.cache_evictions = _Labels()
