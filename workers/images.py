@@ -26,7 +26,7 @@ from image_cri_shim.config import Registry
 from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers.decisions import Decision, Outcome, outcome, refusal
+from image_cri_shim.workers.decisions import Decision, Outcome, as_asked, outcome, refusal
 from image_cri_shim.workers.failover import MARGIN, Decisions, Puller
 from image_cri_shim.workers.names import NameStore, reported
 from image_cri_shim.workers.naming import Naming
@@ -106,7 +106,7 @@ class ImageService:
         if source is None:
             return self._upstream.unary(method, raw, context)
         own = registry_for(source.domain, self._registries)
-        decision = self._decide(source, own, context)
+        decision = self._decide(source, context)
         if decision is not None:
             fate = self._outcome(decision)
             if fate == "rewritten" and decision.target is not None:
@@ -117,12 +117,12 @@ class ImageService:
         through = decision.target if decision is not None else None  # the image's own registry
         return self._pull_unchanged(method, raw, request, source, own, through, context, started)
 
-    def _decide(self, source: Reference, own: Registry | None, context: Context) -> Decision | None:
+    def _decide(self, source: Reference, context: Context) -> Decision | None:
         """The resolver's decision; None when it failed and the image may go as asked."""
         try:
             return self._resolve(source)
         except Exception as err:  # a fault of the shim's own must never fail a pull...
-            if not self._pull_upstream and own is None:  # ...unless the image may not go as asked
+            if not as_asked(source, self._registries, self._pull_upstream):  # ...unless it may not
                 log.error("rewrite decision failed, upstream pulls are off", image=source, error=repr(err))
                 context.abort(grpc.StatusCode.UNAVAILABLE, undecided(source))
             log.error("rewrite decision failed, pulling unchanged", image=source, error=repr(err))
