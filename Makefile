@@ -22,6 +22,7 @@ demo: system-deps venv
 	$(BIN)/python -m tools.demo
 
 # What the shim costs a node, against containerd directly (writes docs/performance.md).
+# `make bench BENCH_FIGURES=1,6,11` runs only those figures and prints their rows.
 bench: system-deps venv
 	$(BIN)/python -m tools.bench
 

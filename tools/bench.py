@@ -4,7 +4,8 @@ The real stack: a private containerd, real docker-registry instances, the servic
 `image-cri-shim -f CONFIG` (master, worker, syncer) against the stand-in API server. Direct
 and shim measurements alternate in rounds, so machine noise cancels in the ratios; the budget
 is written in ratios and counts. `BENCH_QUICK=1` runs every figure in a reduced form (the test
-suite uses it to prove the benchmark works) and writes nothing to docs/.
+suite uses it to prove the benchmark works) and writes nothing to docs/; `BENCH_FIGURES=1,6,11`
+runs only the figures named and prints their rows.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from tests.harness.service import Service, cpu_ticks, start_service, wakeups
 from tests.harness.tcpproxy import TcpProxy
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
+ALL_FIGURES = frozenset({"1", "2", "3", "4", "4b", "5", "6", "7", "8", "9", "10", "11"})
+# `BENCH_FIGURES=1,2,6,11`: only these figures, printed and not written to docs/
+FIGURES = frozenset(os.environ.get("BENCH_FIGURES", ",".join(ALL_FIGURES)).split(",")) & ALL_FIGURES
 ROOT = Path(__file__).resolve().parent.parent
 THROUGHPUT_SECONDS = 1.0 if QUICK else 4.0
 FLEET_SECONDS = 5.0 if QUICK else 300.0
@@ -714,22 +718,37 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def measure(stack: Bench, resources: ExitStack) -> tuple[list[Figure], dict[str, list[float]]]:
+    """The figures `BENCH_FIGURES` names (all without it), in the order of the table."""
+    steps: list[tuple[str, Callable[[], Figure | list[Figure]]]] = [
+        ("2", lambda: throughput(stack, 8)),
+        ("2", lambda: throughput(stack, 32)),
+        ("3", lambda: concurrent_pulls(stack)),
+        ("4", lambda: cold_decision(stack, resources)),
+        ("4b", lambda: failover(stack, resources)),
+        ("5", lambda: warm_decision(stack)),
+        ("6", lambda: reloads(stack)),
+        ("7", lambda: configmap_propagation(stack)),
+        ("8", lambda: startup(stack)),
+        ("9", lambda: memory(stack)),
+        ("11", lambda: at_rest(stack)),
+        ("10", lambda: fleet(stack, resources)),
+    ]
+    figures, samples = latency(stack) if "1" in FIGURES else ([], {"direct": [], "shim": []})
+    for number, step in steps:
+        if number in FIGURES:
+            made = step()
+            figures.extend(made if isinstance(made, list) else [made])
+    return figures, samples
+
+
 def main() -> int:
     with workdir() as work, ExitStack() as resources:
         stack = Bench(work, resources)
-        figures, samples = latency(stack)
-        figures.append(throughput(stack, 8))
-        figures.append(throughput(stack, 32))
-        figures.append(concurrent_pulls(stack))
-        figures.append(cold_decision(stack, resources))
-        figures.append(failover(stack, resources))
-        figures.append(warm_decision(stack))
-        figures.extend(reloads(stack))
-        figures.append(configmap_propagation(stack))
-        figures.append(startup(stack))
-        figures.extend(memory(stack))
-        figures.extend(at_rest(stack))
-        figures.extend(fleet(stack, resources))
+        figures, samples = measure(stack, resources)
+        if FIGURES != ALL_FIGURES:  # a partial run: the table on stdout only
+            print("\n".join(f.row() for f in figures))
+            return 0
         out = work / "report" if QUICK else ROOT / "docs"
         text = report(figures, samples, out)
         if not QUICK:

@@ -32,7 +32,7 @@ import grpc
 
 from image_cri_shim import logs
 from image_cri_shim.heartbeat import SERVED, Heartbeat
-from image_cri_shim.workers.calls import unary_call
+from image_cri_shim.workers.calls import QUIET, unary_call
 
 log = logs.get("worker")
 
@@ -87,7 +87,7 @@ class Prover:
         self._threads = threads
         self._every = every
         self._stopped = threading.Event()
-        self._channel = grpc.insecure_channel(f"unix://{socket_path}")
+        self._channel = grpc.insecure_channel(f"unix://{socket_path}", options=QUIET)
         self._call = unary_call(self._channel, METHOD)
         self._saturated = False
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)

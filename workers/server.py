@@ -39,6 +39,7 @@ from image_cri_shim.messages import Message, RuntimeUp, Serving, encode
 from image_cri_shim.metrics import WorkerMetrics, active
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.workers import liveness
+from image_cri_shim.workers.calls import QUIET
 from image_cri_shim.workers.images import Context, ImageService
 from image_cri_shim.workers.names import NameStore
 from image_cri_shim.workers.registries import Registries
@@ -75,6 +76,7 @@ HANDOVER = CONNECTION_AGE * 1.1 + 2.5
 HANDSHAKE_TIMEOUT = 10.0
 SERVER_OPTIONS = (
     *MESSAGE_OPTIONS,
+    *QUIET,
     ("grpc.max_connection_age_ms", int(CONNECTION_AGE * 1000)),
     ("grpc.max_connection_age_grace_ms", 2**31 - 1),  # in-flight calls are bounded by `timeout`
     ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT * 1000)),

@@ -17,7 +17,7 @@ import grpc
 
 from image_cri_shim.heartbeat import RUNTIME_FAILED, RUNTIME_OK, SERVED, Heartbeat
 from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
-from image_cri_shim.workers.calls import unary_call
+from image_cri_shim.workers.calls import QUIET, unary_call
 from image_cri_shim.workers.liveness import Waits
 
 MAX_MESSAGE = 16 << 20
@@ -71,6 +71,7 @@ class Upstream:
             self.target,
             options=(
                 *MESSAGE_OPTIONS,
+                *QUIET,
                 ("grpc.enable_retries", 0),
                 *RECONNECT_OPTIONS,
             ),
