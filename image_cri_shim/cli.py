@@ -50,8 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the config, then reload the running service and wait until its new worker serves",
     )
     sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
-    # Internal subcommands: how the master starts its children (docs/architecture.md). Without
-    # a `help` argparse lists no entry for them (`help=SUPPRESS` would print "==SUPPRESS==").
+    sub.add_parser(
+        "selfcheck",
+        formatter_class=_Formatter,
+        help="load every library the service loads, then exit (install.sh runs it)",
+    )
+    return parser
+
+
+def build_internal_parser() -> argparse.ArgumentParser:
+    """How the master starts its children (docs/architecture.md): `worker …` and `syncer …`.
+    Apart from the operator's commands, so neither `--help` nor an error lists them."""
+    parser = argparse.ArgumentParser(prog="image-cri-shim", formatter_class=_Formatter)
+    sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", formatter_class=_Formatter)
     worker.add_argument("-f", "--file", default=DEFAULT_PATH)
     worker.add_argument("--generation", type=int, default=1)
@@ -62,56 +73,61 @@ def build_parser() -> argparse.ArgumentParser:
     syncer = sub.add_parser("syncer", formatter_class=_Formatter)
     syncer.add_argument("-f", "--file", default=DEFAULT_PATH)
     syncer.add_argument("--master-pid", type=int, default=None)
-    sub.add_parser(
-        "selfcheck",
-        formatter_class=_Formatter,
-        help="load every library the service loads, then exit (install.sh runs it)",
-    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] in (["worker"], ["syncer"]):
+            return child(build_internal_parser().parse_args(argv))
+        return command(build_parser().parse_args(argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+def child(args: argparse.Namespace) -> int:
+    """A worker or the syncer, started by the master."""
+    if args.command == "worker":
+        # SIGINT: a worker whose master is gone drains at once (no successor to hand over to)
+        become_child(f"worker gen={args.generation}", args.master_pid, signal.SIGINT)
+        from image_cri_shim.workers.process import run
+
+        return run(args.file, args.generation, args.ready_fd, args.heartbeat_fd, args.heartbeat_every)
+    become_child("syncer", args.master_pid)
+    from image_cri_shim.syncer.process import run as run_syncer
+
+    return run_syncer(args.file)
+
+
+def command(args: argparse.Namespace) -> int:
+    """The operator's commands, and the service itself."""
     if args.version:
         print(f"image-cri-shim {__version__}")
         return 0
-    try:
-        if args.command == "worker":
-            # SIGINT: a worker whose master is gone drains at once (no successor to hand over to)
-            become_child(f"worker gen={args.generation}", args.master_pid, signal.SIGINT)
-            from image_cri_shim.workers.process import run
+    if args.command == "selfcheck":
+        from image_cri_shim.selfcheck import main as selfcheck
 
-            return run(args.file, args.generation, args.ready_fd, args.heartbeat_fd, args.heartbeat_every)
-        if args.command == "syncer":
-            become_child("syncer", args.master_pid)
-            from image_cri_shim.syncer.process import run as run_syncer
+        return selfcheck()
+    if args.dry_run:
+        from image_cri_shim.syncer.check import configmap_lines
+        from image_cri_shim.workers.diagnose import dry_run
 
-            return run_syncer(args.file)
-        if args.command == "selfcheck":
-            from image_cri_shim.selfcheck import main as selfcheck
+        def configmap(config: Config) -> list[str]:
+            return configmap_lines(config, config.source.decode("utf-8-sig"))  # the bytes checked
 
-            return selfcheck()
-        if args.dry_run:
-            from image_cri_shim.syncer.check import configmap_lines
-            from image_cri_shim.workers.diagnose import dry_run
+        return dry_run(args.file, {"configmap": configmap})
+    if args.reload:
+        from image_cri_shim.supervisor.control import reload
 
-            def configmap(config: Config) -> list[str]:
-                return configmap_lines(config, config.source.decode("utf-8-sig"))  # the bytes checked
+        return reload(args.file)
+    if args.resolve is not None:
+        from image_cri_shim.workers.diagnose import resolve
 
-            return dry_run(args.file, {"configmap": configmap})
-        if args.reload:
-            from image_cri_shim.supervisor.control import reload
+        return resolve(args.file, args.resolve)
+    from image_cri_shim.supervisor.main import run as run_master
 
-            return reload(args.file)
-        if args.resolve is not None:
-            from image_cri_shim.workers.diagnose import resolve
-
-            return resolve(args.file, args.resolve)
-        from image_cri_shim.supervisor.main import run as run_master
-
-        return run_master(args.file)
-    except KeyboardInterrupt:
-        return 130
+    return run_master(args.file)
 
 
 if __name__ == "__main__":

@@ -139,7 +139,8 @@ class Machine(Reloads):
             found.append(self.pending.started + READY_TIMEOUT)
         if self.serving() is not None and reading is not None:
             found.append(reading.served + HEARTBEAT_STALE)
-        found.extend(t for t in (self.worker_restart_at, self.syncer_restart_at, self.debounce_at) if t)
+        timers = (self.worker_restart_at, self.syncer_restart_at, self.debounce_at)
+        found.extend(t for t in timers if t is not None)
         return min(found)
 
     def serving(self) -> Ref | None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-import httpx
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from image_cri_shim import logs
 from image_cri_shim.config import Registry
@@ -80,6 +79,14 @@ class TokenRequest:
     host: str  # the realm's host, for an error message
 
 
+def token_request(realm: str, query: Mapping[str, str]) -> TokenRequest:
+    """The realm's URL with `query` merged into its own query (a realm may carry parameters)."""
+    parts = urlsplit(realm)
+    merged = {**dict(parse_qsl(parts.query, keep_blank_values=True)), **query}
+    url = urlunsplit(parts._replace(query=urlencode(merged)))
+    return TokenRequest(url, parts.netloc.rpartition("@")[2])
+
+
 class Auth:
     """One registry's auth state: which scheme it asked for, its Bearer realm, the tokens."""
 
@@ -112,11 +119,10 @@ class Auth:
             return self.basic
         if scheme == "bearer" and params.get("realm"):
             self._scheme = "bearer"
-            realm = httpx.URL(params["realm"])
             query = {"service": params.get("service", "")}
             if scope:
                 query["scope"] = scope
-            return TokenRequest(str(realm.copy_merge_params(query)), realm.netloc.decode())
+            return token_request(params["realm"], query)
         return ""
 
     def token(self, scope: str, answer: object) -> str:

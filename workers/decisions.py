@@ -109,12 +109,17 @@ def past(decision: Decision, tried: frozenset[str]) -> bool:
     return decision.target is None or decision.target.registry.domain not in tried
 
 
+def as_asked(source: Reference, registries: Sequence[Registry], upstream: bool) -> bool:
+    """Whether the image may be pulled as asked when no candidate serves it: `upstream: true`,
+    or its own registry is a configured one (pulling from a configured registry is never
+    "upstream"). Also what PullImage does when no decision could be made at all."""
+    return upstream or registry_for(source.domain, registries) is not None
+
+
 def refused(decision: Decision, registries: Sequence[Registry], upstream: bool) -> bool:
-    """Whether `upstream: false` forbids this pull: no candidate holds the image, and its own
-    registry is not a configured one (pulling from a configured registry is never "upstream")."""
-    return (
-        decision.target is None and not upstream and registry_for(decision.source.domain, registries) is None
-    )
+    """Whether `upstream: false` forbids this pull: no candidate holds the image, and it may not
+    be pulled as asked."""
+    return decision.target is None and not as_asked(decision.source, registries, upstream)
 
 
 Outcome = Literal["rewritten", "unchanged", "refused"]

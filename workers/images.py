@@ -26,8 +26,8 @@ from image_cri_shim.config import Registry
 from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers.decisions import Decision, Outcome, outcome, refusal
-from image_cri_shim.workers.failover import Decisions, Puller
+from image_cri_shim.workers.decisions import Decision, Outcome, as_asked, outcome, refusal
+from image_cri_shim.workers.failover import MARGIN, Decisions, Puller
 from image_cri_shim.workers.names import NameStore, reported
 from image_cri_shim.workers.naming import Naming
 from image_cri_shim.workers.plan import Candidate, Planner, registry_for
@@ -79,6 +79,11 @@ class ImageService:
         self._registries = planner.registries
         self._pull_upstream = pull_upstream  # config `upstream`
 
+    def _until(self, context: Context, started: float | None = None) -> float:
+        """The caller's deadline, capped by `timeout`, as a time.monotonic() time: what the shim
+        does for a call after the runtime answered must end by then, with a margin to answer in."""
+        return time.monotonic() + self._upstream.deadline(context, started) - MARGIN
+
     def _outcome(self, decision: Decision) -> Outcome:
         return outcome(decision, self._registries, self._pull_upstream)
 
@@ -101,7 +106,7 @@ class ImageService:
         if source is None:
             return self._upstream.unary(method, raw, context)
         own = registry_for(source.domain, self._registries)
-        decision = self._decide(source, own, context)
+        decision = self._decide(source, context)
         if decision is not None:
             fate = self._outcome(decision)
             if fate == "rewritten" and decision.target is not None:
@@ -112,12 +117,12 @@ class ImageService:
         through = decision.target if decision is not None else None  # the image's own registry
         return self._pull_unchanged(method, raw, request, source, own, through, context, started)
 
-    def _decide(self, source: Reference, own: Registry | None, context: Context) -> Decision | None:
+    def _decide(self, source: Reference, context: Context) -> Decision | None:
         """The resolver's decision; None when it failed and the image may go as asked."""
         try:
             return self._resolve(source)
         except Exception as err:  # a fault of the shim's own must never fail a pull...
-            if not self._pull_upstream and own is None:  # ...unless the image may not go as asked
+            if not as_asked(source, self._registries, self._pull_upstream):  # ...unless it may not
                 log.error("rewrite decision failed, upstream pulls are off", image=source, error=repr(err))
                 context.abort(grpc.StatusCode.UNAVAILABLE, undecided(source))
             log.error("rewrite decision failed, pulling unchanged", image=source, error=repr(err))
@@ -156,7 +161,7 @@ class ImageService:
         with self.naming.pulling(source) as pull:
             response, pulled = self._puller.pull(method, source, target, build, context, started)
             if pulled is not None and pulled.reference != source:
-                self.naming.pulled(method, pull, pulled.reference)
+                self.naming.pulled(method, pull, pulled.reference, self._until(context, started))
             else:
                 self.naming.pulled_directly(source)
         return response
@@ -214,7 +219,9 @@ class ImageService:
         if name is None:
             return answer or b""
         caller = reported(source)
-        if self.naming.found(method, caller, name):  # the runtime holds it under the caller's name now
+        if self.naming.found(
+            method, caller, name, self._until(context)
+        ):  # the runtime holds it under the caller's name now
             _, answer = ask(caller)
         return self._named_status(answer or b"", caller, request.verbose)
 
@@ -242,7 +249,7 @@ class ImageService:
         answer, response = found
         if name is None:
             return answer
-        self.naming.found(method, reported(source), name)
+        self.naming.found(method, reported(source), name, self._until(context))
         return response.SerializeToString() if self.naming.listing(response) else answer
 
     def remove_image(self, method: str, raw: bytes, context: Context) -> bytes:

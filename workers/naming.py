@@ -39,7 +39,7 @@ from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.names import NameStore, reported, repository
 from image_cri_shim.workers.plan import Planner
-from image_cri_shim.workers.records import RECORD_TIMEOUT, Records
+from image_cri_shim.workers.records import OutOfTime, Records, call_timeout
 from image_cri_shim.workers.upstream import Context, Upstream
 
 log = logs.get("naming")
@@ -118,8 +118,12 @@ class Naming:
     @property
     def native(self) -> bool:
         """Whether the runtime's own records carry the caller's names (asked once per worker)."""
+        return self.native_by(None)
+
+    def native_by(self, until: float | None) -> bool:
+        """`native`, asked (when not known yet) within what is left before `until`."""
         if self._native is None:
-            served = self._records.served()
+            served = self._records.served(until)
             if served is None:
                 return False
             self._native = served
@@ -128,18 +132,19 @@ class Naming:
 
     # -- pulls ------------------------------------------------------------------------------------
 
-    def pulled(self, method: str, pull: Pull, target: Reference) -> None:
+    def pulled(self, method: str, pull: Pull, target: Reference, until: float) -> None:
         """A rewritten pull (`method`) succeeded: name it as asked, and return once the
-        runtime's CRI answers under the new names."""
+        runtime's CRI answers under the new names, or when `until` (the caller's deadline,
+        time.monotonic()) comes first: the pull succeeded all the same."""
         caller, name = pull.caller, reported(target)
         self._names.record(caller, name)
-        native = self.native
+        native = self.native_by(until)
         with self._gate(caller):  # no other pull of the name starts meanwhile
             with self._lock:
                 others, since = self._returned(pull)
-            changes = self._adopt(caller, name, None if others else since) if native else {}
-        if native:
-            self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes)
+            changes = self._adopt(caller, name, None if others else since, until) if native else {}
+        if changes:
+            self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
 
     def pulled_directly(self, source: Reference) -> None:
         """A pull went as asked: a rewritten name pulled so stays, on every runtime."""
@@ -147,7 +152,7 @@ class Naming:
         if self._names.callers(name) - {name}:
             self._names.record(name, name)
 
-    def found(self, method: str, caller: str, name: str) -> bool:
+    def found(self, method: str, caller: str, name: str, until: float) -> bool:
         """The caller's image is on the node under `name` (`look`), seen by an ImageService
         `method`: under another name (preloaded, or pulled by an older shim) it is named as asked.
         True when the runtime holds it under the caller's name only now (ask it again so)."""
@@ -156,53 +161,65 @@ class Naming:
         if self._names.target(caller) != name:
             self._names.record(name, name)  # held before the shim named it: it stays
         self._names.record(caller, name)
-        if self.native:
-            self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", self._adopt(caller, name, None))
-        return self.native
+        if not self.native_by(until):
+            return False
+        changes = self._adopt(caller, name, None, until)
+        if changes:
+            self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
+        return bool(changes)
 
     def removed(self, caller: str, names: Iterable[str]) -> None:
         """The caller's image was removed (held under `names`): forget every pair of it."""
         self._names.forget_targets(names)
         self._names.forget([caller])
 
-    def _adopt(self, caller: str, name: str, since: float | None) -> dict[str, bool]:
+    def _adopt(self, caller: str, name: str, since: float | None, until: float) -> dict[str, bool]:
         """Copy the records of `name` under `caller`; remove those made since the pulls began
-        (`since`; None: remove none). Returns each name written (True) or removed (False)."""
+        (`since`; None: remove none), each call within what is left before `until`. Returns
+        each name written (True) or removed (False), none when time ran out."""
         changes: dict[str, bool] = {}
         try:
-            record = self._records.get(name)
+            record = self._records.get(name, until)
             if record is None:
                 return changes
             for old, new in renames(caller, name, record.target.digest):
-                existing = record if old == name else self._records.get(old)
+                existing = record if old == name else self._records.get(old, until)
                 if existing is None:
                     continue
                 copy = ctr.Image()
                 copy.CopyFrom(existing)
                 copy.name = new
                 copy.ClearField("created_at")
-                self._records.put(copy)
+                self._records.put(copy, until)
                 changes[new] = True
                 if since is not None and not created_before(existing, since):
-                    self._records.delete(old)
+                    self._records.delete(old, until)
                     changes[old] = False
-        except grpc.RpcError as err:
-            log.warning("could not name the image as pulled", image=caller, pulled=name, error=err.details())
+        except (OutOfTime, grpc.RpcError) as err:
+            if isinstance(err, OutOfTime) or err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                log.info("no time left to name the image as asked, left for later", image=caller, pulled=name)
+            else:
+                log.warning(
+                    "could not name the image as pulled", image=caller, pulled=name, error=err.details()
+                )
+            return {}
         return changes
 
-    def _settle(self, status: str, wanted: dict[str, bool]) -> None:
+    def _settle(self, status: str, wanted: dict[str, bool], until: float) -> None:
         """containerd's CRI learns of record changes from its event stream, a moment later: wait
-        (briefly) until its ImageStatus shows each name present or absent as `wanted`, so the
-        caller's next call already sees the image by the name it asked for."""
+        (briefly, and never past `until`) until its ImageStatus shows each name present or
+        absent as `wanted`, so the caller's next call already sees the image by the name it
+        asked for."""
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._records.channel.unary_unary(status)
-        deadline = time.monotonic() + SETTLE_TIMEOUT
+        deadline = min(time.monotonic() + SETTLE_TIMEOUT, until)
         pending = dict(wanted)
         while pending and time.monotonic() < deadline:
             for name, present in list(pending.items()):
                 request = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
                 try:
-                    answer = cri.ImageStatusResponse.FromString(call(request, timeout=RECORD_TIMEOUT))
-                except grpc.RpcError:
+                    timeout = call_timeout(deadline, time.monotonic())
+                    answer = cri.ImageStatusResponse.FromString(call(request, timeout=timeout))
+                except (OutOfTime, grpc.RpcError):
                     return
                 if bool(answer.image.id) == present:
                     del pending[name]

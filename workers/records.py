@@ -6,6 +6,8 @@ this is only the four calls it needs, each a local metadata write.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 
 from image_cri_shim.protos import containerd_pb2 as ctr
@@ -15,46 +17,63 @@ NAMESPACE = (("containerd-namespace", "k8s.io"),)  # containerd's CRI keeps its 
 RECORD_TIMEOUT = 10.0  # a local metadata write
 
 
+class OutOfTime(Exception):
+    """No time is left before the caller's deadline for another record call."""
+
+
+def call_timeout(until: float | None, now: float) -> float:
+    """One record call's timeout: its own bound, or what is left before `until` (a
+    time.monotonic() deadline) when that is less. Raises OutOfTime when nothing is left."""
+    if until is None:
+        return RECORD_TIMEOUT
+    if until <= now:
+        raise OutOfTime
+    return min(RECORD_TIMEOUT, until - now)
+
+
 class Records:
     """containerd's image records, over the runtime channel."""
 
     def __init__(self, channel: grpc.Channel) -> None:
         self.channel = channel
 
-    def _call(self, method: str, request: bytes) -> bytes:
+    def _call(self, method: str, request: bytes, until: float | None) -> bytes:
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(IMAGES + method)
-        response: bytes = call(request, timeout=RECORD_TIMEOUT, metadata=NAMESPACE)
+        timeout = call_timeout(until, time.monotonic())
+        response: bytes = call(request, timeout=timeout, metadata=NAMESPACE)
         return response
 
-    def get(self, name: str) -> ctr.Image | None:
+    def get(self, name: str, until: float | None = None) -> ctr.Image | None:
         try:
-            raw = self._call("Get", ctr.GetImageRequest(name=name).SerializeToString())
+            raw = self._call("Get", ctr.GetImageRequest(name=name).SerializeToString(), until)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
         return ctr.GetImageResponse.FromString(raw).image
 
-    def put(self, image: ctr.Image) -> None:
+    def put(self, image: ctr.Image, until: float | None = None) -> None:
         """Create the record, or point an existing one of that name where `image` points."""
         try:
-            self._call("Create", ctr.CreateImageRequest(image=image).SerializeToString())
+            self._call("Create", ctr.CreateImageRequest(image=image).SerializeToString(), until)
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-            self._call("Update", ctr.UpdateImageRequest(image=image).SerializeToString())
+            self._call("Update", ctr.UpdateImageRequest(image=image).SerializeToString(), until)
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, until: float | None = None) -> None:
         try:
-            self._call("Delete", ctr.DeleteImageRequest(name=name).SerializeToString())
+            self._call("Delete", ctr.DeleteImageRequest(name=name).SerializeToString(), until)
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.NOT_FOUND:
                 raise
 
-    def served(self) -> bool | None:
+    def served(self, until: float | None = None) -> bool | None:
         """Whether the runtime serves the API; None when it cannot be asked now."""
         try:
-            self.get("")
+            self.get("", until)
+        except OutOfTime:
+            return None
         except grpc.RpcError as err:
             code = err.code()
             if code == grpc.StatusCode.UNIMPLEMENTED:

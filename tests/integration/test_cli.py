@@ -197,13 +197,16 @@ def test_no_traceback_for_a_config_that_is_a_directory(short_dir: Path) -> None:
     assert os.fspath(short_dir) in done.stderr
 
 
-def test_help_lists_no_internal_subcommand() -> None:
+def test_help_and_errors_list_no_internal_subcommand() -> None:
     """`worker` and `syncer` are how the master starts its children, not for operators."""
-    from image_cri_shim.cli import build_parser
+    from image_cri_shim.cli import build_internal_parser, build_parser
 
     text = build_parser().format_help()
     assert "SUPPRESS" not in text
     commands = text.split("commands:", 1)[1].splitlines()
     listed = [line.split()[0] for line in commands if line.startswith("    ") and line[4] != " "]
     assert listed == ["selfcheck"], text
-    assert build_parser().parse_args(["worker", "--generation", "3"]).generation == 3
+    done = run("bogus")
+    assert done.returncode == 2 and "selfcheck" in done.stderr
+    assert "worker" not in done.stderr and "syncer" not in done.stderr, done.stderr
+    assert build_internal_parser().parse_args(["worker", "--generation", "3"]).generation == 3

@@ -11,6 +11,7 @@ from image_cri_shim.workers.decisions import (
     Outcome,
     Probe,
     after_failure,
+    as_asked,
     choose,
     expiry,
     failed_pull,
@@ -176,3 +177,18 @@ def test_where_a_pull_goes_after_a_failover() -> None:
     assert next_source(own, "unchanged", frozenset({"registry.company.com"})) == (
         "none (every candidate failed)"
     )
+
+
+@pytest.mark.parametrize(
+    ("image", "upstream", "allowed"),
+    [
+        ("nginx:1.27", True, True),
+        ("nginx:1.27", False, False),
+        ("registry.company.com/app:1", False, True),  # its own registry is a configured one
+    ],
+)
+def test_as_asked_is_what_refusals_and_undecided_pulls_ask(image: str, upstream: bool, allowed: bool) -> None:
+    source = reference.parse(image)
+    assert as_asked(source, OWN.registries, upstream) is allowed
+    nothing = choose(source, ())
+    assert (outcome(nothing, OWN.registries, upstream) == "refused") is not allowed

@@ -13,6 +13,7 @@ from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.workers.names import NameStore
 from image_cri_shim.workers.naming import Naming, created_before, renames, translate
 from image_cri_shim.workers.plan import Planner
+from image_cri_shim.workers.records import RECORD_TIMEOUT, OutOfTime, call_timeout
 from image_cri_shim.workers.upstream import Upstream
 
 D = "sha256:" + "ab" * 32
@@ -44,6 +45,15 @@ def test_a_record_is_held_before_the_pull_only_if_created_earlier() -> None:
     image.created_at.seconds = 1000
     image.created_at.nanos = 5
     assert not created_before(image, 1000.0)
+
+
+def test_a_record_call_is_bounded_by_what_is_left_of_the_callers_deadline() -> None:
+    assert call_timeout(None, 100.0) == RECORD_TIMEOUT, "no deadline: its own bound"
+    assert call_timeout(100.0 + 2 * RECORD_TIMEOUT, 100.0) == RECORD_TIMEOUT
+    assert call_timeout(101.5, 100.0) == 1.5
+    for until in (100.0, 99.0):
+        with pytest.raises(OutOfTime):
+            call_timeout(until, 100.0)
 
 
 def test_translation_replaces_rewritten_names(tmp_path: Path) -> None:

@@ -146,6 +146,15 @@ def test_bearer_challenge_asks_the_realm_and_keeps_the_token_per_scope() -> None
     assert auth.header("repository:a:pull") == "", "expired: the registry challenges again"
 
 
+def test_a_realm_with_its_own_query_keeps_it() -> None:
+    step = Auth(registry("https://r.example.com")).challenged(
+        'Bearer realm="https://user@auth.example.com:8443/token?account=robot&service=old",service="r"', ""
+    )
+    assert step == TokenRequest(
+        "https://user@auth.example.com:8443/token?account=robot&service=r", "auth.example.com:8443"
+    ), "the challenge's service wins, no scope without one"
+
+
 def test_an_unknown_challenge_is_not_answered() -> None:
     auth = Auth(registry("https://r.example.com", "auth: 'admin:x'\n"))
     assert auth.challenged('Negotiate realm="r"', "s") == ""

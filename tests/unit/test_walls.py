@@ -33,9 +33,7 @@ IO_MODULES = (
     "prometheus_client",
 )  # fmt: skip
 #: Pure modules that load an I/O library all the same, and why; each entry must still be needed.
-IMPURE_BY_DESIGN = {
-    f"{PACKAGE}.workers.auth": "httpx: a token realm's URL is parsed and extended with httpx.URL",
-}
+IMPURE_BY_DESIGN: dict[str, str] = {}
 
 #: Private names of third-party libraries the product relies on, each used in one module only
 #: (pyproject.toml bounds those libraries; tests/unit/test_private_apis.py fails on a release
