@@ -8,6 +8,10 @@ every registry down; on containerd the pair says where an image came from. A nam
 its own target is one the node also holds directly, so it stays listed. Names are kept in the
 form the runtime reports them: `name:tag`, or `name@digest` for references that carry a digest.
 
+A caller whose runtime records could not be renamed when its pull succeeded (the images API out
+of reach, or no time left) is kept as owed, with when that pull began: the next lookup renames
+them and removes the pulled records made since then, not a name the node held before.
+
 The file is small and changes only on pulls and prunes. Writers take an flock and merge with
 what is on disk, so an old worker draining next to a new one never loses the other's pairs.
 """
@@ -27,6 +31,7 @@ from image_cri_shim.reference import Reference
 log = logs.get("names")
 
 FILE = "names.json"
+State = tuple[dict[str, str], dict[str, float]]  # (caller -> pulled name, caller -> owed since)
 
 
 def reported(ref: Reference) -> str:
@@ -49,6 +54,7 @@ class NameStore:
         self._path = os.path.join(state_dir, FILE)
         self._targets: dict[str, str] = {}  # caller -> target
         self._callers: dict[str, set[str]] = {}  # target -> callers
+        self._owed: dict[str, float] = {}  # caller -> when the pull whose renaming is owed began
         self._writable = True
         try:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
@@ -71,9 +77,23 @@ class NameStore:
     def targets(self) -> Iterator[str]:
         return iter(self._callers)
 
+    def owed(self, caller: str) -> float | None:
+        """When the pull of `caller` whose record renaming is still owed began (wall clock)."""
+        return self._owed.get(caller)
+
     def record(self, caller: str, target: str) -> None:
         if self._targets.get(caller) != target:
             self._update({caller: target}, ())
+
+    def owe(self, caller: str, since: float) -> None:
+        """The renaming of `caller`'s pull, begun at `since`, is left for its next lookup."""
+        if caller in self._targets and self._owed.get(caller) != since:
+            self._update({}, (), {caller: since})
+
+    def paid(self, caller: str) -> None:
+        """`caller`'s records are renamed: nothing is owed any more."""
+        if caller in self._owed:
+            self._update({}, (), paid=[caller])
 
     def forget(self, callers: Iterable[str]) -> None:
         gone = [c for c in callers if c in self._targets]
@@ -85,44 +105,59 @@ class NameStore:
 
     # -- persistence ----------------------------------------------------------------------------
 
-    def _replace(self, pairs: dict[str, str]) -> None:
+    def _replace(self, state: State) -> None:
+        pairs, owed = state
         self._targets = pairs
+        self._owed = {caller: since for caller, since in owed.items() if caller in pairs}
         self._callers = {}
         for caller, target in pairs.items():
             self._callers.setdefault(target, set()).add(caller)
 
-    def _read(self) -> dict[str, str]:
+    def _read(self) -> State:
         try:
             with open(self._path, "rb") as f:
                 data = json.load(f)
         except FileNotFoundError:
-            return {}
+            return {}, {}
         except (OSError, ValueError) as err:
             log.warning("ignoring unreadable names file", path=self._path, error=err)
-            return {}
-        pairs = data.get("names", {}) if isinstance(data, dict) else {}
-        return {k: v for k, v in pairs.items() if isinstance(k, str) and isinstance(v, str)}
+            return {}, {}
+        if not isinstance(data, dict):
+            return {}, {}
+        pairs, owed = data.get("names", {}), data.get("owed", {})
+        return (
+            {k: v for k, v in pairs.items() if isinstance(k, str) and isinstance(v, str)},
+            {k: float(v) for k, v in owed.items() if isinstance(k, str) and isinstance(v, (int, float))},
+        )
 
-    def _update(self, add: dict[str, str], remove: Iterable[str]) -> None:
-        gone = list(remove)
+    def _update(
+        self,
+        add: dict[str, str],
+        remove: Iterable[str],
+        owe: dict[str, float] | None = None,
+        paid: Iterable[str] = (),
+    ) -> None:
+        gone, settled = list(remove), list(paid)
 
-        def apply(base: dict[str, str]) -> dict[str, str]:
-            merged = {**base, **add}
+        def apply(base: State) -> State:
+            merged, owed = {**base[0], **add}, {**base[1], **(owe or {})}
+            for caller in (*gone, *settled):
+                owed.pop(caller, None)
             for caller in gone:
                 merged.pop(caller, None)
-            return merged
+            return merged, owed
 
         if self._writable:
             try:
                 with self._locked():
                     merged = apply(self._read())
-                    body = json.dumps({"names": merged}, indent=1, sort_keys=True).encode()
-                    write_atomic(self._path, body + b"\n")
+                    document = {"names": merged[0], **({"owed": merged[1]} if merged[1] else {})}
+                    write_atomic(self._path, json.dumps(document, indent=1, sort_keys=True).encode() + b"\n")
                 self._replace(merged)
                 return
             except OSError as err:
                 log.warning("could not save names", path=self._path, error=err.strerror or err)
-        self._replace(apply(self._targets))
+        self._replace(apply((self._targets, self._owed)))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -142,7 +142,12 @@ class Naming:
         with self._gate(caller):  # no other pull of the name starts meanwhile
             with self._lock:
                 others, since = self._returned(pull)
-            changes = self._adopt(caller, name, None if others else since, until) if native else {}
+            last = None if others else since  # the last of concurrent pulls removes the pulled records
+            changes = self._adopt(caller, name, last, until) if native else self._owed_unless_translated()
+            if last is not None and changes is None:
+                self._names.owe(caller, last)  # the next lookup renames it
+            elif last is not None:
+                self._names.paid(caller)
         if changes:
             self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
 
@@ -155,28 +160,43 @@ class Naming:
     def found(self, method: str, caller: str, name: str, until: float) -> bool:
         """The caller's image is on the node under `name` (`look`), seen by an ImageService
         `method`: under another name (preloaded, or pulled by an older shim) it is named as asked.
+        A renaming owed since the shim's pull of it is done now, the pulled records removed.
         True when the runtime holds it under the caller's name only now (ask it again so)."""
-        if name == caller:
-            return False
-        if self._names.target(caller) != name:
+        since = self._names.owed(caller)  # the shim's own pull made the records since then
+        pulled = self._names.target(caller)
+        if name == caller:  # named already; the pulled records may be left from a partial renaming
+            if since is None or pulled is None or pulled == caller:
+                return False
+            name = pulled
+        elif pulled != name:
             self._names.record(name, name)  # held before the shim named it: it stays
+            since = None
         self._names.record(caller, name)
         if not self.native_by(until):
             return False
-        changes = self._adopt(caller, name, None, until)
+        changes = self._adopt(caller, name, since, until)
+        if changes is None:
+            return False
+        if since is not None:
+            self._names.paid(caller)
         if changes:
             self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
         return bool(changes)
+
+    def _owed_unless_translated(self) -> dict[str, bool] | None:
+        """Without the images API: nothing to rename on a runtime without one ({}), owed (None)
+        on one that could not be asked just now."""
+        return {} if self._native is False else None
 
     def removed(self, caller: str, names: Iterable[str]) -> None:
         """The caller's image was removed (held under `names`): forget every pair of it."""
         self._names.forget_targets(names)
         self._names.forget([caller])
 
-    def _adopt(self, caller: str, name: str, since: float | None, until: float) -> dict[str, bool]:
+    def _adopt(self, caller: str, name: str, since: float | None, until: float) -> dict[str, bool] | None:
         """Copy the records of `name` under `caller`; remove those made since the pulls began
         (`since`; None: remove none), each call within what is left before `until`. Returns
-        each name written (True) or removed (False), none when time ran out."""
+        each name written (True) or removed (False); None when it could not be done now."""
         changes: dict[str, bool] = {}
         try:
             record = self._records.get(name, until)
@@ -202,7 +222,7 @@ class Naming:
                 log.warning(
                     "could not name the image as pulled", image=caller, pulled=name, error=err.details()
                 )
-            return {}
+            return None
         return changes
 
     def _settle(self, status: str, wanted: dict[str, bool], until: float) -> None:

@@ -54,4 +54,36 @@ def test_a_slow_images_api_never_holds_a_pull_past_its_deadline(
     assert log.count("no time left to name the image as asked") == 1, log
     proxy.delay = 0.0
     caller = f"docker.io/{name}:1"
-    assert caller in tags(stack.cri(shim.socket), f"{name}:1"), "named as asked on the next lookup"
+    assert tags(stack.cri(shim.socket), f"{name}:1") == [caller], "named as asked on the next lookup"
+    assert stack.direct().status(f"{mirror.host}/{name}:1") is None, "the pulled record is gone"
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["pulled by the shim", "held before"])
+def test_a_renaming_owed_while_the_images_api_was_out_of_reach_is_done_on_the_next_lookup(
+    held: bool, stack: Stack, proxy: RuntimeProxy
+) -> None:
+    """The images API answers UNAVAILABLE from the worker's start until after the pull: the
+    pull succeeds unnamed, and once the API is back (after a restart of the worker here, so
+    what is owed must be kept under stateDir) ImageStatus by the caller's name renames it."""
+    mirror = stack.registries()
+    name = repo()
+    stack.images(mirror, name, "1")
+    pulled, caller = f"{mirror.host}/{name}:1", f"docker.io/{name}:1"
+    if held:
+        stack.direct().pull(pulled)
+    proxy.refuse = True
+    shim = stack.start_on(proxy.address, [entry(mirror)])
+    stack.cri(shim.socket).pull(f"{name}:1")
+    assert proxy.held >= 1
+    assert stack.direct().status(caller) is None, "not renamed while the images API is out of reach"
+    shim.process.stop()
+    proxy.refuse = False
+
+    again = stack.start_on(proxy.address, [entry(mirror)])
+    client = stack.cri(again.socket)
+    expected = sorted([caller, *([pulled] if held else [])])  # a name the node held before stays
+    assert sorted(tags(client, f"{name}:1")) == expected, again.log()
+    listed = [sorted(i.repo_tags) for i in client.list() if {caller, pulled} & set(i.repo_tags)]
+    assert listed == [expected], "listed once, under the caller's name and no pulled one of its own"
+    assert sorted(tags(stack.direct(), caller)) == expected, "containerd's own records say so"
+    assert client.pulled_as(f"{name}:1") == pulled

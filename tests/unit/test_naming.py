@@ -56,6 +56,23 @@ def test_a_record_call_is_bounded_by_what_is_left_of_the_callers_deadline() -> N
             call_timeout(until, 100.0)
 
 
+def test_an_owed_renaming_is_kept_under_the_state_dir_until_paid_or_forgotten(tmp_path: Path) -> None:
+    names = store(
+        tmp_path, {"docker.io/library/a:1": "m.io/library/a:1", "docker.io/library/b:1": "m.io/b:1"}
+    )
+    names.owe("docker.io/library/nowhere:1", 5.0)
+    assert names.owed("docker.io/library/nowhere:1") is None, "only a pulled name's renaming is owed"
+    names.owe("docker.io/library/a:1", 10.5)
+    names.owe("docker.io/library/b:1", 11.0)
+    again = NameStore(str(tmp_path / "state"))
+    assert again.owed("docker.io/library/a:1") == 10.5 and again.owed("docker.io/library/b:1") == 11.0
+    again.paid("docker.io/library/a:1")
+    again.forget(["docker.io/library/b:1"])
+    third = NameStore(str(tmp_path / "state"))
+    assert third.owed("docker.io/library/a:1") is None and third.owed("docker.io/library/b:1") is None
+    assert third.target("docker.io/library/a:1") == "m.io/library/a:1", "paying keeps the pair"
+
+
 def test_translation_replaces_rewritten_names(tmp_path: Path) -> None:
     names = store(tmp_path, {CALLER: PULLED})
     repo = "127.0.0.1:5000/e2e-test-images/busybox"
