@@ -36,10 +36,13 @@ RECONNECT_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 
-# How grpc words an UNAVAILABLE of the shim's own channel: the runtime could not be reached
-# (not started, stopped, crashed), or the connection broke during the call (the runtime stopped).
-_CONNECT_FAILED = ("failed to connect", "connection refused", "no such file")
-_CONNECTION_LOST = ("socket closed", "connection reset", "broken pipe", "stream removed")
+# How grpc itself words an UNAVAILABLE of the shim's own channel, which no runtime's own status
+# reads like (containerd's begin with what it was doing, "failed to pull and unpack image ...:",
+# even when they end in a connection refused): the runtime could not be reached (not started,
+# stopped, crashed; grpc's message names the runtime's socket), or the connection broke during
+# the call (the runtime stopped; grpc's message begins so, capitalised as grpc writes it).
+_CONNECT_FAILED = "failed to connect to all addresses"
+_CONNECTION_LOST = ("Socket closed", "Stream removed", "Connection reset", "Broken pipe", "GOAWAY received")
 # What grpc says when the shim's channel refuses an answer over MAX_MESSAGE.
 _TOO_LARGE = "Received message larger than max"
 
@@ -159,9 +162,14 @@ class Upstream:
         """A failure of the shim's own channel names the runtime; the runtime's answers pass as
         they are."""
         runtime = f"container runtime at {self.target}"
-        if code == grpc.StatusCode.UNAVAILABLE and _says(details, _CONNECT_FAILED):
+        unavailable = code == grpc.StatusCode.UNAVAILABLE
+        if (
+            unavailable
+            and details.startswith(_CONNECT_FAILED)
+            and self.target.removeprefix("unix://") in details
+        ):
             return f"{runtime} is unreachable: {details}"
-        if code == grpc.StatusCode.UNAVAILABLE and _says(details, _CONNECTION_LOST):
+        if unavailable and details.startswith(_CONNECTION_LOST):
             return f"connection to the {runtime} was lost: {details}"
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in details:
             # grpc's own words would read as if the caller's request were too large
@@ -170,8 +178,3 @@ class Upstream:
 
     def close(self) -> None:
         self.channel.close()
-
-
-def _says(details: str, phrases: tuple[str, ...]) -> bool:
-    text = details.lower()
-    return any(phrase in text for phrase in phrases)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import itertools
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +24,7 @@ import pytest
 from tests.harness import Blackhole, Containerd, wait_for
 from tests.harness.cri import CriClient
 from tests.harness.evidence import record
-from tests.harness.node import Stack
+from tests.harness.node import Stack, repo
 from tests.harness.worker import (
     ABSENT,
     NO_REGISTRY,
@@ -243,3 +245,45 @@ def test_containerd_frozen_under_load(own_containerd: Containerd, stack: Stack) 
         lost="none",
         result=f"calls ok {recovery:.2f} s after SIGCONT; worker pid unchanged; {before} -> {after}",
     )
+
+
+class Snapless(Containerd):
+    """A containerd whose CRI unpacks through the snapshotter named `refusing` (a proxy plugin)."""
+
+    def write_config(self) -> None:
+        super().write_config()
+        text = self.config_path.read_text().replace('snapshotter = "native"', 'snapshotter = "refusing"')
+        self.config_path.write_text(text)
+
+
+def test_the_runtimes_own_unavailable_passes_unchanged(
+    tmp_path_factory: pytest.TempPathFactory, stack: Stack
+) -> None:
+    """containerd answers UNAVAILABLE of its own, naming a connection refused: its snapshotter is
+    a proxy plugin whose socket refuses. That is the runtime's answer, not a lost runtime: code
+    and message reach the caller as containerd sent them."""
+    work = tmp_path_factory.mktemp("snapless")
+    dead = work / "snap.sock"
+    refusing = socket.socket(socket.AF_UNIX)
+    refusing.bind(str(dead))
+    refusing.close()  # the socket file stays; connecting to it is refused
+    proxy = f'\n[proxy_plugins]\n  [proxy_plugins.refusing]\n    type = "snapshot"\n    address = "{dead}"\n'
+    daemon = Snapless(work / "c", extra_config=proxy)
+    daemon.start()
+    try:
+        registry = stack.registries()
+        name = repo()
+        stack.images(registry, name, "1")
+        image = f"{registry.host}/{name}:1"
+        direct = outcome(lambda: stack.cri(daemon.socket).pull(image))
+        shim = stack.start_on(daemon.address, NO_REGISTRY)
+        proxied = outcome(lambda: stack.cri(shim.socket).pull(image))
+    finally:
+        daemon.stop()
+    assert direct[0] == grpc.StatusCode.UNAVAILABLE and "connection refused" in direct[1], direct
+    assert proxied[0] == direct[0], proxied
+
+    def unnamed(message: str) -> str:  # the snapshot key containerd makes up for each attempt
+        return re.sub(r'"extract-[^ ]+ ', '"extract-… ', message)
+
+    assert unnamed(proxied[1]) == unnamed(direct[1]), "the runtime's own answer, unchanged"
