@@ -5,8 +5,7 @@ The shim must read an image name exactly as containerd and kubelet read it, othe
 (and rewrite to) a repository other than the one the pod asked for. The rules follow
 ``ParseNormalizedNamed`` followed by ``TagNameOnly`` in github.com/distribution/reference:
 
-* the first path component is a registry domain iff it contains ``.`` or ``:``, is ``localhost``, or has
-  an upper-case letter (Docker Hub namespaces are lower case, so ``Foo/bar`` names the host ``Foo``);
+* the first path component is a registry domain iff it contains ``.`` or ``:`` or is ``localhost``;
   otherwise the domain is ``docker.io``;
 * ``index.docker.io`` is the legacy spelling of ``docker.io``; a single-component Docker Hub path gets the
   ``library/`` namespace (``nginx`` -> ``docker.io/library/nginx``);
@@ -14,9 +13,12 @@ The shim must read an image name exactly as containerd and kubelet read it, othe
 * digests are checked as containerd's digest library checks them: ``sha256``, ``sha384`` and ``sha512``
   with lower-case hex of the algorithm's length; any other algorithm is unsupported.
 
-Two inputs the Go parser accepts are refused, because the shim could only misuse them: an image ID
-(``sha256:<64 hex>`` reads as ``docker.io/library/sha256`` with a tag), and a first component that looks
-like a host but is not a valid host name (``a_b.io/x``, which Go turns into a reference with no domain).
+Three inputs the Go parser accepts are refused, because the shim could only misuse them: an image ID
+(``sha256:<64 hex>`` reads as ``docker.io/library/sha256`` with a tag), a first component that looks
+like a host but is not a valid host name (``a_b.io/x``, which Go turns into a reference with no domain),
+and a first component with an upper-case letter but no ``.`` or ``:`` (``Foo/bar``: Go reads the host
+``Foo``; by the rule above it is a Docker Hub path, and upper case is invalid in a path). An image name
+that does not parse goes to the runtime as the caller sent it.
 """
 
 from __future__ import annotations
@@ -199,8 +201,8 @@ def is_host_name(text: str) -> bool:
 
 
 def _is_domain(component: str) -> bool:
-    """The distribution rule that decides whether a first path component names a registry."""
-    return "." in component or ":" in component or component == "localhost" or component.lower() != component
+    """Whether a first path component names a registry (not Go's upper-case rule: see above)."""
+    return "." in component or ":" in component or component == "localhost"
 
 
 def _parse(text: str) -> Reference:

@@ -400,6 +400,16 @@ def test_malformed_payloads_and_odd_names_get_an_error_and_the_worker_keeps_serv
     assert "Traceback" not in shim.log()
 
 
+def test_an_upper_case_first_component_is_no_host_and_goes_to_the_runtime_unchanged(stack: Stack) -> None:
+    """`Foo/bar:1` has no '.' or ':' and is not localhost: a Docker Hub path, invalid in upper case,
+    so the shim does not parse it as the host `Foo` but lets containerd answer as it would."""
+    shim = stack.start([entry(stack.registries())])
+    direct = failure(lambda: stack.direct().pull("Foo/bar:1", timeout=10))
+    assert failure(lambda: stack.cri(shim.socket).pull("Foo/bar:1", timeout=10)) == direct
+    assert 'msg="passing an unparsable image name through unchanged" image=Foo/bar:1' in shim.log()
+    assert "rewrite decision" not in shim.log()
+
+
 # -- lifecycle ----------------------------------------------------------------------------------
 
 

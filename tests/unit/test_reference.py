@@ -72,10 +72,9 @@ VALID = [
     ("[2001:db8::]:5000/repo", "[2001:db8::]:5000/repo:latest"),
     ("[fc00:1:2:3:4:5:6:7]:5000/library/debian", "[fc00:1:2:3:4:5:6:7]:5000/library/debian:latest"),
     ("[2001:DB8::1]:5000/repo:tag", "[2001:DB8::1]:5000/repo:tag"),
-    # A first component with upper case is a host: Docker Hub namespaces are lower case.
-    ("Foo/bar", "Foo/bar:latest"),
-    ("FOO/bar:v1", "FOO/bar:v1"),
+    # Upper case in a host is fine where '.' or ':' makes it one.
     ("Localhost:5000/app", "Localhost:5000/app:latest"),
+    ("Registry.Example.com/app", "Registry.Example.com/app:latest"),
     # Digests: no tag is added; a tag beside a digest is kept.
     ("nginx@" + D64, "docker.io/library/nginx@" + D64),
     ("nginx:1.27@" + D64, "docker.io/library/nginx:1.27@" + D64),
@@ -116,6 +115,11 @@ INVALID = [
     "docker.io/docker/Docker",
     "test:5000/Uppercase/lowercase:tag",
     "localhost:5000/App",
+    # A first component with upper case but no '.' or ':' is a Docker Hub path, not a host (Go's
+    # parser reads the host "Foo" there).
+    "Foo/bar",
+    "FOO/bar:v1",
+    "Localhost/app",
     # Malformed components.
     "-docker",
     "-docker/docker",
@@ -199,7 +203,8 @@ def test_fields() -> None:
 
 
 def test_domain_split_rule() -> None:
-    assert parse("Foo/bar").domain == "Foo"
+    with pytest.raises(ReferenceError, match="lowercase"):
+        parse("Foo/bar")  # a Docker Hub path with upper case, not the host "Foo"
     assert parse("foo/bar").domain == "docker.io"
     assert parse("localhost/bar").domain == "localhost"
     assert parse("host:1/bar").domain == "host:1"
