@@ -77,6 +77,10 @@ class NameStore:
     def targets(self) -> Iterator[str]:
         return iter(self._callers)
 
+    def owing(self) -> list[str]:
+        """The callers whose renaming is still owed."""
+        return list(self._owed)
+
     def owed(self, caller: str) -> float | None:
         """When the pull of `caller` whose record renaming is still owed began (wall clock)."""
         return self._owed.get(caller)

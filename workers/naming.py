@@ -142,7 +142,7 @@ class Naming:
         with self._gate(caller):  # no other pull of the name starts meanwhile
             with self._lock:
                 others, since = self._returned(pull)
-            last = None if others else since  # the last of concurrent pulls removes the pulled records
+            last = None if others else min(since, self._names.owed(caller) or since)  # the last one renames
             changes = self._adopt(caller, name, last, until) if native else self._owed_unless_translated()
             if last is not None and changes is None:
                 self._names.owe(caller, last)  # the next lookup renames it
@@ -162,7 +162,7 @@ class Naming:
         `method`: under another name (preloaded, or pulled by an older shim) it is named as asked.
         A renaming owed since the shim's pull of it is done now, the pulled records removed.
         True when the runtime holds it under the caller's name only now (ask it again so)."""
-        since = self._names.owed(caller)  # the shim's own pull made the records since then
+        since = self._owed(caller)  # the shim's own pull made the records since then
         pulled = self._names.target(caller)
         if name == caller:  # named already; the pulled records may be left from a partial renaming
             if since is None or pulled is None or pulled == caller:
@@ -182,6 +182,19 @@ class Naming:
         if changes:
             self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
         return bool(changes)
+
+    def pay_owed(self, method: str, until: float) -> None:
+        """Do the renamings still owed, before a full ListImages (`method`) would list the
+        pulled names: `found` under the caller's own name does each."""
+        for caller in self._names.owing():
+            self.found(method, caller, caller, until)
+
+    def _owed(self, caller: str) -> float | None:
+        """When the pull whose renaming is owed began; None while another pull of the name is
+        in the runtime (it reads the pulled records, and renames when it is back)."""
+        with self._lock:
+            busy = caller in self._pulls
+        return None if busy else self._names.owed(caller)
 
     def _owed_unless_translated(self) -> dict[str, bool] | None:
         """Without the images API: nothing to rename on a runtime without one ({}), owed (None)

@@ -58,13 +58,18 @@ def test_a_slow_images_api_never_holds_a_pull_past_its_deadline(
     assert stack.direct().status(f"{mirror.host}/{name}:1") is None, "the pulled record is gone"
 
 
-@pytest.mark.parametrize("held", [False, True], ids=["pulled by the shim", "held before"])
+@pytest.mark.parametrize(
+    ("held", "lookup"),
+    [(False, "status"), (True, "status"), (False, "list")],
+    ids=["pulled by the shim", "held before", "a full listing first"],
+)
 def test_a_renaming_owed_while_the_images_api_was_out_of_reach_is_done_on_the_next_lookup(
-    held: bool, stack: Stack, proxy: RuntimeProxy
+    held: bool, lookup: str, stack: Stack, proxy: RuntimeProxy
 ) -> None:
     """The images API answers UNAVAILABLE from the worker's start until after the pull: the
     pull succeeds unnamed, and once the API is back (after a restart of the worker here, so
-    what is owed must be kept under stateDir) ImageStatus by the caller's name renames it."""
+    what is owed must be kept under stateDir) ImageStatus by the caller's name, or a ListImages
+    without a filter, renames it."""
     mirror = stack.registries()
     name = repo()
     stack.images(mirror, name, "1")
@@ -82,8 +87,10 @@ def test_a_renaming_owed_while_the_images_api_was_out_of_reach_is_done_on_the_ne
     again = stack.start_on(proxy.address, [entry(mirror)])
     client = stack.cri(again.socket)
     expected = sorted([caller, *([pulled] if held else [])])  # a name the node held before stays
-    assert sorted(tags(client, f"{name}:1")) == expected, again.log()
+    if lookup == "status":
+        assert sorted(tags(client, f"{name}:1")) == expected, again.log()
     listed = [sorted(i.repo_tags) for i in client.list() if {caller, pulled} & set(i.repo_tags)]
     assert listed == [expected], "listed once, under the caller's name and no pulled one of its own"
+    assert sorted(tags(client, f"{name}:1")) == expected, again.log()
     assert sorted(tags(stack.direct(), caller)) == expected, "containerd's own records say so"
     assert client.pulled_as(f"{name}:1") == pulled
