@@ -15,7 +15,7 @@ import pytest
 
 from image_cri_shim import config, reference
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers.decisions import Answer, Decision, Probe
+from image_cri_shim.workers.decisions import Answer, Decision, Probe, outcome
 from image_cri_shim.workers.failures import Cause, Verdict
 from image_cri_shim.workers.plan import Planner
 from image_cri_shim.workers.resolver import Resolver
@@ -244,3 +244,23 @@ def test_forget_drops_only_a_decision_through_the_failed_candidate() -> None:
         return [*counts, len(tables["b.test"].asked)]
 
     assert run(go()) == [1, 2]
+
+
+def test_a_decision_at_the_images_own_name_goes_as_asked_and_is_dropped_through_its_target() -> None:
+    """The image's own registry (b.test) is configured and holds it: the pull goes as asked, and
+    when it fails, forgetting through that target drops the decision as a failover would."""
+    own = reference.parse("b.test/library/nginx:1.27")
+
+    async def go() -> tuple[Decision, int]:
+        tables = three(N, F, N)
+        r, _ = resolver(tables)
+        decision = await r.resolve(own)
+        assert decision.target is not None
+        await r.forget(own, decision.target)
+        await r.resolve(own)
+        return decision, len(tables["b.test"].asked)
+
+    decision, asked = run(go())
+    assert decision.target is not None and decision.target.reference == own and not decision.rewritten
+    assert outcome(decision, (), upstream=True) == "unchanged"
+    assert asked == 2, "decided afresh after the failed pull"
