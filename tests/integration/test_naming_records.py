@@ -8,10 +8,13 @@ images API calls on cue; the pull itself goes through untouched.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.harness import Containerd
+from tests.harness.containerd import SUITES
+from tests.harness.cri import CriClient
 from tests.harness.node import Shim, Stack, entry, repo
 from tests.harness.registry import Registry
 from tests.harness.runtimeproxy import RuntimeProxy
@@ -19,13 +22,19 @@ from tests.harness.worker import tags
 
 
 @pytest.fixture
-def proxy(stack: Stack) -> Iterator[RuntimeProxy]:
-    runtime = RuntimeProxy(stack.dir / "proxy.sock", stack.containerd.address)
-    yield runtime
-    runtime.stop()
+def proxy_of(stack: Stack) -> Iterator[Callable[[Containerd], RuntimeProxy]]:
+    made: list[RuntimeProxy] = []
+
+    def make(daemon: Containerd) -> RuntimeProxy:
+        made.append(RuntimeProxy(stack.dir / f"proxy{len(made)}.sock", daemon.address))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.stop()
 
 
-def started(stack: Stack, proxy: RuntimeProxy, **settings: str) -> tuple[Shim, Registry]:
+def started(stack: Stack, proxy: RuntimeProxy, direct: CriClient, **settings: str) -> tuple[Shim, Registry]:
     """A worker in front of `proxy` with one mirror, that has renamed one pull already (so it
     knows the runtime keeps image records before the images API is held up)."""
     mirror = stack.registries()
@@ -33,15 +42,25 @@ def started(stack: Stack, proxy: RuntimeProxy, **settings: str) -> tuple[Shim, R
     warm = repo()
     stack.images(mirror, warm, "1")
     stack.cri(shim.socket).pull(f"{warm}:1")
-    assert tags(stack.direct(), f"docker.io/{warm}:1") == [f"docker.io/{warm}:1"], shim.log()
+    assert tags(direct, f"docker.io/{warm}:1") == [f"docker.io/{warm}:1"], shim.log()
     return shim, mirror
 
 
-@pytest.mark.parametrize("bound", ["caller's deadline", "timeout"])
+@pytest.mark.parametrize(
+    ("bound", "suite"),
+    [("caller's deadline", "host"), ("timeout", "host")] + [("caller's deadline", suite) for suite in SUITES],
+    ids=["caller's deadline", "timeout", *SUITES],
+)
 def test_a_slow_images_api_never_holds_a_pull_past_its_deadline(
-    bound: str, stack: Stack, proxy: RuntimeProxy
+    bound: str,
+    suite: str,
+    stack: Stack,
+    proxy_of: Callable[[Containerd], RuntimeProxy],
+    containerd_of: Callable[[str], Containerd],
 ) -> None:
-    shim, mirror = started(stack, proxy, **({"timeout": "4s"} if bound == "timeout" else {}))
+    daemon = stack.containerd if suite == "host" else containerd_of(suite)
+    proxy, direct = proxy_of(daemon), stack.cri(daemon.socket)
+    shim, mirror = started(stack, proxy, direct, **({"timeout": "4s"} if bound == "timeout" else {}))
     name = repo()
     stack.images(mirror, name, "1")
     proxy.delay = 8.0
@@ -55,32 +74,40 @@ def test_a_slow_images_api_never_holds_a_pull_past_its_deadline(
     proxy.delay = 0.0
     caller = f"docker.io/{name}:1"
     assert tags(stack.cri(shim.socket), f"{name}:1") == [caller], "named as asked on the next lookup"
-    assert stack.direct().status(f"{mirror.host}/{name}:1") is None, "the pulled record is gone"
+    assert direct.status(f"{mirror.host}/{name}:1") is None, "the pulled record is gone"
 
 
 @pytest.mark.parametrize(
-    ("held", "lookup"),
-    [(False, "status"), (True, "status"), (False, "list")],
-    ids=["pulled by the shim", "held before", "a full listing first"],
+    ("held", "lookup", "suite"),
+    [(False, "status", "host"), (True, "status", "host"), (False, "list", "host")]
+    + [(False, "status", suite) for suite in SUITES],
+    ids=["pulled by the shim", "held before", "a full listing first", *SUITES],
 )
 def test_a_renaming_owed_while_the_images_api_was_out_of_reach_is_done_on_the_next_lookup(
-    held: bool, lookup: str, stack: Stack, proxy: RuntimeProxy
+    held: bool,
+    lookup: str,
+    suite: str,
+    stack: Stack,
+    proxy_of: Callable[[Containerd], RuntimeProxy],
+    containerd_of: Callable[[str], Containerd],
 ) -> None:
     """The images API answers UNAVAILABLE from the worker's start until after the pull: the
     pull succeeds unnamed, and once the API is back (after a restart of the worker here, so
     what is owed must be kept under stateDir) ImageStatus by the caller's name, or a ListImages
     without a filter, renames it."""
+    daemon = stack.containerd if suite == "host" else containerd_of(suite)
+    proxy, direct = proxy_of(daemon), stack.cri(daemon.socket)
     mirror = stack.registries()
     name = repo()
     stack.images(mirror, name, "1")
     pulled, caller = f"{mirror.host}/{name}:1", f"docker.io/{name}:1"
     if held:
-        stack.direct().pull(pulled)
+        direct.pull(pulled)
     proxy.refuse = True
     shim = stack.start_on(proxy.address, [entry(mirror)])
     stack.cri(shim.socket).pull(f"{name}:1")
     assert proxy.held >= 1
-    assert stack.direct().status(caller) is None, "not renamed while the images API is out of reach"
+    assert direct.status(caller) is None, "not renamed while the images API is out of reach"
     shim.process.stop()
     proxy.refuse = False
 
@@ -92,5 +119,5 @@ def test_a_renaming_owed_while_the_images_api_was_out_of_reach_is_done_on_the_ne
     listed = [sorted(i.repo_tags) for i in client.list() if {caller, pulled} & set(i.repo_tags)]
     assert listed == [expected], "listed once, under the caller's name and no pulled one of its own"
     assert sorted(tags(client, f"{name}:1")) == expected, again.log()
-    assert sorted(tags(stack.direct(), caller)) == expected, "containerd's own records say so"
+    assert sorted(tags(direct, caller)) == expected, "containerd's own records say so"
     assert client.pulled_as(f"{name}:1") == pulled
