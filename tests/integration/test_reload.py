@@ -7,6 +7,7 @@ when the file is invalid (and then nothing is asked of the service) or when the 
 from __future__ import annotations
 
 import dataclasses
+import signal
 import subprocess
 import sys
 import threading
@@ -14,8 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from image_cri_shim.changes import changed_keys
-from image_cri_shim.config import parse
+from image_cri_shim.config import load, parse
+from image_cri_shim.supervisor.control import control_path
 from tests.harness import Containerd, RegistryFactory
+from tests.harness.processes import wait_for
 from tests.harness.service import Service, base_config
 
 
@@ -74,16 +77,32 @@ def test_a_config_the_service_refuses_fails_with_its_reason(
     assert 1 in service.workers(), "the running worker stays"
 
 
+def connections_to(path: str) -> int:
+    """Connections made to the unix socket bound at `path`, accepted or still queued (not the listener)."""
+    with open("/proc/net/unix") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    # Num RefCount Protocol Flags Type St Inode Path; the listener has __SO_ACCEPTCON (0x10000).
+    return sum(1 for r in rows if len(r) == 8 and r[7] == path and not int(r[3], 16) & 0x10000)
+
+
 def test_concurrent_reload_requests_each_get_an_answer(
     containerd: Containerd, registry_factory: RegistryFactory, service_factory: Callable[..., Service]
 ) -> None:
     service = service_factory(base_config(containerd, registry_factory()))
+    control = control_path(load(str(service.config)).shim)
     results: list[subprocess.CompletedProcess[str]] = []
     threads = [
         threading.Thread(target=lambda: results.append(reload_command(service.config))) for _ in range(3)
     ]
-    for thread in threads:
-        thread.start()
+    # The master is held until all three requests wait on its control socket, so they arrive
+    # together however slowly the three commands start on a busy machine.
+    service.process.signal(signal.SIGSTOP)
+    try:
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: connections_to(control) >= 3, 60, "three --reload commands to connect")
+    finally:
+        service.process.signal(signal.SIGCONT)
     for thread in threads:
         thread.join(120)
     assert len(results) == 3
