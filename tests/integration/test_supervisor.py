@@ -277,13 +277,20 @@ def test_a_slow_pull_survives_a_reload(
 # -- crash isolation ------------------------------------------------------------------------------------
 
 
+def started_at(pid: int) -> float:
+    """When process `pid` was forked, in seconds since boot (the clock of CLOCK_BOOTTIME)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
 def test_a_killed_worker_is_replaced_at_once(
     containerd: Containerd, registry_factory: RegistryFactory, service_factory: Callable[..., Service]
 ) -> None:
     service = service_factory(base_config(containerd, registry_factory()))
     syncer = service.child("image-cri-shim: syncer")
     os.kill(service.child("image-cri-shim: worker gen=1"), signal.SIGKILL)
-    killed = time.monotonic()
+    killed, killed_since_boot = time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME)
     with CriClient(service.socket, timeout=1) as client:
 
         def answers() -> bool:
@@ -292,11 +299,16 @@ def test_a_killed_worker_is_replaced_at_once(
             except grpc.RpcError:
                 return False
 
-        wait_for(answers, 5, "calls to succeed after the worker was killed", interval=0.02)
+        # A bound on the whole recovery would time the new worker's start-up (its imports take
+        # 1.7-2.4 s on a loaded machine); `make bench` measures that. "At once" is the master's part.
+        wait_for(answers, 30, "calls to succeed after the worker was killed", interval=0.02)
     recovered = time.monotonic() - killed
     print(f"worker recovery: {recovered * 1000:.0f} ms")
-    assert recovered < 2.0
     assert service.generation() == 2
+    assert "restart_in=0s" in service.process.log_text(), service.process.log_tail()
+    # The shortest backoff after repeated crashes is 2 s: the replacement was forked before it.
+    spawned = started_at(service.child("image-cri-shim: worker gen=2")) - killed_since_boot
+    assert spawned < 2.0, f"the replacement worker was forked {spawned:.2f}s after the kill"
     assert service.child("image-cri-shim: syncer") == syncer, "the syncer is not disturbed"
     record(
         "the worker killed (SIGKILL)",
@@ -304,7 +316,8 @@ def test_a_killed_worker_is_replaced_at_once(
         faults="SIGKILL to the serving worker",
         failed="calls until the replacement serves (UNAVAILABLE)",
         lost="none",
-        result=f"replaced at once: served again after {recovered * 1000:.0f} ms; syncer untouched",
+        result=f"replaced at once: forked {spawned * 1000:.0f} ms after the kill, served again after "
+        f"{recovered * 1000:.0f} ms; syncer untouched",
     )
 
 
