@@ -43,6 +43,7 @@ class FaultProxy(Loopback):
         self.fault = Fault()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status sent)
         self.cuts: list[float] = []  # time.monotonic() of each body the registry left unfinished
+        self.relayed = 0  # body bytes sent back so far, all answers together
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self.port: int = self._server.server_address[1]
@@ -130,6 +131,8 @@ class FaultProxy(Loopback):
                 with contextlib.suppress(OSError, http.client.HTTPException):
                     while chunk := response.read(CHUNK):
                         self.wfile.write(chunk)
+                        with proxy._lock:
+                            proxy.relayed += len(chunk)
                         if rate:
                             time.sleep(len(chunk) / rate)
                         if response.isclosed():
