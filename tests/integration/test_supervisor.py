@@ -288,7 +288,8 @@ def test_a_killed_worker_is_replaced_at_once(
     containerd: Containerd, registry_factory: RegistryFactory, service_factory: Callable[..., Service]
 ) -> None:
     service = service_factory(base_config(containerd, registry_factory()))
-    syncer = service.child("image-cri-shim: syncer")
+    # READY=1 follows the worker; the syncer takes its title once its imports are done.
+    syncer = wait_for(lambda: service.child("image-cri-shim: syncer"), 30, "the syncer's title")
     os.kill(service.child("image-cri-shim: worker gen=1"), signal.SIGKILL)
     killed, killed_since_boot = time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME)
     with CriClient(service.socket, timeout=1) as client:
