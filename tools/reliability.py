@@ -78,7 +78,11 @@ Fixed:
 - One call of the twenty-reloads test failed on a machine starved of CPU with `UNAVAILABLE:
   Stream removed (sendmsg: Broken pipe)`: it raced the close of an old worker's connection at the
   end of its handover (connections age out after 5 s ±10 %; the old worker stopped 6.5 s after
-  SIGTERM). The handover now lasts 8 s.
+  SIGTERM). The handover then lasted 8 s, which only narrowed the window: a client starved for
+  longer still held its connection, with the GOAWAY unread, when the old worker stopped. The old
+  worker now also waits (up to 30 s more) until no client is connected to it any more; a client
+  held with SIGSTOP through the whole hand-over loses no call
+  (`test_supervisor.py::test_a_client_starved_through_the_hand_over_loses_no_call`).
 - The master's control socket failed with a traceback when the shim socket's directory could not
   be made; the service now reports it in one line and the worker's own error stops the start.
 - A connection that never sent the HTTP/2 preface kept a descriptor of the worker for grpc's

@@ -63,6 +63,7 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[bytes, bytes]"
 # Every call in flight holds a thread (a PullImage may take minutes); threads start only as
 # calls need them, so the bound is a ceiling, not a cost.
 THREADS = 256
+CONNECTED = "03"  # a connected socket's state in /proc/net/unix
 # Clients reconnect this often. A server that stops cancels calls that reach it in the
 # moment between its shutdown and the client's reading of the GOAWAY; a connection that
 # reaches its age instead gets a two-phase GOAWAY while the server keeps serving. A worker
@@ -71,6 +72,11 @@ CONNECTION_AGE = 5.0
 # Connection ages carry up to 10 % jitter; the margin covers a GOAWAY a client reads late on a
 # busy node (one call was lost to a 0.5 s margin under CPU starvation).
 HANDOVER = CONNECTION_AGE * 1.1 + 2.5
+# A client that got no CPU through the hand-over still holds its connection here, with the
+# GOAWAY unread: its next call must reach a server that still serves (which refuses it as
+# unprocessed, so the client retries it on a new connection), not a closed socket. The worker
+# waits for such connections this much longer.
+LINGER = 30.0
 # A connection that never sends the HTTP/2 preface is closed after this (grpc's default is
 # 120 s): a client that opens connections and stays silent cannot pile up descriptors.
 HANDSHAKE_TIMEOUT = 10.0
@@ -176,6 +182,29 @@ def unpublish(listener: Listener) -> None:
             os.unlink(listener.path)
 
 
+def clients(bound: str) -> int | None:
+    """Connections accepted on the socket bound at `bound` (/proc/net/unix names a socket by the
+    path it was bound under, whatever it was renamed to, and grpc's with extra leading slashes);
+    None where the table is not readable."""
+    try:
+        with open("/proc/net/unix", encoding="utf-8", errors="replace") as table:
+            rows = [line.split() for line in table]
+    except OSError:
+        return None
+    path = bound.lstrip("/")
+    return sum(1 for row in rows[1:] if len(row) >= 8 and row[7].lstrip("/") == path and row[5] == CONNECTED)
+
+
+def linger(bound: str, stop: Stop) -> None:
+    """Past the hand-over, wait (up to LINGER) until no client is connected any more."""
+    deadline = time.monotonic() + LINGER
+    while (left := clients(bound)) and time.monotonic() < deadline:
+        if stop.now.wait(0.1):
+            return
+    if left:
+        log.warning("clients still connected after the hand-over", connections=left)
+
+
 def runtime_version(upstream: Upstream, timeout: float = 2.0) -> str | None:
     """`name version` of the runtime if it answers Version (v1, then v1alpha2), else None."""
     for version in VERSIONS:
@@ -253,6 +282,7 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
             # still serves: clients reconnect (to the socket's new owner) without a single call
             # arriving at a server that has begun to stop.
             stop.now.wait(HANDOVER)
+            linger(temp, stop)
         log.info("draining", grace=f"{config.timeout:g}s")
         server.stop(grace=config.timeout).wait()
         log.info("drained", took=f"{time.monotonic() - started:.1f}s")

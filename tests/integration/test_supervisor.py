@@ -6,6 +6,7 @@ NOTIFY_SOCKET that records every message. Clients talk to the shim socket the wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -444,3 +445,71 @@ def test_a_deleted_config_file_keeps_the_worker(
         result="running worker kept, said once; the new file reloads",
     )
     assert not load.failures, load.failures[:5]
+
+
+# A client process that calls the shim every 50 ms over one connection and writes each outcome
+# as a line, until the file named by its second argument exists.
+STEADY_CLIENT = """
+import os, sys, time
+import grpc
+from tests.harness.cri import CriClient
+client = CriClient(sys.argv[1])
+while not os.path.exists(sys.argv[2]):
+    try:
+        client.version(timeout=10)
+        print("ok", flush=True)
+    except grpc.RpcError as err:
+        print("failed", err.code().name, err.details(), flush=True)
+    time.sleep(0.05)
+"""
+
+
+def test_a_client_starved_through_the_hand_over_loses_no_call(
+    containerd: Containerd, registry_factory: RegistryFactory, service_factory: Callable[..., Service]
+) -> None:
+    """A client that gets no CPU while a reload hands over (SIGSTOP stands in for a starved node)
+    still holds its connection to the old worker, with the GOAWAY unread. The old worker keeps
+    serving until that connection is gone, so the client's next call is answered."""
+    from image_cri_shim.workers.server import HANDOVER
+
+    service = service_factory(base_config(containerd, registry_factory()))
+    done = service.directory / "client-done"
+    out = service.directory / "client.out"
+    root = Path(__file__).resolve().parents[2]
+    with out.open("w") as sink:
+        client = subprocess.Popen(
+            [sys.executable, "-c", STEADY_CLIENT, str(service.socket), str(done)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+    try:
+        wait_for(lambda: out.read_text().count("ok") >= 5, timeout=30, what="the client's first calls")
+        old = service.workers()[1]
+        os.kill(client.pid, signal.SIGSTOP)
+        service.reload_and_wait(lambda: service.process.signal(signal.SIGHUP), timeout=30)
+        wait_for(lambda: "handing clients over" in service.process.log_text(), timeout=10, what="hand-over")
+        # Well past the fixed hand-over and a drain (a worker that did not wait for its clients
+        # is gone by then), within the wait for them.
+        bound = time.monotonic() + HANDOVER + 15.0
+        while alive(old) and time.monotonic() < bound:
+            time.sleep(0.2)
+        stayed = alive(old)
+        before = out.read_text().count("\n")
+        os.kill(client.pid, signal.SIGCONT)
+        wait_for(lambda: out.read_text().count("\n") >= before + 20, timeout=30, what="calls after SIGCONT")
+        if stayed:
+            wait_for(lambda: not alive(old), timeout=30, what="the old worker's exit once the client moved")
+    finally:
+        done.touch()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(client.pid, signal.SIGCONT)
+        try:
+            client.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait(timeout=10)
+    failed = [line for line in out.read_text().splitlines() if not line.startswith("ok")]
+    assert not failed, failed
+    assert stayed, "the old worker stopped while a client still held its connection"
