@@ -63,7 +63,7 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[bytes, bytes]"
 # Every call in flight holds a thread (a PullImage may take minutes); threads start only as
 # calls need them, so the bound is a ceiling, not a cost.
 THREADS = 256
-CONNECTED = "03"  # a connected socket's state in /proc/net/unix
+ACCEPTING = 0x10000  # __SO_ACCEPTCON: a listening socket in /proc/net/unix
 # Clients reconnect this often. A server that stops cancels calls that reach it in the
 # moment between its shutdown and the client's reading of the GOAWAY; a connection that
 # reaches its age instead gets a two-phase GOAWAY while the server keeps serving. A worker
@@ -183,16 +183,21 @@ def unpublish(listener: Listener) -> None:
 
 
 def clients(bound: str) -> int | None:
-    """Connections accepted on the socket bound at `bound` (/proc/net/unix names a socket by the
-    path it was bound under, whatever it was renamed to, and grpc's with extra leading slashes);
-    None where the table is not readable."""
+    """Connections made to the unix socket bound at `bound`, accepted or still queued (not the
+    listener). /proc/net/unix names a socket by the path it was bound under, whatever it was
+    renamed to, and grpc's with extra leading slashes. None where the table is not readable."""
     try:
         with open("/proc/net/unix", encoding="utf-8", errors="replace") as table:
             rows = [line.split() for line in table]
     except OSError:
         return None
     path = bound.lstrip("/")
-    return sum(1 for row in rows[1:] if len(row) >= 8 and row[7].lstrip("/") == path and row[5] == CONNECTED)
+    # Num RefCount Protocol Flags Type St Inode Path; the listener has __SO_ACCEPTCON in Flags.
+    return sum(
+        1
+        for row in rows[1:]
+        if len(row) >= 8 and row[7].lstrip("/") == path and not int(row[3], 16) & ACCEPTING
+    )
 
 
 def linger(bound: str, stop: Stop) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from image_cri_shim.changes import changed_keys
 from image_cri_shim.config import load, parse
 from image_cri_shim.supervisor.control import control_path
+from image_cri_shim.workers.server import clients
 from tests.harness import Containerd, RegistryFactory
 from tests.harness.processes import wait_for
 from tests.harness.service import Service, base_config
@@ -77,14 +78,6 @@ def test_a_config_the_service_refuses_fails_with_its_reason(
     assert 1 in service.workers(), "the running worker stays"
 
 
-def connections_to(path: str) -> int:
-    """Connections made to the unix socket bound at `path`, accepted or still queued (not the listener)."""
-    with open("/proc/net/unix") as table:
-        rows = [line.split() for line in table.readlines()[1:]]
-    # Num RefCount Protocol Flags Type St Inode Path; the listener has __SO_ACCEPTCON (0x10000).
-    return sum(1 for r in rows if len(r) == 8 and r[7] == path and not int(r[3], 16) & 0x10000)
-
-
 def test_concurrent_reload_requests_each_get_an_answer(
     containerd: Containerd, registry_factory: RegistryFactory, service_factory: Callable[..., Service]
 ) -> None:
@@ -100,7 +93,7 @@ def test_concurrent_reload_requests_each_get_an_answer(
     try:
         for thread in threads:
             thread.start()
-        wait_for(lambda: connections_to(control) >= 3, 60, "three --reload commands to connect")
+        wait_for(lambda: (clients(control) or 0) >= 3, 60, "three --reload commands to connect")
     finally:
         service.process.signal(signal.SIGCONT)
     for thread in threads:
