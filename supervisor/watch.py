@@ -1,89 +1,83 @@
 """Notice when the config file's content changes.
 
 The directory is watched, not the file: the syncer and most editors replace the file by
-renaming a new one over it, which a watch on the old inode would miss. The watch is inotify,
-read by one thread that sleeps in `read` until the kernel has an event: only writes, renames,
-creations and deletions are asked for, so the master's own reads of the file (which would
-report opens and closes) never wake it. Whether anything changed is decided by the content,
-so a touch or a rewrite with the same bytes is no reload. Without inotify (an exhausted
-`max_user_watches`, an unusual file system) the `reloadInterval` poll still notices changes.
+renaming a new one over it, which a watch on the old inode would miss. The watch is watchdog's
+inotify observer with an event filter of writes, moves, creations and deletions only: watchdog
+asks the kernel for just those, so the master's own reads of the file (opens and closes without
+a write) never wake it, and its threads sleep in `poll` or on a queue with a long timeout until
+the kernel has an event. Whether anything changed is decided by the content, so a touch or a
+rewrite with the same bytes is no reload. Without inotify (an exhausted `max_user_watches`, an
+unusual file system) the `reloadInterval` poll still notices changes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import struct
-import threading
 from collections.abc import Callable
 
-# <sys/inotify.h>
-IN_MODIFY = 0x002
-IN_CLOSE_WRITE = 0x008
-IN_MOVED_FROM = 0x040
-IN_MOVED_TO = 0x080
-IN_CREATE = 0x100
-IN_DELETE = 0x200
-IN_IGNORED = 0x8000
-IN_CLOEXEC = 0o2000000
-CHANGES = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
-_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+# What a write, a rename over the file, a new file or a removal reports; nothing a read reports.
+CHANGES: list[type[FileSystemEvent]] = [
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+]
+IDLE_TIMEOUT = 3600.0  # how long watchdog's queue waits between checks for a stop; a stop wakes it sooner
 
 
-def names(buffer: bytes) -> list[tuple[int, str]]:
-    """(mask, file name) of each inotify event in `buffer` (pure)."""
-    found = []
-    offset = 0
-    while offset + _EVENT.size <= len(buffer):
-        _wd, mask, _cookie, length = _EVENT.unpack_from(buffer, offset)
-        offset += _EVENT.size
-        name = buffer[offset : offset + length].split(b"\0", 1)[0]
-        offset += length
-        found.append((mask, os.fsdecode(name)))
-    return found
+def concerns(event: FileSystemEvent, name: str) -> bool:
+    """Whether `event` in the watched directory touches the file called `name` (pure)."""
+    paths = (event.src_path, event.dest_path)
+    return any(path and os.path.basename(os.fsdecode(path)) == name for path in paths)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, name: str, wake: Callable[[], None]) -> None:
+        self._name = name
+        self._wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and concerns(event, self._name):
+            self._wake()
 
 
 class DirectoryWatch:
-    """inotify on the config file's directory; calls `wake` (from its thread) when that file
-    is written, replaced, created or removed. `start` returns False when inotify is unusable."""
+    """A watch on the config file's directory; calls `wake` (from watchdog's thread) when that
+    file is written, replaced, created or removed. `start` returns False when inotify is unusable."""
 
     def __init__(self, path: str, wake: Callable[[], None]) -> None:
         path = os.path.abspath(path)
         self._directory = os.path.dirname(path)
-        self._name = os.path.basename(path)
-        self._wake = wake
-        self._fd = -1
-        self._wd = -1
-        self._stopped = False
-        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._handler = _Handler(os.path.basename(path), wake)
+        self._observer: BaseObserver | None = None
 
     def start(self) -> bool:
-        fd = self._libc.inotify_init1(IN_CLOEXEC)
-        if fd < 0:
+        observer = Observer(timeout=IDLE_TIMEOUT)
+        observer.daemon = True
+        try:
+            observer.schedule(self._handler, self._directory, recursive=False, event_filter=CHANGES)
+            observer.start()
+        except OSError:
             return False
-        wd = self._libc.inotify_add_watch(fd, os.fsencode(self._directory), CHANGES)
-        if wd < 0:
-            os.close(fd)
-            return False
-        self._fd, self._wd = fd, wd
-        threading.Thread(target=self._read, name="config-watch", daemon=True).start()
+        self._observer = observer
         return True
 
-    def _read(self) -> None:
-        while not self._stopped:
-            try:
-                buffer = os.read(self._fd, 4096)
-            except OSError:
-                return
-            events = names(buffer)
-            if any(mask & IN_IGNORED for mask, _ in events):
-                return  # the directory went away, or stop() removed the watch
-            if any(name == self._name for _, name in events):
-                self._wake()
-
     def stop(self) -> None:
-        """Removing the watch queues IN_IGNORED, which ends the blocked read."""
-        self._stopped = True
-        if self._wd >= 0:
-            self._libc.inotify_rm_watch(self._fd, self._wd)
-            self._wd = -1
+        """Stops watchdog's threads; the stop wakes them at once, whatever the timeout."""
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
