@@ -3,7 +3,7 @@
 PYTHON   ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
-APT_PKGS := containerd docker-registry skopeo apache2-utils openssl binutils shellcheck debootstrap runc containernetworking-plugins busybox-static iproute2
+APT_PKGS := containerd docker.io docker-registry skopeo apache2-utils openssl binutils shellcheck debootstrap runc containernetworking-plugins busybox-static iproute2
 STAMP    := $(VENV)/.installed
 # make dist: a venv of its own holding the wheel and the build tools, so the frozen program
 # takes in the wheel's dependencies and nothing the test venv has besides.
