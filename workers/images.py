@@ -263,8 +263,11 @@ class ImageService:
                 self.naming.prune(response)
             return response.SerializeToString() if self.naming.listing(response) else response_raw
 
+        asked, caller = request.filter.image.image, reported(source)
+
         def ask(name: str) -> tuple[bool, tuple[bytes, cri.ListImagesResponse]]:
-            request.filter.image.image = name
+            # the caller's own spelling first: Docker matches a filter against its short names
+            request.filter.image.image = asked if name == caller else name
             answer = self._upstream.unary(method, request.SerializeToString(), context)
             response = cri.ListImagesResponse.FromString(answer)
             return bool(response.images), (answer, response)
