@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.harness.cli import run, write
 from tests.harness.cri import CriClient
 from tests.harness.docker import CriDockerd, DockerEngine, cri_dockerd
 from tests.harness.node import Shim, Stack, entry, repo
@@ -164,3 +165,26 @@ def test_without_dockers_api_the_image_ref_is_the_image_id(
     assert "naming=translation" in shim.log()
     client.remove(f"{name}:1")
     assert engine.api.inspect(ref) is None, engine.api.names()
+
+
+def test_dry_run_names_the_runtime_and_its_naming_mode(
+    stack: Stack, cri: CriDockerd, engine: DockerEngine
+) -> None:
+    a = stack.registries()
+    for socket, expected in (
+        (
+            engine.socket,
+            f"names        native: Docker Engine's image records, through its API at {engine.socket}",
+        ),
+        (stack.dir / "none.sock", "names        translation: the caller's names in answers"),
+    ):
+        config = {
+            "cri": str(cri.socket),
+            "address": a.url,
+            "dockerSocket": str(socket),
+            "configMap": {"enabled": False},
+        }
+        done = run("-f", str(write(stack.dir, config)), "--dry-run")
+        assert done.returncode == 0, done.stderr
+        assert f"{cri.socket}: docker {engine.api.version()} (v1)" in done.stdout, done.stdout
+        assert expected in done.stdout, done.stdout
