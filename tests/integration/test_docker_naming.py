@@ -178,7 +178,7 @@ def test_dry_run_names_the_runtime_and_its_naming_mode(
         ),
         (stack.dir / "none.sock", "names        translation: the caller's names in answers"),
     ):
-        config = {
+        config: dict[str, object] = {
             "cri": str(cri.socket),
             "address": a.url,
             "dockerSocket": str(socket),
