@@ -11,7 +11,11 @@ over the same Docker Engine: PullImage is Docker's pull with the request's crede
 the image's first repo digest (its ID when it has none); ImageStatus finds an image by a tag or a
 digest it holds, else by its ID; ListImages is Docker's list (a filter is Docker's `reference`
 filter); RemoveImage looks the image up by ID only (by a name: OK, nothing removed) and removes
-every name of it; errors are UNKNOWN with Docker's words; v1alpha2 is not served.
+every name of it; errors are UNKNOWN with Docker's words; v1alpha2 is not served. Of the runtime
+service it serves Version and host-network pods: a sandbox container of the sandbox image, containers
+in its network, and ContainerStatus with the image as created and `image_ref`
+`docker-pullable://<first repo digest>` (`docker://<ID>` without one), the image named by its first
+tag (as created when it has none).
 """
 
 from __future__ import annotations
@@ -69,11 +73,18 @@ class DockerApi:
         self.socket = socket_path
 
     def request(
-        self, method: str, path: str, headers: dict[str, str] | None = None, timeout: float = 60.0
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        timeout: float = 60.0,
+        body: dict[str, Any] | None = None,
     ) -> tuple[int, bytes]:
         connection = _Unix(str(self.socket), timeout)
+        data = None if body is None else json.dumps(body).encode()
+        kinds = {} if body is None else {"Content-Type": "application/json"}
         try:
-            connection.request(method, path, headers={"Host": "docker", **(headers or {})})
+            connection.request(method, path, data, headers={"Host": "docker", **kinds, **(headers or {})})
             response = connection.getresponse()
             return response.status, response.read()
         finally:
@@ -103,6 +114,20 @@ class DockerApi:
 
     def version(self) -> str:
         return str(self.json("/version")["Version"])
+
+    def pull(self, name: str) -> None:
+        """Docker's own pull (past every CRI), for what the node holds beforehand."""
+        repo, tag = _split(name)
+        status, body = self.request("POST", "/images/create?" + urlencode({"fromImage": repo, "tag": tag}))
+        if status != 200 or b'"error"' in body:
+            raise HarnessError(f"docker pull {name}: {status} {body[-300:]!r}")
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A container call; its JSON answer (None for an empty one)."""
+        status, answer = self.request(method, path, body=body)
+        if status >= 400:
+            raise HarnessError(f"docker {method} {path}: {status} {answer[:300]!r}")
+        return json.loads(answer) if answer.strip() else None
 
 
 class DockerEngine:
@@ -275,9 +300,95 @@ class _Images(v1_grpc.ImageServiceServicer):
         return v1.ImageFsInfoResponse()
 
 
+SANDBOX_LABEL = "io.kubernetes.sandbox.id"
+TYPE_LABEL = "io.kubernetes.docker.type"
+
+
 class _Runtime(v1_grpc.RuntimeServiceServicer):
-    def __init__(self, api: DockerApi) -> None:
+    """Host-network pods: a sandbox is a container of the sandbox image; a container joins its
+    network; ContainerStatus names the image as cri-dockerd does."""
+
+    def __init__(self, api: DockerApi, sandbox_image: str) -> None:
         self.api = api
+        self.sandbox_image = sandbox_image
+
+    def _run(self, name: str, image: str, command: list[str], labels: dict[str, str], network: str) -> str:
+        body = {"Image": image, "Labels": labels, "HostConfig": {"NetworkMode": network}}
+        if command:
+            body["Cmd"] = command
+        created = self.api.call("POST", f"/containers/create?{urlencode({'name': name})}", body)
+        return str(created["Id"])
+
+    def RunPodSandbox(
+        self, request: v1.RunPodSandboxRequest, context: grpc.ServicerContext
+    ) -> v1.RunPodSandboxResponse:
+        meta = request.config.metadata
+        name = f"k8s_POD_{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+        sandbox = self._run(name, self.sandbox_image, [], {TYPE_LABEL: "podsandbox"}, "host")
+        self.api.call("POST", f"/containers/{sandbox}/start")
+        return v1.RunPodSandboxResponse(pod_sandbox_id=sandbox)
+
+    def _members(self, sandbox: str) -> list[str]:
+        query = urlencode({"all": "1", "filters": json.dumps({"label": [f"{SANDBOX_LABEL}={sandbox}"]})})
+        return [str(c["Id"]) for c in self.api.call("GET", f"/containers/json?{query}")]
+
+    def StopPodSandbox(
+        self, request: v1.StopPodSandboxRequest, context: grpc.ServicerContext
+    ) -> v1.StopPodSandboxResponse:
+        for container in (*self._members(request.pod_sandbox_id), request.pod_sandbox_id):
+            self.api.call("POST", f"/containers/{container}/stop?t=0")
+        return v1.StopPodSandboxResponse()
+
+    def RemovePodSandbox(
+        self, request: v1.RemovePodSandboxRequest, context: grpc.ServicerContext
+    ) -> v1.RemovePodSandboxResponse:
+        for container in (*self._members(request.pod_sandbox_id), request.pod_sandbox_id):
+            self.api.call("DELETE", f"/containers/{container}?force=1&v=1")
+        return v1.RemovePodSandboxResponse()
+
+    def ListPodSandbox(
+        self, request: v1.ListPodSandboxRequest, context: grpc.ServicerContext
+    ) -> v1.ListPodSandboxResponse:
+        query = urlencode({"all": "1", "filters": json.dumps({"label": [f"{TYPE_LABEL}=podsandbox"]})})
+        found = self.api.call("GET", f"/containers/json?{query}")
+        return v1.ListPodSandboxResponse(items=[v1.PodSandbox(id=c["Id"]) for c in found])
+
+    def CreateContainer(
+        self, request: v1.CreateContainerRequest, context: grpc.ServicerContext
+    ) -> v1.CreateContainerResponse:
+        meta, sandbox = request.config.metadata, request.pod_sandbox_id
+        name = f"k8s_{meta.name}_{sandbox[:12]}_{meta.attempt}"
+        labels = {SANDBOX_LABEL: sandbox, TYPE_LABEL: "container"}
+        try:
+            container = self._run(
+                name, request.config.image.image, list(request.config.command), labels, f"container:{sandbox}"
+            )
+        except HarnessError as err:
+            context.abort(grpc.StatusCode.UNKNOWN, str(err))
+        return v1.CreateContainerResponse(container_id=container)
+
+    def StartContainer(
+        self, request: v1.StartContainerRequest, context: grpc.ServicerContext
+    ) -> v1.StartContainerResponse:
+        self.api.call("POST", f"/containers/{request.container_id}/start")
+        return v1.StartContainerResponse()
+
+    def ContainerStatus(
+        self, request: v1.ContainerStatusRequest, context: grpc.ServicerContext
+    ) -> v1.ContainerStatusResponse:
+        found = self.api.call("GET", f"/containers/{request.container_id}/json")
+        image_id = found["Image"]
+        image = self.api.inspect(image_id)
+        digests = (image or {}).get("RepoDigests") or []
+        ref = f"docker-pullable://{digests[0]}" if digests else f"docker://{image_id}"
+        running = found["State"]["Running"]
+        state = v1.ContainerState.CONTAINER_RUNNING if running else v1.ContainerState.CONTAINER_EXITED
+        tags = (image or {}).get("RepoTags") or []
+        shown = tags[0] if tags else found["Config"]["Image"]  # the image's first tag, else as created
+        status = v1.ContainerStatus(
+            id=found["Id"], state=state, image=v1.ImageSpec(image=shown), image_ref=ref
+        )
+        return v1.ContainerStatusResponse(status=status)
 
     def Version(self, request: v1.VersionRequest, context: grpc.ServicerContext) -> v1.VersionResponse:
         return v1.VersionResponse(
@@ -293,11 +404,11 @@ class StandInCriDockerd:
 
     kind = "stand-in"
 
-    def __init__(self, engine: DockerEngine, socket_path: Path) -> None:
+    def __init__(self, engine: DockerEngine, socket_path: Path, sandbox_image: str) -> None:
         self.socket = check_socket_path(socket_path)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         v1_grpc.add_ImageServiceServicer_to_server(_Images(engine.api), self.server)  # type: ignore[no-untyped-call]
-        v1_grpc.add_RuntimeServiceServicer_to_server(_Runtime(engine.api), self.server)  # type: ignore[no-untyped-call]
+        v1_grpc.add_RuntimeServiceServicer_to_server(_Runtime(engine.api, sandbox_image), self.server)  # type: ignore[no-untyped-call]
         self.server.add_insecure_port(f"unix://{self.socket}")
 
     def start(self) -> StandInCriDockerd:
@@ -314,8 +425,9 @@ class RealCriDockerd:
 
     kind = "real"
 
-    def __init__(self, binary: str, engine: DockerEngine, socket_path: Path) -> None:
+    def __init__(self, binary: str, engine: DockerEngine, socket_path: Path, sandbox_image: str) -> None:
         self.binary = binary
+        self.sandbox_image = sandbox_image
         self.engine = engine
         self.socket = check_socket_path(socket_path)
         self.process: ManagedProcess | None = None
@@ -328,6 +440,7 @@ class RealCriDockerd:
             f"--docker-endpoint=unix://{self.engine.socket}",
             f"--cri-dockerd-root-directory={root}",
             "--network-plugin=",
+            f"--pod-infra-container-image={self.sandbox_image}",
         ]
         self.process = ManagedProcess(argv, self.socket.parent / "cri-dockerd.log", name="cri-dockerd")
         process = self.process
@@ -349,14 +462,15 @@ class RealCriDockerd:
 CriDockerd = StandInCriDockerd | RealCriDockerd
 
 
-def cri_dockerd(engine: DockerEngine, socket_path: Path) -> CriDockerd:
-    """The real cri-dockerd when IMAGE_CRI_SHIM_CRI_DOCKERD names its binary, the stand-in otherwise."""
+def cri_dockerd(engine: DockerEngine, socket_path: Path, sandbox_image: str) -> CriDockerd:
+    """The real cri-dockerd when IMAGE_CRI_SHIM_CRI_DOCKERD names its binary, the stand-in otherwise;
+    either runs pods from `sandbox_image` (on the node already: Docker pulls it past the shim)."""
     binary = os.environ.get(ENV_REAL, "")
     if binary:
         if not os.access(binary, os.X_OK):
             raise HarnessError(f"{ENV_REAL}={binary}: not an executable file")
-        return RealCriDockerd(binary, engine, socket_path).start()
-    return StandInCriDockerd(engine, socket_path).start()
+        return RealCriDockerd(binary, engine, socket_path, sandbox_image).start()
+    return StandInCriDockerd(engine, socket_path, sandbox_image).start()
 
 
 __all__ = ["CriDockerd", "DockerApi", "DockerEngine", "cri_dockerd"]

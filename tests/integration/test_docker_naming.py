@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +23,10 @@ import pytest
 from tests.harness.cli import run, write
 from tests.harness.cri import CriClient
 from tests.harness.docker import CriDockerd, DockerEngine, cri_dockerd
+from tests.harness.images import push
 from tests.harness.node import Shim, Stack, entry, repo
-from tests.harness.registry import Registry
+from tests.harness.pods import busybox_layout, container_config, remove_pods, sandbox_config
+from tests.harness.registry import CertAuthority, Registry, RegistryFactory
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,8 +47,22 @@ def engine(docker_dir: Path) -> Iterator[DockerEngine]:
 
 
 @pytest.fixture(scope="module")
-def cri(engine: DockerEngine, docker_dir: Path) -> Iterator[CriDockerd]:
-    runtime = cri_dockerd(engine, docker_dir / "cri-dockerd.sock")
+def sandbox_image(engine: DockerEngine, docker_dir: Path) -> Iterator[str]:
+    """The pause image, on the node before any pod (Docker pulls it itself, past the shim)."""
+    registries = RegistryFactory(docker_dir / "registries", CertAuthority.create(docker_dir / "ca"))
+    try:
+        pause = push(
+            busybox_layout(docker_dir / "pause", ["/bin/sleep", "2147483647"]), registries(), "pause", "1"
+        )
+        engine.api.pull(pause.reference)
+        yield pause.reference
+    finally:
+        registries.close()
+
+
+@pytest.fixture(scope="module")
+def cri(engine: DockerEngine, docker_dir: Path, sandbox_image: str) -> Iterator[CriDockerd]:
+    runtime = cri_dockerd(engine, docker_dir / "cri-dockerd.sock", sandbox_image)
     print(f"cri-dockerd: {runtime.kind}", file=sys.stderr)
     yield runtime
     runtime.stop()
@@ -188,3 +205,35 @@ def test_dry_run_names_the_runtime_and_its_naming_mode(
         assert done.returncode == 0, done.stderr
         assert f"{cri.socket}: docker {engine.api.version()} (v1)" in done.stdout, done.stdout
         assert expected in done.stdout, done.stdout
+
+
+def test_pods_run_by_the_callers_name_and_by_the_image_ref_and_their_status_names_no_mirror(
+    stack: Stack, cri: CriDockerd, engine: DockerEngine, docker_dir: Path
+) -> None:
+    shim, a, b = started(stack, cri, engine)
+    client = stack.cri(shim.socket)
+    name = f"bb{uuid.uuid4().hex[:8]}"
+    layout = busybox_layout(docker_dir / name, ["/bin/sleep", "3600"], label=name)
+    push(layout, a, f"e2e-test-images/{name}", "1.29-2")
+    caller = f"registry.k8s.io/e2e-test-images/{name}:1.29-2"
+    image_id = client.pull(caller)
+    assert image_id.startswith("sha256:"), image_id
+    pb, runtime = client.pb, client.runtime
+    sandbox = sandbox_config(client, f"pod-{name}")
+    sandbox.linux.security_context.namespace_options.network = pb.NamespaceMode.NODE  # host network
+    pod = runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=sandbox), timeout=60).pod_sandbox_id
+    try:
+        for label, image in (("by-name", caller), ("by-ref", image_id)):
+            config = container_config(client, label, image, ["/bin/sleep", "3600"])
+            request = pb.CreateContainerRequest(pod_sandbox_id=pod, config=config, sandbox_config=sandbox)
+            container = runtime.CreateContainer(request, timeout=60).container_id
+            runtime.StartContainer(pb.StartContainerRequest(container_id=container), timeout=60)
+            status = runtime.ContainerStatus(
+                pb.ContainerStatusRequest(container_id=container), timeout=30
+            ).status
+            assert status.state == pb.ContainerState.CONTAINER_RUNNING
+            assert (status.image.image, status.image_ref) == (caller, f"docker://{image_id}"), label
+            no_mirror(status, a, b)
+        no_mirror([client.list(), engine.api.names()], a, b)
+    finally:
+        remove_pods(stack.cri(cri.socket))
