@@ -277,26 +277,32 @@ class Naming:
 
     def _adopt(self, caller: str, name: str, since: float | None, until: float) -> dict[str, bool] | None:
         """Copy the records of `name` under `caller`; remove those made since the pulls began
-        (`since`; None: remove none), each call within what is left before `until`. Returns
-        each name written (True) or removed (False); None when it could not be done now."""
+        (`since`; None: remove none), each call within what is left before `until` (`renaming`
+        decides which). Returns each name written (True) or removed (False); None when it could
+        not be done now."""
         changes: dict[str, bool] = {}
         try:
             record = self._records.get(name, until)
             if record is None:
                 return changes
-            for old, new in renames(caller, name, record.target.digest):
-                existing = record if old == name else self._records.get(old, until)
-                if existing is None:
-                    continue
+            digest = record.target.digest
+            held = {name: record}
+            for old, _ in renames(caller, name, digest)[1:]:
+                existing = self._records.get(old, until)
+                if existing is not None:
+                    held[old] = existing
+            before = [n for n, r in held.items() if since is None or created_before(r, since)]
+            plan = renaming(caller, name, digest, held, before)
+            for old, new in plan.create:
                 copy = ctr.Image()
-                copy.CopyFrom(existing)
+                copy.CopyFrom(held[old])
                 copy.name = new
                 copy.ClearField("created_at")
                 self._records.put(copy, until)
                 changes[new] = True
-                if since is not None and not created_before(existing, since):
-                    self._records.delete(old, until)
-                    changes[old] = False
+            for old in plan.remove:
+                self._records.delete(old, until)
+                changes[old] = False
         except (OutOfTime, grpc.RpcError) as err:
             if isinstance(err, OutOfTime) or err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 log.info("no time left to name the image as asked, left for later", image=caller, pulled=name)
@@ -323,8 +329,7 @@ class Naming:
             if image is None:
                 return changes
             digest = image.digest_of(name)
-            held = [n for n in (name, f"{repository(name)}@{digest}") if digest or "@" not in n]
-            held = [n for n in held if image.holds(n)]
+            held = [n for n, _ in renames(caller, name, digest) if image.holds(n)]
             before = held if since is None else [n for n in held if n in self._names.callers(n)]
             plan = renaming(caller, name, digest, held, before, digests=False)
             for _, new in plan.create:
