@@ -256,7 +256,11 @@ class _Images(v1_grpc.ImageServiceServicer):
             except ValueError:
                 continue
             if event.get("error"):
-                self._fail(context, str(event["error"]))
+                code = (event.get("errorDetail") or {}).get("code")
+                prefix = (
+                    "RegistryUnavailable: " if code in (502, 503, 504) else ""
+                )  # as cri-dockerd marks them
+                self._fail(context, prefix + str(event["error"]))
         image = self.api.inspect(name)
         if image is None or not _matches_ref(image, name):
             self._fail(context, f"unable to inspect image {name}")
