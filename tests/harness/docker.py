@@ -25,6 +25,7 @@ import http.client
 import json
 import os
 import socket
+import subprocess
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,18 @@ class DockerEngine:
         if self.process is not None:
             self.process.stop(timeout=20.0)
             self.process = None
+        for mount in self.mounts():  # dockerd leaves its default network namespace mounted
+            subprocess.run(["umount", mount], capture_output=True, timeout=10, check=False)
+        left = self.mounts()
+        if left:
+            raise HarnessError(f"still mounted after dockerd stopped: {', '.join(left)}")
+
+    def mounts(self) -> list[str]:
+        """Mount points under this engine's root, deepest first."""
+        with open("/proc/mounts") as table:
+            points = [line.split()[1] for line in table]
+        root = str(self.root.resolve())
+        return sorted((p for p in points if p.startswith(root + "/")), key=len, reverse=True)
 
     def restart(self) -> None:
         self.stop()
