@@ -161,6 +161,7 @@ class ImageService:
             return attempt.SerializeToString()
 
         with self.naming.pulling(source) as pull:
+            self.naming.held_before(pull, target.reference, self._until(context, started))
             response, pulled = self._puller.pull(method, source, target, build, context, started)
             if pulled is not None and pulled.reference != source:
                 self.naming.pulled(method, pull, pulled.reference, self._until(context, started))

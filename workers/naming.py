@@ -43,7 +43,7 @@ from image_cri_shim import logs, reference
 from image_cri_shim.protos import containerd_pb2 as ctr
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers.dockerapi import DockerError, DockerImages
+from image_cri_shim.workers.dockerapi import DockerError, DockerImages, familiar
 from image_cri_shim.workers.names import NameStore, reported, repository
 from image_cri_shim.workers.plan import Planner
 from image_cri_shim.workers.records import OutOfTime, Records, call_timeout
@@ -223,6 +223,26 @@ class Naming:
         if mode == DOCKER:
             return self._adopt_docker(caller, name, since, until)
         return {} if mode == TRANSLATION else None
+
+    def held_before(self, pull: Pull, target: Reference, until: float) -> None:
+        """Before a rewritten pull on Docker, whose records carry no times: a pulled name the node
+        holds already (preloaded, or pulled past the shim) is recorded as held directly, so the
+        renaming after the pull keeps it, as `created_before` does on containerd. Names the shim's
+        own pulls made (another pull of the image still running, a renaming owed) are not."""
+        docker, name = self._docker, reported(target)
+        if docker is None or self._names.callers(name) - {name} or self.mode_by(until) != DOCKER:
+            return
+        with self._lock:
+            if self._pulls.get(pull.caller, (0, 0.0))[0] > 1:
+                return
+        try:
+            image = docker.inspect(name, until)
+        except (OutOfTime, DockerError, ValueError, KeyError):
+            return
+        if image is not None and image.holds(name):
+            for held, _ in renames(pull.caller, name, image.digest_of(name)):
+                if image.holds(held):
+                    self._names.record(held, held)
 
     def pulled_directly(self, source: Reference) -> None:
         """A pull went as asked: a rewritten name pulled so stays, on every runtime."""
@@ -410,7 +430,8 @@ class Naming:
         mapped = self._names.target(caller)
         if mapped is None or mapped == caller:
             return [caller]
-        return [caller, mapped] if self.native else [mapped, caller]
+        renamed = self.native or self._mode == DOCKER  # the caller's name is the runtime's own
+        return [caller, mapped] if renamed else [mapped, caller]
 
     def status(self, response: cri.ImageStatusResponse, caller: str | None, verbose: bool) -> bool:
         """Name an ImageStatus answer; True if it changed."""
@@ -435,6 +456,8 @@ class Naming:
         if not self._names or self.native:
             return False
         tags, digests = translate(image.repo_tags, image.repo_digests, self._names)
+        if self._mode == DOCKER:  # in Docker's own spelling of the names it holds
+            tags, digests = spelled(tags), spelled(digests)
         if (tags, digests) == (list(image.repo_tags), list(image.repo_digests)):
             return False
         image.ClearField("repo_tags")
@@ -483,6 +506,11 @@ class Naming:
             return None
         pulled = self._names.target(caller)
         return pulled if pulled != caller else None
+
+
+def spelled(names: Iterable[str]) -> list[str]:
+    """Names as Docker spells them (`nginx:1.27` for `docker.io/library/nginx:1.27`), each once."""
+    return list(dict.fromkeys(familiar(n) for n in names))
 
 
 def translate(tags: Iterable[str], digests: Iterable[str], store: NameStore) -> tuple[list[str], list[str]]:

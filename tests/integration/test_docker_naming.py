@@ -132,12 +132,32 @@ def test_a_digest_pull_answers_by_the_callers_name(
     assert ref.startswith("sha256:"), ref
     status = client.status(asked)
     assert status is not None and status.id == ref, shim.log()
-    assert list(status.repo_digests) == [f"docker.io/{asked}"]
+    assert list(status.repo_digests) == [familiar(f"docker.io/{asked}")]  # as Docker spells it
     no_mirror([status, client.list(), client.list(asked)], a, b)
     # Docker makes digest records only when it pulls: its pulled record keeps the image there
     held = engine.api.inspect(ref)
     assert held is not None and (held["RepoTags"] or [], held["RepoDigests"]) == ([], [f"{a.host}/{asked}"])
     client.remove(asked)
+    assert engine.api.inspect(ref) is None
+
+
+def test_a_pulled_name_the_node_held_before_stays(
+    stack: Stack, cri: CriDockerd, engine: DockerEngine
+) -> None:
+    shim, _, b = started(stack, cri, engine)
+    name = repo()
+    pushed = stack.images(b, name, "1")
+    engine.api.pull(pushed.reference)  # preloaded past the shim, under the registry's name
+    caller = familiar(f"docker.io/{name}:1")
+    client = stack.cri(shim.socket)
+    ref = client.pull(f"{name}:1")
+    status = client.status(f"{name}:1")
+    assert status is not None and status.id == ref, shim.log()
+    assert sorted(status.repo_tags) == sorted([caller, pushed.reference])
+    assert sorted(n for n in engine.api.names() if name.split("/")[-1] in n) == sorted(
+        [caller, pushed.reference, f"{b.host}/{name}@{pushed.digest}"]
+    )
+    client.remove(f"{name}:1")
     assert engine.api.inspect(ref) is None
 
 
