@@ -3,7 +3,7 @@
 PYTHON   ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
-APT_PKGS := containerd docker-registry skopeo apache2-utils openssl binutils shellcheck debootstrap runc containernetworking-plugins busybox-static iproute2
+APT_PKGS := containerd docker.io docker-registry skopeo apache2-utils openssl binutils shellcheck debootstrap runc containernetworking-plugins busybox-static iproute2
 STAMP    := $(VENV)/.installed
 # make dist: a venv of its own holding the wheel and the build tools, so the frozen program
 # takes in the wheel's dependencies and nothing the test venv has besides.
@@ -12,10 +12,18 @@ DIST_TOOLS := 'build>=1.2' 'pyinstaller>=6.10,<7' 'setuptools>=68'
 # What packaging/toolchain.py needs to fetch, unpack and build its sources.
 DIST_PKGS := binutils dpkg-dev patch perl pkg-config make debian-archive-keyring
 
-.PHONY: test demo bench soak reliability docs dist lint typecheck protos system-deps venv clean
+.PHONY: test test-runtimes demo bench soak reliability docs dist lint typecheck protos system-deps venv clean
 
 test: system-deps venv lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The runtime scenarios against real binaries a person supplies (built elsewhere; never in this
+# tree): `make test-runtimes CRI_DOCKERD=/path/to/cri-dockerd CRIO=/path/to/crio`. Without one, its
+# scenarios run against the stand-in, and each run says which it used.
+RUNTIME_TESTS ?= tests/integration/test_docker_naming.py
+test-runtimes: system-deps venv
+	IMAGE_CRI_SHIM_CRI_DOCKERD="$(CRI_DOCKERD)" IMAGE_CRI_SHIM_CRIO="$(CRIO)" \
+		$(BIN)/pytest -v -s -p no:cacheprovider $(RUNTIME_TESTS) $(PYTEST_ARGS)
 
 # One pull through the shim with a real containerd and registries, explained.
 demo: system-deps venv

@@ -17,7 +17,10 @@ from image_cri_shim.config import Config, ConfigError, Registry, load
 from image_cri_shim.reference import ReferenceError, is_image_id, parse
 from image_cri_shim.startup import resolve_cri
 from image_cri_shim.workers.decisions import Answer, Decision, Probe, outcome, refusal
+from image_cri_shim.workers.dockerapi import DockerImages
+from image_cri_shim.workers.naming import described, naming_mode
 from image_cri_shim.workers.plan import Candidate, Excluded, Planner, explain
+from image_cri_shim.workers.records import Records
 from image_cri_shim.workers.registry import RegistryClient, node_platform
 from image_cri_shim.workers.resolver import Resolver
 from image_cri_shim.workers.server import runtime_version
@@ -80,9 +83,16 @@ async def _dry_run(config: Config, sections: dict[str, Section]) -> int:
     upstream = Upstream(cri, config.timeout)
     try:
         runtime = runtime_version(upstream, timeout=5.0)
+        mode = naming_mode(
+            Records(upstream.channel), DockerImages(config.docker_socket), time.monotonic() + 5.0
+        )
     finally:
         upstream.close()
     print(f"  cri          {cri}: {runtime or 'no answer'}")
+    shown = (
+        "not known (the runtime does not answer)" if mode is None else described(mode, config.docker_socket)
+    )
+    print(f"  names        {shown}")
     node = node_platform()
     clients = [RegistryClient(r, node) for r in config.registries]
     try:

@@ -31,6 +31,7 @@ from image_cri_shim.workers.failover import MARGIN, Decisions, Puller
 from image_cri_shim.workers.names import NameStore, reported
 from image_cri_shim.workers.naming import Naming
 from image_cri_shim.workers.plan import Candidate, Planner, registry_for
+from image_cri_shim.workers.renaming import foreign_ref
 from image_cri_shim.workers.upstream import Upstream
 
 log = logs.get("images")
@@ -70,12 +71,13 @@ class ImageService:
         pull_upstream: bool = True,
         metrics: WorkerMetrics = WORKER_OFF,
         decisions: Decisions | None = None,
+        docker_socket: str | None = None,
     ) -> None:
         self._upstream = upstream
         self._puller = Puller(upstream, decisions, self._outcome)  # failover through the resolver
         self._metrics = metrics
         self._resolve = resolve  # runs the resolver on the registry event loop
-        self.naming = Naming(upstream, names, planner)
+        self.naming = Naming(upstream, names, planner, docker_socket)
         self._registries = planner.registries
         self._pull_upstream = pull_upstream  # config `upstream`
 
@@ -159,12 +161,35 @@ class ImageService:
             return attempt.SerializeToString()
 
         with self.naming.pulling(source) as pull:
+            self.naming.held_before(pull, target.reference, self._until(context, started))
             response, pulled = self._puller.pull(method, source, target, build, context, started)
             if pulled is not None and pulled.reference != source:
                 self.naming.pulled(method, pull, pulled.reference, self._until(context, started))
             else:
                 self.naming.pulled_directly(source)
-        return response
+        return self._own_ref(method, response, source, context)
+
+    def _own_ref(self, method: str, raw: bytes, source: Reference, context: Context) -> bytes:
+        """PullImage's `image_ref` never names a registry the caller did not ask for: a runtime that
+        answers with the pulled repository's digest (cri-dockerd) has it replaced by the image's
+        ID, as the other runtimes give it."""
+        response = cri.PullImageResponse.FromString(raw)
+        if not foreign_ref(response.image_ref, reported(source)):
+            return raw
+        status = method.rsplit("/", 1)[0] + "/ImageStatus"
+
+        def ask(name: str) -> tuple[bool, str]:
+            request = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
+            image_id = cri.ImageStatusResponse.FromString(
+                self._upstream.unary(status, request, context)
+            ).image.id
+            return bool(image_id), image_id
+
+        _, image_id = self.naming.look(source, ask)
+        if not image_id:
+            _, image_id = ask(response.image_ref)
+        response.image_ref = image_id or ""
+        return response.SerializeToString()
 
     def _pull_unchanged(
         self,
@@ -239,8 +264,11 @@ class ImageService:
                 self.naming.prune(response)
             return response.SerializeToString() if self.naming.listing(response) else response_raw
 
+        asked, caller = request.filter.image.image, reported(source)
+
         def ask(name: str) -> tuple[bool, tuple[bytes, cri.ListImagesResponse]]:
-            request.filter.image.image = name
+            # the caller's own spelling first: Docker matches a filter against its short names
+            request.filter.image.image = asked if name == caller else name
             answer = self._upstream.unary(method, request.SerializeToString(), context)
             response = cri.ListImagesResponse.FromString(answer)
             return bool(response.images), (answer, response)
@@ -270,9 +298,13 @@ class ImageService:
         if name is None or found is None:
             self.naming.removed(reported(source), ())
             return self._upstream.unary(method, raw, context)
-        request.image.image = name
+        # By the image's ID: every runtime removes by it (cri-dockerd by nothing else: by a name it
+        # answers OK and keeps the image), and each removes every name of the image with it.
+        request.image.image = found.image.id
         response = self._upstream.unary(method, request.SerializeToString(), context)
-        self.naming.removed(reported(source), [*found.image.repo_tags, *found.image.repo_digests])
+        names = [*found.image.repo_tags, *found.image.repo_digests]
+        log.info("image removed", image=source, id=found.image.id, names=",".join(names) or "-")
+        self.naming.removed(reported(source), names)
         return response
 
     def _named_status(self, raw: bytes, caller: str | None, verbose: bool) -> bytes:

@@ -14,10 +14,16 @@ name with no help from the shim, across restarts and with every registry down, a
 stays consistent if the shim is ever removed. A rewritten name the node held before the pull
 (pulled directly, or preloaded) keeps its record.
 
-Elsewhere (CRI-O, cri-dockerd: no such API) answers are translated instead: ImageStatus and
-ListImages report the caller's names in place of the rewritten ones, and CreateContainer's image
-is mapped to the name the runtime holds. Either way the pair is kept in the name store, for the
-translation and for what verbose ImageStatus says about where the image came from.
+On cri-dockerd the records are Docker Engine's, and its API (`dockerapi`, on Docker's own socket)
+renames them the same way: the image is tagged under the caller's name and the pulled tag and
+digest record are removed. Docker makes digest records only when it pulls, so an image pulled by
+digest alone keeps its pulled record there and is translated, as below. Which records move is a
+value (`renaming`), the same for both runtimes.
+
+Elsewhere (CRI-O: no such API, or Docker's socket out of reach) answers are translated instead:
+ImageStatus and ListImages report the caller's names in place of the rewritten ones, and
+CreateContainer's image is mapped to the name the runtime holds. The pair is kept in the name
+store, for the translation and for what verbose ImageStatus says about where the image came from.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ from image_cri_shim import logs, reference
 from image_cri_shim.protos import containerd_pb2 as ctr
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
+from image_cri_shim.workers.dockerapi import DockerError, DockerImages, familiar
 from image_cri_shim.workers.names import NameStore, reported, repository
 from image_cri_shim.workers.plan import Planner
 from image_cri_shim.workers.records import OutOfTime, Records, call_timeout
+from image_cri_shim.workers.renaming import renames, renaming
 from image_cri_shim.workers.upstream import Context, Upstream
 
 log = logs.get("naming")
@@ -50,13 +58,52 @@ SETTLE_TIMEOUT = 5.0  # containerd's CRI follows record changes within milliseco
 INFO_KEY = "image-cri-shim"
 
 
-def renames(caller: str, pulled: str, digest: str) -> list[tuple[str, str]]:
-    """(record of the pulled name, record under the caller's name) pairs: the name itself and,
-    for a tag, the `repository@digest` record the runtime keeps beside it."""
-    pairs = [(pulled, caller)]
-    if "@" not in pulled and digest:
-        pairs.append((f"{repository(pulled)}@{digest}", f"{repository(caller)}@{digest}"))
-    return pairs
+CONTAINERD, DOCKER, TRANSLATION = "containerd", "docker", "translation"
+
+
+def described(mode: str, docker_socket: str | None) -> str:
+    """What a naming mode means to an operator (the start-up line, `--dry-run`)."""
+    return {
+        CONTAINERD: "native: the runtime's image records, through containerd's images API",
+        DOCKER: f"native: Docker Engine's image records, through its API at {docker_socket}",
+        TRANSLATION: "translation: the caller's names in answers, the runtime keeps the pulled ones",
+    }[mode]
+
+
+def runtime_name(channel: grpc.Channel, until: float | None) -> str | None:
+    """The runtime's name from CRI Version (`containerd`, `docker`, `cri-o`), None without an answer."""
+    for version in ("runtime.v1", "runtime.v1alpha2"):
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            f"/{version}.RuntimeService/Version"
+        )
+        try:
+            timeout = call_timeout(until, time.monotonic())
+            raw = call(cri.VersionRequest(version="v1").SerializeToString(), timeout=timeout)
+        except OutOfTime:
+            return None
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                continue
+            return None
+        return cri.VersionResponse.FromString(raw).runtime_name
+    return None
+
+
+def naming_mode(records: Records, docker: DockerImages | None, until: float | None) -> str | None:
+    """How names are kept on this runtime: its records through containerd's images API, Docker
+    Engine's records (cri-dockerd, Docker's socket answering), or translation; None when the
+    runtime cannot be asked now."""
+    served = records.served(until)
+    if served is None:
+        return None
+    if served:
+        return CONTAINERD
+    name = runtime_name(records.channel, until)
+    if name is None:
+        return None
+    if name == "docker" and docker is not None and docker.version(until) is not None:
+        return DOCKER
+    return TRANSLATION
 
 
 def created_before(image: ctr.Image, since: float) -> bool:
@@ -77,11 +124,14 @@ class Pull:
 class Naming:
     """Owns how images pulled through the shim are named to its callers."""
 
-    def __init__(self, upstream: Upstream, names: NameStore, planner: Planner) -> None:
+    def __init__(
+        self, upstream: Upstream, names: NameStore, planner: Planner, docker_socket: str | None = None
+    ) -> None:
         self._records = Records(upstream.channel)
+        self._docker = DockerImages(docker_socket) if docker_socket else None
         self._names = names
         self._plan = planner
-        self._native: bool | None = None
+        self._mode: str | None = None
         self._lock = threading.Lock()  # guards _pulls
         # Renaming takes runtime round trips: it holds only its name's gate, so concurrent pulls
         # of different images rename side by side (a name shares its gate with few others).
@@ -122,13 +172,25 @@ class Naming:
 
     def native_by(self, until: float | None) -> bool:
         """`native`, asked (when not known yet) within what is left before `until`."""
-        if self._native is None:
-            served = self._records.served(until)
-            if served is None:
-                return False
-            self._native = served
-            log.info("image names", kept="in the runtime's image records" if served else "by translation")
-        return self._native
+        return self.mode_by(until) == CONTAINERD
+
+    def mode_by(self, until: float | None) -> str | None:
+        """The naming mode (`naming_mode`), asked once per worker within what is left before
+        `until`; None while the runtime cannot be asked."""
+        if self._mode is None:
+            mode = naming_mode(self._records, self._docker, until)
+            if mode is None:
+                return None
+            self._mode = mode
+            log.info(
+                "image names", mode=mode, kept=described(mode, self._docker.path if self._docker else None)
+            )
+        return self._mode
+
+    def describe(self, until: float | None) -> str:
+        """The naming mode for the start-up line."""
+        mode = self.mode_by(until)
+        return "not known yet (the runtime does not answer)" if mode is None else mode
 
     # -- pulls ------------------------------------------------------------------------------------
 
@@ -138,18 +200,49 @@ class Naming:
         time.monotonic()) comes first: the pull succeeded all the same."""
         caller, name = pull.caller, reported(target)
         self._names.record(caller, name)
-        native = self.native_by(until)
+        mode = self.mode_by(until)
         with self._gate(caller):  # no other pull of the name starts meanwhile
             with self._lock:
                 others, since = self._returned(pull)
             last = None if others else min(since, self._names.owed(caller) or since)  # the last one renames
-            changes = self._adopt(caller, name, last, until) if native else self._owed_unless_translated()
+            changes = self._rename(mode, caller, name, last, until)
             if last is not None and changes is None:
                 self._names.owe(caller, last)  # the next lookup renames it
             elif last is not None:
                 self._names.paid(caller)
-        if changes:
+        if changes and mode == CONTAINERD:
             self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
+
+    def _rename(
+        self, mode: str | None, caller: str, name: str, since: float | None, until: float
+    ) -> dict[str, bool] | None:
+        """Rename the records as the mode says: each name written (True) or removed (False), {}
+        for nothing to do, None when it could not be done now (owed)."""
+        if mode == CONTAINERD:
+            return self._adopt(caller, name, since, until)
+        if mode == DOCKER:
+            return self._adopt_docker(caller, name, since, until)
+        return {} if mode == TRANSLATION else None
+
+    def held_before(self, pull: Pull, target: Reference, until: float) -> None:
+        """Before a rewritten pull on Docker, whose records carry no times: a pulled name the node
+        holds already (preloaded, or pulled past the shim) is recorded as held directly, so the
+        renaming after the pull keeps it, as `created_before` does on containerd. Names the shim's
+        own pulls made (another pull of the image still running, a renaming owed) are not."""
+        docker, name = self._docker, reported(target)
+        if docker is None or self._names.callers(name) - {name} or self.mode_by(until) != DOCKER:
+            return
+        with self._lock:
+            if self._pulls.get(pull.caller, (0, 0.0))[0] > 1:
+                return
+        try:
+            image = docker.inspect(name, until)
+        except (OutOfTime, DockerError, ValueError, KeyError):
+            return
+        if image is not None and image.holds(name):
+            for held, _ in renames(pull.caller, name, image.digest_of(name)):
+                if image.holds(held):
+                    self._names.record(held, held)
 
     def pulled_directly(self, source: Reference) -> None:
         """A pull went as asked: a rewritten name pulled so stays, on every runtime."""
@@ -172,14 +265,15 @@ class Naming:
             self._names.record(name, name)  # held before the shim named it: it stays
             since = None
         self._names.record(caller, name)
-        if not self.native_by(until):
-            return False
-        changes = self._adopt(caller, name, since, until)
+        mode = self.mode_by(until)
+        if mode not in (CONTAINERD, DOCKER) or (mode == DOCKER and "@" in caller):
+            return False  # Docker makes no digest record on request: translated
+        changes = self._rename(mode, caller, name, since, until)
         if changes is None:
             return False
         if since is not None:
             self._names.paid(caller)
-        if changes:
+        if changes and mode == CONTAINERD:
             self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
         return bool(changes)
 
@@ -196,11 +290,6 @@ class Naming:
             busy = caller in self._pulls
         return None if busy else self._names.owed(caller)
 
-    def _owed_unless_translated(self) -> dict[str, bool] | None:
-        """Without the images API: nothing to rename on a runtime without one ({}), owed (None)
-        on one that could not be asked just now."""
-        return {} if self._native is False else None
-
     def removed(self, caller: str, names: Iterable[str]) -> None:
         """The caller's image was removed (held under `names`): forget every pair of it."""
         self._names.forget_targets(names)
@@ -208,26 +297,32 @@ class Naming:
 
     def _adopt(self, caller: str, name: str, since: float | None, until: float) -> dict[str, bool] | None:
         """Copy the records of `name` under `caller`; remove those made since the pulls began
-        (`since`; None: remove none), each call within what is left before `until`. Returns
-        each name written (True) or removed (False); None when it could not be done now."""
+        (`since`; None: remove none), each call within what is left before `until` (`renaming`
+        decides which). Returns each name written (True) or removed (False); None when it could
+        not be done now."""
         changes: dict[str, bool] = {}
         try:
             record = self._records.get(name, until)
             if record is None:
                 return changes
-            for old, new in renames(caller, name, record.target.digest):
-                existing = record if old == name else self._records.get(old, until)
-                if existing is None:
-                    continue
+            digest = record.target.digest
+            held = {name: record}
+            for old, _ in renames(caller, name, digest)[1:]:
+                existing = self._records.get(old, until)
+                if existing is not None:
+                    held[old] = existing
+            before = [n for n, r in held.items() if since is None or created_before(r, since)]
+            plan = renaming(caller, name, digest, held, before)
+            for old, new in plan.create:
                 copy = ctr.Image()
-                copy.CopyFrom(existing)
+                copy.CopyFrom(held[old])
                 copy.name = new
                 copy.ClearField("created_at")
                 self._records.put(copy, until)
                 changes[new] = True
-                if since is not None and not created_before(existing, since):
-                    self._records.delete(old, until)
-                    changes[old] = False
+            for old in plan.remove:
+                self._records.delete(old, until)
+                changes[old] = False
         except (OutOfTime, grpc.RpcError) as err:
             if isinstance(err, OutOfTime) or err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 log.info("no time left to name the image as asked, left for later", image=caller, pulled=name)
@@ -236,6 +331,41 @@ class Naming:
                     "could not name the image as pulled", image=caller, pulled=name, error=err.details()
                 )
             return None
+        return changes
+
+    def _adopt_docker(
+        self, caller: str, name: str, since: float | None, until: float
+    ) -> dict[str, bool] | None:
+        """`_adopt` on Docker Engine's records: tag the image under the caller's name, remove the
+        pulled names (`renaming`). A pulled name the shim saw pulled as asked (or, with `since`
+        None, any) was held before and stays. A complete renaming leaves nothing to translate:
+        the pair is forgotten. Returns what `_adopt` does."""
+        docker = self._docker
+        if docker is None:
+            return None
+        changes: dict[str, bool] = {}
+        try:
+            image = docker.inspect(name, until)
+            if image is None:
+                return changes
+            digest = image.digest_of(name)
+            held = [n for n, _ in renames(caller, name, digest) if image.holds(n)]
+            before = held if since is None else [n for n in held if n in self._names.callers(n)]
+            plan = renaming(caller, name, digest, held, before, digests=False)
+            for _, new in plan.create:
+                docker.tag(image.id, new, until)
+                changes[new] = True
+            for old in plan.remove:
+                docker.untag(old, until)
+                changes[old] = False
+        except (OutOfTime, DockerError, ValueError, KeyError) as err:
+            if isinstance(err, OutOfTime):
+                log.info("no time left to name the image as asked, left for later", image=caller, pulled=name)
+            else:
+                log.warning("could not name the image as pulled", image=caller, pulled=name, error=str(err))
+            return None
+        if plan.complete:
+            self._names.forget([caller])  # Docker holds it by the caller's name alone now
         return changes
 
     def _settle(self, status: str, wanted: dict[str, bool], until: float) -> None:
@@ -300,7 +430,8 @@ class Naming:
         mapped = self._names.target(caller)
         if mapped is None or mapped == caller:
             return [caller]
-        return [caller, mapped] if self.native else [mapped, caller]
+        renamed = self.native or self._mode == DOCKER  # the caller's name is the runtime's own
+        return [caller, mapped] if renamed else [mapped, caller]
 
     def status(self, response: cri.ImageStatusResponse, caller: str | None, verbose: bool) -> bool:
         """Name an ImageStatus answer; True if it changed."""
@@ -325,6 +456,8 @@ class Naming:
         if not self._names or self.native:
             return False
         tags, digests = translate(image.repo_tags, image.repo_digests, self._names)
+        if self._mode == DOCKER:  # in Docker's own spelling of the names it holds
+            tags, digests = spelled(tags), spelled(digests)
         if (tags, digests) == (list(image.repo_tags), list(image.repo_digests)):
             return False
         image.ClearField("repo_tags")
@@ -373,6 +506,11 @@ class Naming:
             return None
         pulled = self._names.target(caller)
         return pulled if pulled != caller else None
+
+
+def spelled(names: Iterable[str]) -> list[str]:
+    """Names as Docker spells them (`nginx:1.27` for `docker.io/library/nginx:1.27`), each once."""
+    return list(dict.fromkeys(familiar(n) for n in names))
 
 
 def translate(tags: Iterable[str], digests: Iterable[str], store: NameStore) -> tuple[list[str], list[str]]:

@@ -244,6 +244,7 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
         config.upstream,
         metrics,
         decisions=registries,
+        docker_socket=config.docker_socket,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"), options=SERVER_OPTIONS
@@ -263,6 +264,7 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
             socket=config.shim,
             cri=upstream.target,
             runtime=runtime or "unavailable",
+            naming=images.naming.describe(time.monotonic() + 2.0) if runtime else "not known yet",
             registries=",".join(r.domain for r in config.registries),
         )
         ready.send(Serving(config.shim, upstream.target, runtime))

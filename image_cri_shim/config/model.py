@@ -20,6 +20,7 @@ DEFAULT_PATH = "/etc/image-cri-shim/config.yaml"
 CRI_SOCKETS = ("/run/containerd/containerd.sock", "/var/run/crio/crio.sock", "/var/run/cri-dockerd.sock")
 DEFAULT_SHIM = "/var/run/image-cri-shim.sock"
 DEFAULT_STATE_DIR = "/var/lib/image-cri-shim"
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 DEFAULT_TIMEOUT = 900.0  # 15m
 DEFAULT_RELOAD_INTERVAL = 15.0
 DEFAULT_PRIORITY = 500
@@ -87,6 +88,7 @@ class Config:
     metrics_address: str | None
     config_map: ConfigMapRef
     state_dir: str
+    docker_socket: str  # Docker Engine's API, for cri-dockerd nodes
     upstream: bool  # false: an image no configured registry holds is refused, never pulled as asked
     warnings: tuple[str, ...]
     # The file's bytes this was parsed from (`parse_bytes`), so the master compares later reads with

@@ -13,6 +13,7 @@ from functools import partial
 from image_cri_shim.config import checks
 from image_cri_shim.config.model import (
     CRI_SOCKETS,
+    DEFAULT_DOCKER_SOCKET,
     DEFAULT_OFFLINE_PRIORITY,
     DEFAULT_PRIORITY,
     DEFAULT_RELOAD_INTERVAL,
@@ -343,6 +344,16 @@ TOP: dict[str, Rule] = {
         doc="Which ConfigMap this node follows: the keys of the `configMap` table. Read from the node's"
         " own file only; the same key inside the ConfigMap is ignored.",
         example="{enabled: false}",
+    ),
+    "dockerSocket": Rule(
+        checks.socket_path,
+        DEFAULT_DOCKER_SOCKET,
+        field="docker_socket",
+        kind="absolute path or unix:// URL",
+        doc="Docker Engine's API socket, used only when the runtime is cri-dockerd (its Version names"
+        " `docker`): the image's records there are renamed to the caller's name after a rewritten pull."
+        " Not reachable: the names are translated in answers instead (see behaviour.md).",
+        example="unix:///run/docker.sock",
     ),
     "stateDir": Rule(
         checks.abs_path,

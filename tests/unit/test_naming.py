@@ -11,9 +11,10 @@ from image_cri_shim import config, reference
 from image_cri_shim.protos import containerd_pb2 as ctr
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.workers.names import NameStore
-from image_cri_shim.workers.naming import Naming, created_before, renames, translate
+from image_cri_shim.workers.naming import Naming, created_before, translate
 from image_cri_shim.workers.plan import Planner
 from image_cri_shim.workers.records import RECORD_TIMEOUT, OutOfTime, call_timeout
+from image_cri_shim.workers.renaming import renames
 from image_cri_shim.workers.upstream import Upstream
 
 D = "sha256:" + "ab" * 32
@@ -107,7 +108,7 @@ def translating(tmp_path: Path, pairs: dict[str, str]) -> Naming:
     """A policy for a runtime without image records (nothing is called upstream here)."""
     registries = config.parse("address: http://127.0.0.1:5000\n", "t.yaml").registries
     naming = Naming(Upstream(str(tmp_path / "none.sock"), 1.0), store(tmp_path, pairs), Planner(registries))
-    naming._native = False
+    naming._mode = "translation"
     return naming
 
 
@@ -139,7 +140,7 @@ def test_look_asks_the_likely_names_in_order_and_prunes_what_is_gone(
     kept: dict[str, str],
 ) -> None:
     naming = translating(tmp_path, pairs)
-    naming._native = native
+    naming._mode = "containerd" if native else "translation"
     calls: list[str] = []
 
     def ask(name: str) -> tuple[bool, str]:
@@ -155,7 +156,7 @@ def test_look_asks_the_likely_names_in_order_and_prunes_what_is_gone(
 def test_first_names_and_verbose_origin(tmp_path: Path) -> None:
     naming = translating(tmp_path, {CALLER: PULLED})
     assert naming.first_names(CALLER) == [PULLED, CALLER]
-    naming._native = True
+    naming._mode = "containerd"
     assert naming.first_names(CALLER) == [CALLER, PULLED], "records renamed: the caller's name first"
     assert naming.first_names("docker.io/library/y:1") == ["docker.io/library/y:1"]
     response = cri.ImageStatusResponse(image=cri.Image(id=D, repo_tags=[CALLER]))

@@ -1,0 +1,79 @@
+"""Which records a rewritten pull leaves behind, per runtime, as a value (`renaming`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from image_cri_shim.workers.dockerapi import DockerImage, familiar
+from image_cri_shim.workers.renaming import Renaming, foreign_ref, renaming
+
+D = "sha256:" + "cd" * 32
+CALLER = "docker.io/library/nginx:1.27"
+PULLED = "mirror.local:5000/library/nginx:1.27"
+PULLED_DIGEST = f"mirror.local:5000/library/nginx@{D}"
+CALLER_DIGEST = f"docker.io/library/nginx@{D}"
+BOTH = (PULLED, PULLED_DIGEST)
+
+
+@pytest.mark.parametrize(
+    ("caller", "pulled", "held", "before", "digests", "expected"),
+    [
+        # containerd: both records copied, both pulled ones removed
+        (CALLER, PULLED, BOTH, (), True,
+         Renaming(((PULLED, CALLER), (PULLED_DIGEST, CALLER_DIGEST)), BOTH)),
+        # Docker: the tag copied, the digest record cannot be made; both pulled ones removed
+        (CALLER, PULLED, BOTH, (), False, Renaming(((PULLED, CALLER),), BOTH)),
+        # a pulled name the node held before the pull stays, on either runtime
+        (CALLER, PULLED, BOTH, (PULLED,), False, Renaming(((PULLED, CALLER),), (PULLED_DIGEST,), (PULLED,))),
+        (CALLER, PULLED, BOTH, BOTH, True,
+         Renaming(((PULLED, CALLER), (PULLED_DIGEST, CALLER_DIGEST)), (), BOTH)),
+        # a digest pull: containerd copies it; Docker can't, so its only record keeps the image
+        (CALLER_DIGEST, PULLED_DIGEST, (PULLED_DIGEST,), (), True,
+         Renaming(((PULLED_DIGEST, CALLER_DIGEST),), (PULLED_DIGEST,))),
+        (CALLER_DIGEST, PULLED_DIGEST, (PULLED_DIGEST,), (), False, Renaming((), (), (PULLED_DIGEST,))),
+        # only records the runtime holds move (no digest record beside the tag)
+        (CALLER, PULLED, (PULLED,), (), False, Renaming(((PULLED, CALLER),), (PULLED,))),
+        # nothing held: nothing to do
+        (CALLER, PULLED, (), (), True, Renaming()),
+    ],
+    ids=["containerd", "docker", "docker-held-before", "containerd-held-before", "containerd-digest",
+         "docker-digest", "docker-no-digest-record", "gone"],
+)  # fmt: skip
+def test_the_renaming_plan(
+    caller: str,
+    pulled: str,
+    held: tuple[str, ...],
+    before: tuple[str, ...],
+    digests: bool,
+    expected: Renaming,
+) -> None:
+    plan = renaming(caller, pulled, D, held, before, digests)
+    assert plan == expected
+    assert plan.complete == (bool(expected.create) and not expected.kept)
+
+
+@pytest.mark.parametrize(
+    ("image_ref", "foreign"),
+    [
+        (PULLED_DIGEST, True),  # cri-dockerd's answer: the pulled repository's digest
+        (CALLER_DIGEST, False),  # the caller's own name with its digest
+        (f"nginx@{D}", False),  # Docker's familiar spelling of it
+        (D, False),  # containerd's: the image ID
+        ("cd" * 32, False),  # CRI-O's: the ID as bare hex
+        ("", False),
+        ("NOT A NAME", False),
+    ],
+)
+def test_an_image_ref_is_foreign_when_it_names_another_repository(image_ref: str, foreign: bool) -> None:
+    assert foreign_ref(image_ref, CALLER) is foreign
+
+
+def test_docker_spells_docker_io_names_familiar_and_keeps_others() -> None:
+    assert familiar("docker.io/library/nginx:1") == "nginx:1"
+    assert familiar(f"docker.io/library/nginx@{D}") == f"nginx@{D}"
+    assert familiar("docker.io/bitnami/redis:7") == "bitnami/redis:7"
+    assert familiar(PULLED) == PULLED
+    image = DockerImage("sha256:" + "ef" * 32, ("nginx:1.27", PULLED), (f"nginx@{D}", PULLED_DIGEST))
+    assert image.holds(CALLER) and image.holds(PULLED) and image.holds(CALLER_DIGEST)
+    assert not image.holds("docker.io/library/nginx:1.28")
+    assert image.digest_of(PULLED) == D and image.digest_of("quay.io/x/y:1") == ""

@@ -1,0 +1,74 @@
+"""Which image records a rewritten pull leaves behind, as a value: the records to create under the
+caller's name and the pulled ones to remove. `naming` carries it out on containerd's images API or
+Docker Engine's API; the rules are the same, only what a runtime can hold differs.
+
+A runtime's records of `registry.company.com/library/nginx:1.27` are the tag and, beside it,
+`registry.company.com/library/nginx@sha256:…`. containerd holds both kinds under any name, so
+both are copied. Docker Engine makes digest records only when it pulls, never on request (its tag
+API refuses a digest): there the tag is copied and the pulled digest record removed, and an image
+pulled by digest alone keeps its pulled record (nothing else would keep the image), to be
+translated in answers instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from image_cri_shim import reference
+from image_cri_shim.workers.names import reported, repository
+
+
+@dataclass(frozen=True)
+class Renaming:
+    """What to do to a runtime's records: copy each `(pulled, caller)` pair, then remove `remove`."""
+
+    create: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()  # pulled records that stay (held before the pull, or the image's last)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the caller's name is all a client sees afterwards (nothing left to translate)."""
+        return bool(self.create) and not self.kept
+
+
+def renames(caller: str, pulled: str, digest: str) -> list[tuple[str, str]]:
+    """(record of the pulled name, record under the caller's name) pairs: the name itself and,
+    for a tag, the `repository@digest` record the runtime keeps beside it."""
+    pairs = [(pulled, caller)]
+    if "@" not in pulled and digest:
+        pairs.append((f"{repository(pulled)}@{digest}", f"{repository(caller)}@{digest}"))
+    return pairs
+
+
+def renaming(
+    caller: str, pulled: str, digest: str, held: Iterable[str], before: Iterable[str], digests: bool = True
+) -> Renaming:
+    """The renaming of `caller`'s image, pulled as `pulled` (manifest `digest`). `held`: the pulled
+    records the runtime has now; `before`: those it had before the pull began (they stay: the node
+    held that name already); `digests`: whether the runtime can create a digest record on request."""
+    held, before = set(held), set(before)
+    create, remove, kept = [], [], []
+    pairs = [(old, new) for old, new in renames(caller, pulled, digest) if old in held]
+    for old, new in pairs:
+        if digests or "@" not in new:
+            create.append((old, new))
+    for old, _ in pairs:
+        if old in before or not create:  # nothing else would keep the image: it stays as pulled
+            kept.append(old)
+        else:
+            remove.append(old)
+    return Renaming(tuple(create), tuple(remove), tuple(kept))
+
+
+def foreign_ref(image_ref: str, caller: str) -> bool:
+    """Whether a PullImage `image_ref` names another repository than the caller's (a rewritten
+    pull's registry): the caller must get the image's ID instead. An ID is never foreign."""
+    if not image_ref or reference.is_image_id(image_ref):
+        return False
+    try:
+        named = reported(reference.parse(image_ref))
+    except reference.ReferenceError:
+        return False
+    return repository(named) != repository(caller)
