@@ -344,6 +344,18 @@ TOP: dict[str, Rule] = {
         " own file only; the same key inside the ConfigMap is ignored.",
         example="{enabled: false}",
     ),
+    "sandboxImage": Rule(
+        checks.image,
+        field="sandbox_image",
+        kind="image reference",
+        unset="the runtime's own",
+        doc="The sandbox (pause) image every pod starts from, which the runtime pulls itself and never"
+        " through the shim. The shim keeps it on the node under exactly this name, pulled through the"
+        " registries above ([operations.md](operations.md#air-gapped-nodes-the-sandbox-image)). Unset:"
+        " the one the runtime reports in its CRI `Status` (containerd, CRI-O 1.27 and newer, cri-dockerd"
+        " 0.3.2 and newer); set it only for a runtime that reports none, and to the runtime's own value.",
+        example="registry.k8s.io/pause:3.10",
+    ),
     "stateDir": Rule(
         checks.abs_path,
         DEFAULT_STATE_DIR,
