@@ -20,6 +20,7 @@ from image_cri_shim.workers.decisions import Answer, Decision, Probe, outcome, r
 from image_cri_shim.workers.plan import Candidate, Excluded, Planner, explain
 from image_cri_shim.workers.registry import RegistryClient, node_platform
 from image_cri_shim.workers.resolver import Resolver
+from image_cri_shim.workers.sandboxcheck import sandbox_lines
 from image_cri_shim.workers.server import runtime_version
 from image_cri_shim.workers.transport import TLSSetupError
 from image_cri_shim.workers.upstream import Upstream
@@ -80,9 +81,14 @@ async def _dry_run(config: Config, sections: dict[str, Section]) -> int:
     upstream = Upstream(cri, config.timeout)
     try:
         runtime = runtime_version(upstream, timeout=5.0)
+        print(f"  cri          {cri}: {runtime or 'no answer'}")
+        if runtime is not None:
+            first, *rest = await sandbox_lines(config, upstream)
+            print(f"  sandbox      {first}")
+            for line in rest:
+                print(f"               {line}")
     finally:
         upstream.close()
-    print(f"  cri          {cri}: {runtime or 'no answer'}")
     node = node_platform()
     clients = [RegistryClient(r, node) for r in config.registries]
     try:

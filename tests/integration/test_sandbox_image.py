@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from tests.harness import CertAuthority, Containerd, RegistryFactory
+from tests.harness.cli import run, write
 from tests.harness.containerd import ROOT_PACKAGES, SUITES, containerd_binary
 from tests.harness.cri import CriClient
 from tests.harness.images import push
@@ -187,9 +188,17 @@ def test_a_sandbox_image_no_registry_holds_is_said_and_kept_once_it_can_be_had(
     direct = CriClient(daemon.socket, timeout=30)
     pause = default_sandbox_image(None)
     metrics = short_dir / "metrics.sock"
-    service = start_service(
-        short_dir, {"cri": daemon.address, "address": registry.url, "metricsAddress": str(metrics)}
-    )
+    settings: dict[str, object] = {
+        "cri": daemon.address,
+        "address": registry.url,
+        "metricsAddress": str(metrics),
+    }
+    dry = run("-f", str(write(tmp_path, settings)), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"sandbox      {pause}  (from the runtime's Status)" in dry.stdout
+    assert "absent: the shim pulls it" in dry.stdout
+    assert "as asked, from registry.k8s.io: no configured registry holds it" in dry.stdout
+    service = start_service(short_dir, settings)
     try:
         found = status_with(service, f"sandbox image {pause} unavailable")
         assert "serving gen=1" in found and registry.host in found, "the reason names what was asked"
@@ -204,6 +213,10 @@ def test_a_sandbox_image_no_registry_holds_is_said_and_kept_once_it_can_be_had(
             pause.split(":")[-1],
         )
         kept(service, direct, pause)  # at the next attempt (5 s after the first, then 10 s…)
+        dry = run("-f", str(write(tmp_path, settings)), "--dry-run")
+        assert "on the node" in dry.stdout and f"from {registry.host}/pause:" in dry.stdout, dry.stdout
+        resolved = run("-f", str(write(tmp_path, settings)), "--resolve", pause)
+        assert f"target    {registry.host}/pause:{pause.split(':')[-1]}" in resolved.stdout, resolved.stdout
         status_with(service, "unavailable", present=False)
         assert "sandbox image present" not in service.process.log_text()
         assert service.process.log_text().count("sandbox image pulled") == 1
