@@ -28,8 +28,10 @@ from image_cri_shim import logs
 from image_cri_shim.config import Config
 from image_cri_shim.messages import Message, Sandbox
 from image_cri_shim.protos import cri_pb2 as cri
+from image_cri_shim.reference import Reference, parse
 from image_cri_shim.workers import sandbox
 from image_cri_shim.workers.calls import QUIET, unary_call
+from image_cri_shim.workers.decisions import Decision
 from image_cri_shim.workers.upstream import MESSAGE_OPTIONS, Upstream
 
 log = logs.get("sandbox")
@@ -43,8 +45,17 @@ WAITING: Outcome = "waiting"  # absent, and the backoff of the last failure not 
 
 
 class Keeper:
-    def __init__(self, config: Config, upstream: Upstream, send: Callable[[Message], None]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        upstream: Upstream,
+        send: Callable[[Message], None],
+        decide: Callable[[Reference], Decision] | None = None,
+    ) -> None:
+        """`decide`: the worker's resolver (its cached decision says why a failed pull was not
+        rewritten)."""
         self._configured = config.sandbox_image
+        self._decide = decide
         self._timeout = config.timeout
         self._send = send
         self._wake = threading.Event()
@@ -112,7 +123,7 @@ class Keeper:
         except grpc.RpcError as err:
             if self._stopped.is_set():
                 return SETTLED
-            self._tell(name, err.details() or err.code().name)
+            self._tell(name, sandbox.unavailable(err.details() or err.code().name, self._decision(name)))
             return FAILED
         if not self._present(name):
             problem = f"pulled as {pulled.image_ref}, but the runtime does not hold it under this name"
@@ -135,6 +146,12 @@ class Keeper:
             log.warning(sandbox.UNKNOWN)
             self._send(Sandbox("(unknown)", sandbox.UNKNOWN))
         return known.image if known is not None else None
+
+    def _decision(self, name: str) -> Decision | None:
+        try:
+            return self._decide(parse(name)) if self._decide is not None else None
+        except Exception:  # only words for a message: the pull's own will do
+            return None
 
     def _present(self, name: str) -> bool:
         request = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from image_cri_shim import reference
+from image_cri_shim.workers.decisions import Decision
 
 UNKNOWN = "the runtime does not name its sandbox image in its Status: set sandboxImage"
 
@@ -139,3 +140,13 @@ def _varint(number: int) -> bytes:
         else:
             out.append(low)
             return bytes(out)
+
+
+def unavailable(details: str, decision: Decision | None) -> str:
+    """Why a pull of the sandbox image failed, for the log, STATUS= and /healthz: the pull's own
+    message (which names each attempt when the shim rewrote it), after what the configured
+    registries answered when none of them holds it (the runtime's message then is about the
+    image's own registry only)."""
+    if decision is None or decision.rewritten or decision.reason() in details:
+        return details
+    return f"no configured registry holds it ({decision.reason()}); pulled as asked: {details}"

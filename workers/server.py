@@ -274,7 +274,7 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"), options=SERVER_OPTIONS
     )
-    keeper = Keeper(config, upstream, ready.send)
+    keeper = Keeper(config, upstream, ready.send, registries.resolve)
     register(server, upstream, images, keeper)
     liveness.register(server, beat)
     prover = liveness.Prover(config.shim, beat, upstream.waits, THREADS, every) if every else None

@@ -140,3 +140,22 @@ def test_ask_runtime_reads_the_runtime_s_answers() -> None:
 
 def test_pulls_that_fail_are_tried_again_ever_less_often() -> None:
     assert [sandbox.retry_after(n) for n in (1, 2, 3, 4, 7, 8, 50)] == [5, 10, 20, 40, 300, 300, 300]
+
+
+def test_a_failed_pull_says_what_the_configured_registries_answered_when_none_holds_it() -> None:
+    from image_cri_shim.config import parse as parse_config
+    from image_cri_shim.reference import parse
+    from image_cri_shim.workers.decisions import Answer, Probe, choose
+    from image_cri_shim.workers.plan import plan
+
+    registries = parse_config("address: http://hub:5000\n", "/c.yaml").registries
+    source = parse(PAUSE)
+    candidates = plan(source, registries)
+    missing = choose(source, [(c, Probe(Answer.NOT_FOUND)) for c in candidates])
+    said = "failed to pull and unpack image: lookup registry.k8s.io: no such host"
+    assert sandbox.unavailable(said, missing) == (
+        f"no configured registry holds it (hub:5000/pause:3.10: not found); pulled as asked: {said}"
+    )
+    found = choose(source, [(c, Probe(Answer.FOUND)) for c in candidates])
+    assert sandbox.unavailable("every attempt failed: …", found) == "every attempt failed: …"
+    assert sandbox.unavailable(said, None) == said
