@@ -38,10 +38,11 @@ log = logs.get("sandbox")
 
 V1 = "/runtime.v1"
 ASK_TIMEOUT = 10.0  # Status and ImageStatus answer at once on a runtime that works
-Outcome: TypeAlias = Literal["settled", "failed", "waiting"]
+Outcome: TypeAlias = Literal["settled", "failed", "waiting", "silent"]
 SETTLED: Outcome = "settled"  # present, or nothing to keep: wait for the next trigger
 FAILED: Outcome = "failed"  # not had: the next pull after a backoff
 WAITING: Outcome = "waiting"  # absent, and the backoff of the last failure not over
+SILENT: Outcome = "silent"  # the runtime did not answer: look again soon, no pull was tried
 
 
 class Keeper:
@@ -96,6 +97,9 @@ class Keeper:
                 failures, pull_at = 0, 0.0
                 self._wake.wait()
                 continue
+            if outcome == SILENT:
+                self._wake.wait(sandbox.RETRY_FIRST)
+                continue
             if outcome == FAILED:
                 failures += 1
                 pull_at = time.monotonic() + sandbox.retry_after(failures)
@@ -106,7 +110,7 @@ class Keeper:
         between two attempts only looks."""
         name = self._configured or self._learn()  # asked at every check: the runtime may have changed
         if name is None:  # the runtime answered without one (said), or did not answer
-            return SETTLED if self._problem == sandbox.UNKNOWN else FAILED
+            return SETTLED if self._problem == sandbox.UNKNOWN else SILENT
         self.image = name
         try:
             if self._present(name):
@@ -114,7 +118,7 @@ class Keeper:
                 return SETTLED
         except grpc.RpcError as err:  # the runtime is down: the master says so already
             log.debug("sandbox image status not answered", image=name, code=err.code().name)
-            return FAILED
+            return SILENT
         if not may_pull:
             return WAITING
         request = cri.PullImageRequest(image=cri.ImageSpec(image=name)).SerializeToString()
