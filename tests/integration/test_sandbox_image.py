@@ -7,9 +7,7 @@ started a new worker; where it cannot be had, STATUS= says why while the service
 
 from __future__ import annotations
 
-import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,13 +18,13 @@ import pytest
 
 from tests.harness import CertAuthority, Containerd, RegistryFactory
 from tests.harness.cli import run, write
-from tests.harness.containerd import ROOT_PACKAGES, SUITES, containerd_binary
+from tests.harness.containerd import ROOT_PACKAGES, SUITES, default_sandbox_image
 from tests.harness.cri import CriClient
 from tests.harness.images import push
 from tests.harness.pods import PodNetwork, busybox_layout, remove_pods, sandbox_config
 from tests.harness.processes import wait_for
 from tests.harness.registry import Registry
-from tests.harness.rootfs import chrooted, debian_root
+from tests.harness.rootfs import debian_root
 from tests.harness.scrape import get
 from tests.harness.service import Service, start_service
 
@@ -35,16 +33,6 @@ pytestmark = pytest.mark.timeout(300)
 RUNTIMES = ("host", *SUITES)  # "host": this machine's containerd 1.6
 SUBNETS = {"host": "10.251.5.0/24", "trixie": "10.251.6.0/24", "sid": "10.251.7.0/24"}
 KEPT_WITHIN = 60.0  # a pull of a 1 MiB image from a local registry, on a loaded machine
-
-
-def default_sandbox_image(root: Path | None) -> str:
-    """What `containerd config default` of that containerd names: the image a config left alone uses."""
-    argv = [containerd_binary(), "config", "default"]
-    command = argv if root is None else chrooted(root, ["containerd", "config", "default"])
-    text = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
-    found = re.search(r"""^\s*(?:sandbox_image|sandbox)\s*=\s*["']([^"']+)["']""", text, re.MULTILINE)
-    assert found is not None, f"no sandbox image in containerd's default config:\n{text}"
-    return found.group(1)
 
 
 @dataclass
