@@ -1,6 +1,6 @@
 """What a worker tells the master, as typed values (no grpc, no I/O).
 
-On its readiness pipe, `Serving` and `RuntimeUp`: one JSON object per line. The worker encodes,
+On its readiness pipe, `Serving`, `RuntimeUp` and `Sandbox`: one JSON object per line. The worker encodes,
 the master decodes; both import this module, so a field is spelled in one place. A line the
 master cannot read (a newer or broken worker) is dropped, never fatal: the worker's exit status
 and its heartbeat page still tell the master what it needs. On its heartbeat page
@@ -32,7 +32,16 @@ class RuntimeUp:
     runtime: str
 
 
-Message: TypeAlias = Serving | RuntimeUp
+@dataclass(frozen=True)
+class Sandbox:
+    """What the worker knows of the runtime's sandbox image (`workers/keeper.py`): `problem` is
+    why it cannot be had (the master puts it in STATUS= and /healthz), empty once it is on the node."""
+
+    image: str
+    problem: str = ""
+
+
+Message: TypeAlias = Serving | RuntimeUp | Sandbox
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ def encode(message: Message) -> str:
             "cri": message.cri,
             "runtime": message.runtime,
         }
+    elif isinstance(message, Sandbox):
+        fields = {"event": "sandbox", "image": message.image, "problem": message.problem}
     else:
         fields = {"event": "runtime", "runtime": message.runtime}
     return json.dumps(fields) + "\n"
@@ -75,4 +86,6 @@ def decode(line: str) -> Message | None:
         return Serving(str(fields.get("socket") or ""), str(fields.get("cri") or ""), runtime)
     if fields.get("event") == "runtime" and runtime is not None:
         return RuntimeUp(runtime)
+    if fields.get("event") == "sandbox":
+        return Sandbox(str(fields.get("image") or ""), str(fields.get("problem") or ""))
     return None

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\tcri.proto\x12\x10imagecrishim.cri\"\x1a\n\tImageSpec\x12\r\n\x05image\x18\x01 \x01(\t\"\x86\x01\n\nAuthConfig\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04\x61uth\x18\x03 \x01(\t\x12\x16\n\x0eserver_address\x18\x04 \x01(\t\x12\x16\n\x0eidentity_token\x18\x05 \x01(\t\x12\x16\n\x0eregistry_token\x18\x06 \x01(\t\"<\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\trepo_tags\x18\x02 \x03(\t\x12\x14\n\x0crepo_digests\x18\x03 \x03(\t\"j\n\x10PullImageRequest\x12*\n\x05image\x18\x01 \x01(\x0b\x32\x1b.imagecrishim.cri.ImageSpec\x12*\n\x04\x61uth\x18\x02 \x01(\x0b\x32\x1c.imagecrishim.cri.AuthConfig\"&\n\x11PullImageResponse\x12\x11\n\timage_ref\x18\x01 \x01(\t\"Q\n\x12ImageStatusRequest\x12*\n\x05image\x18\x01 \x01(\x0b\x32\x1b.imagecrishim.cri.ImageSpec\x12\x0f\n\x07verbose\x18\x02 \x01(\x08\"\xa9\x01\n\x13ImageStatusResponse\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.imagecrishim.cri.Image\x12=\n\x04info\x18\x02 \x03(\x0b\x32/.imagecrishim.cri.ImageStatusResponse.InfoEntry\x1a+\n\tInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x12RemoveImageRequest\x12*\n\x05image\x18\x01 \x01(\x0b\x32\x1b.imagecrishim.cri.ImageSpec\"9\n\x0bImageFilter\x12*\n\x05image\x18\x01 \x01(\x0b\x32\x1b.imagecrishim.cri.ImageSpec\"B\n\x11ListImagesRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.imagecrishim.cri.ImageFilter\"=\n\x12ListImagesResponse\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.imagecrishim.cri.Image\"=\n\x0f\x43ontainerConfig\x12*\n\x05image\x18\x02 \x01(\x0b\x32\x1b.imagecrishim.cri.ImageSpec\"K\n\x16\x43reateContainerRequest\x12\x31\n\x06\x63onfig\x18\x02 \x01(\x0b\x32!.imagecrishim.cri.ContainerConfig\"!\n\x0eVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"n\n\x0fVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x14\n\x0cruntime_name\x18\x02 \x01(\t\x12\x17\n\x0fruntime_version\x18\x03 \x01(\t\x12\x1b\n\x13runtime_api_version\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\tcri.proto\x12\x10imagecrishim.cri\"\x1a\n\tImageSpec\x12\r\n\x05image\x18\x01 \x01(\t\"\x86\x01\n\nAuthConfig\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04\x61uth\x18\x03 \x01(\t\x12\x16\n\x0eserver_address\x18\x04 \x01(\t\x12\x16\n\x0eidentity_token\x18\x05 \x01(\t\x12\x16\n\x0eregistry_token\x18\x06 \x01(\t\"<\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\trepo_tags\x18\x02 \x03(\t\x12\x14\n\x0crepo_digests\x18\x03 \x03(\t\"j\n\x10PullImageRequest\x12*\n\x05image\x18\x01 \x01(\x0b\x32\x1b.imagecrishim.cri.ImageSpec\x12*\n\x04\x61uth\x18\x02 \x01(\x0b\x32\x1c.imagecrishim.cri.AuthConfig\"&\n\x11PullImageResponse\x12\x11\n\timage_ref\x18\x01 \x01(\t\"Q\n\x12ImageStatusRequest\x12*\n\x05image\x18\x01 \x01(\x0b\x32\x1b.imagecrishim.cri.ImageSpec\x12\x0f\n\x07verbose\x18\x02 \x01(\x08\"\xa9\x01\n\x13ImageStatusResponse\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.imagecrishim.cri.Image\x12=\n\x04info\x18\x02 \x03(\x0b\x32/.imagecrishim.cri.ImageStatusResponse.InfoEntry\x1a+\n\tInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x12RemoveImageRequest\x12*\n\x05image\x18\x01 \x01(\x0b\x32\x1b.imagecrishim.cri.ImageSpec\"9\n\x0bImageFilter\x12*\n\x05image\x18\x01 \x01(\x0b\x32\x1b.imagecrishim.cri.ImageSpec\"B\n\x11ListImagesRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.imagecrishim.cri.ImageFilter\"=\n\x12ListImagesResponse\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.imagecrishim.cri.Image\"=\n\x0f\x43ontainerConfig\x12*\n\x05image\x18\x02 \x01(\x0b\x32\x1b.imagecrishim.cri.ImageSpec\"K\n\x16\x43reateContainerRequest\x12\x31\n\x06\x63onfig\x18\x02 \x01(\x0b\x32!.imagecrishim.cri.ContainerConfig\"!\n\x0eVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"n\n\x0fVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x14\n\x0cruntime_name\x18\x02 \x01(\t\x12\x17\n\x0fruntime_version\x18\x03 \x01(\t\x12\x1b\n\x13runtime_api_version\x18\x04 \x01(\t\" \n\rStatusRequest\x12\x0f\n\x07verbose\x18\x01 \x01(\x08\"w\n\x0eStatusResponse\x12\x38\n\x04info\x18\x02 \x03(\x0b\x32*.imagecrishim.cri.StatusResponse.InfoEntry\x1a+\n\tInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMAGESTATUSRESPONSE_INFOENTRY']._loaded_options = None
   _globals['_IMAGESTATUSRESPONSE_INFOENTRY']._serialized_options = b'8\001'
+  _globals['_STATUSRESPONSE_INFOENTRY']._loaded_options = None
+  _globals['_STATUSRESPONSE_INFOENTRY']._serialized_options = b'8\001'
   _globals['_IMAGESPEC']._serialized_start=31
   _globals['_IMAGESPEC']._serialized_end=57
   _globals['_AUTHCONFIG']._serialized_start=60
@@ -65,4 +67,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERSIONREQUEST']._serialized_end=1090
   _globals['_VERSIONRESPONSE']._serialized_start=1092
   _globals['_VERSIONRESPONSE']._serialized_end=1202
+  _globals['_STATUSREQUEST']._serialized_start=1204
+  _globals['_STATUSREQUEST']._serialized_end=1236
+  _globals['_STATUSRESPONSE']._serialized_start=1238
+  _globals['_STATUSRESPONSE']._serialized_end=1357
+  _globals['_STATUSRESPONSE_INFOENTRY']._serialized_start=616
+  _globals['_STATUSRESPONSE_INFOENTRY']._serialized_end=659
 # @@protoc_insertion_point(module_scope)

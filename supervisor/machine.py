@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from image_cri_shim.config import Config
-from image_cri_shim.messages import Reading, RuntimeUp, Serving
+from image_cri_shim.messages import Reading, RuntimeUp, Sandbox, Serving
 from image_cri_shim.supervisor.events import (
     Action,
     CountReload,
@@ -63,6 +63,7 @@ class Gen:
     started: float
     serving: bool = False
     cri: str = ""  # the runtime socket it forwards to, as it reported
+    sandbox: str = ""  # why the runtime's sandbox image cannot be had, as it reported ("": it can)
 
     @property
     def ref(self) -> Ref:
@@ -174,6 +175,8 @@ class Machine(Reloads):
             self.on_serving(gen, message)
         elif isinstance(message, RuntimeUp):
             self.announce_ready()
+        elif isinstance(message, Sandbox):
+            self.on_sandbox(gen, message)
 
     def on_exited(self, event: Exited) -> None:
         ref, code = event.child, event.code
@@ -245,6 +248,13 @@ class Machine(Reloads):
             self.announce_ready()
         else:
             self.out.append(Notify("status", f"{self.status_line()}; waiting for the container runtime"))
+
+    def on_sandbox(self, gen: Gen, message: Sandbox) -> None:
+        """The worker logged it already; STATUS= and /healthz say it while it lasts."""
+        problem = f"sandbox image {message.image} unavailable: {message.problem}" if message.problem else ""
+        changed, gen.sandbox = gen.sandbox != problem, problem
+        if changed and gen is self.worker and gen.serving and self.ready_sent:
+            self.out.append(Notify("status", self.status_line()))
 
     def finish_swap(self, new: Gen) -> None:
         old, self.worker, self.pending = self.worker, new, None
@@ -357,6 +367,8 @@ class Machine(Reloads):
             serving += f"; container runtime at {self.worker.cri or 'its socket'} not answering"
         registries = ", ".join(r.domain for r in self.config.registries) or "none (passthrough)"
         line = f"{serving}; registries: {registries}; last reload: {self.last_reload}"
+        if self.worker is not None and self.worker.sandbox:
+            line += f"; {self.worker.sandbox}"
         return f"{line}; {self.last_wedge}" if self.last_wedge else line
 
     def health(self, now: float, reading: Reading | None) -> tuple[bool, str]:
@@ -373,6 +385,8 @@ class Machine(Reloads):
         text = f"ok: worker gen={worker.generation} serving"
         if reading.runtime_down:
             text += f"; container runtime at {worker.cri or 'its socket'} not answering"
+        if worker.sandbox:
+            text += f"; {worker.sandbox}"
         return True, text
 
 

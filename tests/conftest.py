@@ -28,6 +28,7 @@ from tests.harness import (
 from tests.harness.containerd import ROOT_PACKAGES, SMALL_DISK
 from tests.harness.dist import bundle, extracted
 from tests.harness.node import Stack, stack_of
+from tests.harness.pods import with_sandbox_image
 from tests.harness.rootfs import debian_root
 from tests.harness.service import PROGRAM, Service, start_service
 
@@ -90,9 +91,12 @@ def certs_d(tmp_path_factory: pytest.TempPathFactory) -> CertsDir:
 
 @pytest.fixture(scope="session")
 def containerd(tmp_path_factory: pytest.TempPathFactory, certs_d: CertsDir) -> Iterator[Containerd]:
-    """One private containerd for the session (image service only; CNI is not configured)."""
-    daemon = Containerd(tmp_path_factory.mktemp("containerd"), certs_d)
-    daemon.start()
+    """One private containerd for the session (image service only; CNI is not configured), holding
+    its sandbox image."""
+    work = tmp_path_factory.mktemp("containerd")
+    daemon = with_sandbox_image(
+        work / "sandbox", lambda pause: started(Containerd(work, certs_d, sandbox_image=pause))
+    )
     yield daemon
     daemon.stop()
 
@@ -102,20 +106,28 @@ def containerd_of(
     tmp_path_factory: pytest.TempPathFactory, certs_d: CertsDir
 ) -> Iterator[Callable[[str], Containerd]]:
     """`containerd_of("trixie")`: that Debian suite's containerd, chrooted, one per suite for the
-    session (the root is built on first use, then cached); every one is stopped at the end."""
+    session (the root is built on first use, then cached), holding its sandbox image; every one is
+    stopped at the end."""
     daemons: dict[str, Containerd] = {}
 
     def get(suite: str) -> Containerd:
         if suite not in daemons:
             root = debian_root(suite, ROOT_PACKAGES)
-            daemon = Containerd(tmp_path_factory.mktemp(f"containerd-{suite}"), certs_d, root=root)
-            daemon.start()
-            daemons[suite] = daemon
+            work = tmp_path_factory.mktemp(f"containerd-{suite}")
+            daemons[suite] = with_sandbox_image(
+                work / "sandbox",
+                lambda pause: started(Containerd(work, certs_d, root=root, sandbox_image=pause)),
+            )
         return daemons[suite]
 
     yield get
     for daemon in daemons.values():
         daemon.stop()
+
+
+def started(daemon: Containerd) -> Containerd:
+    daemon.start()
+    return daemon
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from tests.harness import CertAuthority, CertsDir, Containerd, CriClient, ImageBuilder, RegistryFactory
-from tests.harness.processes import start_shim
+from tests.harness.containerd import default_sandbox_image
+from tests.harness.processes import start_shim, wait_for
 
 
 def say(text: str) -> None:
@@ -35,7 +36,10 @@ def main() -> int:
         images = ImageBuilder(work / "images")
         images(private, "library/nginx", "latest")
         images(backup, "library/redis", "demo")
-        say(f"registries: {private.url} (private, needs a password) holds library/nginx:latest;")
+        pause = default_sandbox_image(None)  # containerd's own, left at its default
+        images(private, "pause", pause.rsplit(":", 1)[1])
+        say(f"registries: {private.url} (private, needs a password) holds library/nginx:latest and")
+        print(f"   pause:{pause.rsplit(':', 1)[1]} (containerd's sandbox image is {pause});")
         print(f"   {backup.url} (backup, anonymous) holds library/redis:demo")
 
         config = work / "config.yaml"
@@ -80,6 +84,9 @@ def main() -> int:
                 direct = runtime.status(image)
                 seen = "absent under that name" if direct is None else direct.repo_tags
                 print(f"     containerd alone  {seen}")
+            wait_for(lambda: runtime.status(pause), 30, f"the sandbox image {pause}", interval=0.2)
+            print(f"   containerd's sandbox image {pause}: on the node, put there by the shim (the runtime")
+            print("   pulls it itself, past the shim, from a registry this node may not reach)")
         say("what the shim logged (master and worker; one line per fresh rewrite decision)")
         print(shim.log_text())
         return 0

@@ -23,6 +23,7 @@ from image_cri_shim.workers.plan import Candidate, Excluded, Planner, explain
 from image_cri_shim.workers.records import Records
 from image_cri_shim.workers.registry import RegistryClient, node_platform
 from image_cri_shim.workers.resolver import Resolver
+from image_cri_shim.workers.sandboxcheck import sandbox_lines
 from image_cri_shim.workers.server import runtime_version
 from image_cri_shim.workers.transport import TLSSetupError
 from image_cri_shim.workers.upstream import Upstream
@@ -86,13 +87,20 @@ async def _dry_run(config: Config, sections: dict[str, Section]) -> int:
         mode = naming_mode(
             Records(upstream.channel), DockerImages(config.docker_socket), time.monotonic() + 5.0
         )
+        print(f"  cri          {cri}: {runtime or 'no answer'}")
+        shown = (
+            "not known (the runtime does not answer)"
+            if mode is None
+            else described(mode, config.docker_socket)
+        )
+        print(f"  names        {shown}")
+        if runtime is not None:
+            first, *rest = await sandbox_lines(config, upstream)
+            print(f"  sandbox      {first}")
+            for line in rest:
+                print(f"               {line}")
     finally:
         upstream.close()
-    print(f"  cri          {cri}: {runtime or 'no answer'}")
-    shown = (
-        "not known (the runtime does not answer)" if mode is None else described(mode, config.docker_socket)
-    )
-    print(f"  names        {shown}")
     node = node_platform()
     clients = [RegistryClient(r, node) for r in config.registries]
     try:

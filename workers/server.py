@@ -24,7 +24,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -41,6 +41,7 @@ from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.workers import liveness
 from image_cri_shim.workers.calls import QUIET
 from image_cri_shim.workers.images import Context, ImageService
+from image_cri_shim.workers.keeper import Keeper
 from image_cri_shim.workers.names import NameStore
 from image_cri_shim.workers.registries import Registries
 from image_cri_shim.workers.upstream import MESSAGE_OPTIONS, Upstream
@@ -89,14 +90,18 @@ SERVER_OPTIONS = (
 )
 
 
-def register(server: grpc.Server, upstream: Upstream, images: ImageService) -> None:
-    """Every known method of both CRI versions, per service; a generic handler for the rest."""
+def register(
+    server: grpc.Server, upstream: Upstream, images: ImageService, keeper: Keeper | None = None
+) -> None:
+    """Every known method of both CRI versions, per service; a generic handler for the rest.
+    `keeper` hears of each RunPodSandbox and ListImages (it looks at the sandbox image then)."""
     for version in VERSIONS:
         image_service = f"{version}.ImageService"
         handlers = {m: _unary(upstream, f"/{image_service}/{m}") for m in IMAGE_METHODS}
-        handlers.update(
-            {m: grpc.unary_unary_rpc_method_handler(h) for m, h in images.handlers(image_service).items()}
-        )
+        served = images.handlers(image_service)
+        if keeper is not None:
+            served["ListImages"] = _listing(served["ListImages"], keeper)
+        handlers.update({m: grpc.unary_unary_rpc_method_handler(h) for m, h in served.items()})
         server.add_registered_method_handlers(image_service, handlers)
         runtime_service = f"{version}.RuntimeService"
         handlers = {m: _unary(upstream, f"/{runtime_service}/{m}") for m in RUNTIME_METHODS}
@@ -105,6 +110,8 @@ def register(server: grpc.Server, upstream: Upstream, images: ImageService) -> N
             images.naming.create_container, upstream, f"/{runtime_service}/CreateContainer"
         )
         handlers["CreateContainer"] = grpc.unary_unary_rpc_method_handler(create)
+        if keeper is not None:
+            handlers["RunPodSandbox"] = _sandbox(upstream, f"/{runtime_service}/RunPodSandbox", keeper)
         server.add_registered_method_handlers(runtime_service, handlers)
     server.add_generic_rpc_handlers((Unknown(upstream),))
 
@@ -113,6 +120,25 @@ def _unary(upstream: Upstream, path: str) -> Handler:
     return grpc.unary_unary_rpc_method_handler(
         lambda request, context: upstream.unary(path, request, context)
     )
+
+
+def _listing(
+    list_images: Callable[[bytes, Context], bytes], keeper: Keeper
+) -> Callable[[bytes, Context], bytes]:
+    def listing(request: bytes, context: Context) -> bytes:
+        answer = list_images(request, context)
+        keeper.on_listing(request, answer)
+        return answer
+
+    return listing
+
+
+def _sandbox(upstream: Upstream, path: str, keeper: Keeper) -> Handler:
+    def run_pod_sandbox(request: bytes, context: Context) -> bytes:
+        keeper.check()  # wakes its thread; the call goes on at once
+        return upstream.unary(path, request, context)
+
+    return grpc.unary_unary_rpc_method_handler(run_pod_sandbox)
 
 
 def _unary_stream(upstream: Upstream, path: str) -> Handler:
@@ -249,7 +275,8 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"), options=SERVER_OPTIONS
     )
-    register(server, upstream, images)
+    keeper = Keeper(config, upstream, ready.send, registries.resolve)
+    register(server, upstream, images, keeper)
     liveness.register(server, beat)
     prover = liveness.Prover(config.shim, beat, upstream.waits, THREADS, every) if every else None
     listener: Listener | None = None
@@ -271,15 +298,15 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
         if prover is not None:
             prover.start()
         registries.start()
+        keeper.start()  # the pipe stays open for what it has to say
         if runtime is None:
             log.warning("container runtime does not answer yet", cri=upstream.target)
             threading.Thread(target=wait_for_runtime, args=(upstream, ready, stop), daemon=True).start()
-        else:
-            ready.close()
         if not config.cache.disable_stats and config.cache.stats_log_interval > 0:
             registries.log_stats_every(config.cache.stats_log_interval)
         trim_heap()
         stop.wait()
+        keeper.stop()
         if prover is not None:
             prover.stop()  # the shim socket is, or is about to be, a newer worker's
         started = time.monotonic()
@@ -294,6 +321,7 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
         server.stop(grace=config.timeout).wait()
         log.info("drained", took=f"{time.monotonic() - started:.1f}s")
     finally:
+        keeper.stop()
         if prover is not None:
             prover.stop()
         ready.close()
@@ -311,7 +339,6 @@ def wait_for_runtime(upstream: Upstream, ready: ReadyPipe, stop: Stop) -> None:
             return
     log.info("container runtime answers", runtime=runtime)
     ready.send(RuntimeUp(runtime))
-    ready.close()
 
 
 class ReadyPipe:

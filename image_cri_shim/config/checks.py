@@ -220,6 +220,17 @@ def pattern(regex: str, limit: int, what: str) -> Check:
     return check
 
 
+def image(ctx: Ctx, key: str, value: object) -> str:
+    """An image reference (not an image ID), normalized as the runtime names it."""
+    text = string(ctx, key, value).strip()
+    if reference.is_image_id(text):
+        ctx.fail(key, f"expected an image name, got the image ID {show(value)}")
+    try:
+        return str(reference.parse(text))
+    except reference.ReferenceError as err:
+        ctx.fail(key, f"{show(value)} is not an image reference: {err}")
+
+
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 
 

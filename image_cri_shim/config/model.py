@@ -91,6 +91,8 @@ class Config:
     docker_socket: str  # Docker Engine's API, for cri-dockerd nodes
     upstream: bool  # false: an image no configured registry holds is refused, never pulled as asked
     warnings: tuple[str, ...]
+    # The runtime's sandbox (pause) image, normalized; None: the one the runtime reports.
+    sandbox_image: str | None = None
     # The file's bytes this was parsed from (`parse_bytes`), so the master compares later reads with
     # exactly what it applied; empty for a config parsed from text. Holds passwords: never shown.
     source: bytes = field(default=b"", repr=False, compare=False)

@@ -355,6 +355,20 @@ TOP: dict[str, Rule] = {
         " Not reachable: the names are translated in answers instead (see behaviour.md).",
         example="unix:///run/docker.sock",
     ),
+    "sandboxImage": Rule(
+        checks.image,
+        field="sandbox_image",
+        kind="image reference",
+        unset="the runtime's own",
+        doc="The sandbox (pause) image every pod starts from, which the runtime pulls itself and never"
+        " through the shim. The shim keeps it on the node under exactly this name, pulled through the"
+        " registries above ([operations.md](operations.md#air-gapped-nodes-the-sandbox-image)). Unset:"
+        " the one the runtime reports in its CRI `Status` (containerd 1.6 and 1.7, CRI-O 1.27 and newer,"
+        " cri-dockerd 0.3.2 and newer); containerd 2.x reports none, so its release's built-in default is"
+        " taken. Set it, to the runtime's own value, for a runtime that reports none or a containerd 2.x"
+        " whose config pins another one.",
+        example="registry.k8s.io/pause:3.10",
+    ),
     "stateDir": Rule(
         checks.abs_path,
         DEFAULT_STATE_DIR,

@@ -273,6 +273,23 @@ def installed_version(root: Path | None) -> str:
     return found.group(1)
 
 
+def default_sandbox_image(root: Path | None) -> str:
+    """The sandbox image of a config left alone, as `containerd config default` of the host's
+    containerd (or the one in `root`) names it."""
+    argv = (
+        [containerd_binary(), "config", "default"]
+        if root is None
+        else chrooted(root, ["containerd", "config", "default"])
+    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    found = re.search(r"""^\s*(?:sandbox_image|sandbox)\s*=\s*["']([^"']+)["']""", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or found is None:
+        raise HarnessError(
+            f"no sandbox image in containerd's default config ({root or 'host'}):\n{done.stdout}{done.stderr}"
+        )
+    return found.group(1)
+
+
 def _common(workdir: Path, socket: Path, version: int, disabled_plugins: Sequence[str]) -> str:
     """The top of either config: own root, state and sockets, nothing but the native snapshotter."""
     disabled = ", ".join(_toml_str(p) for p in disabled_plugins)

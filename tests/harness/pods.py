@@ -15,13 +15,15 @@ import shutil
 import subprocess
 import tarfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .containerd import Containerd
 from .cri import CriClient
-from .images import LayoutWriter, OciLayout, node_platform
+from .images import LayoutWriter, OciLayout, node_platform, push
 from .processes import HarnessError
+from .registry import CertAuthority, RegistryFactory
 
 BUSYBOX = Path("/bin/busybox")
 CNI_PLUGINS = Path("/usr/lib/cni")
@@ -114,3 +116,20 @@ def remove_pods(client: CriClient) -> None:
     for sandbox in runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30).items:
         runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox.id), timeout=60)
         runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id), timeout=60)
+
+
+def with_sandbox_image(work: Path, start: Callable[[str], Containerd]) -> Containerd:
+    """A containerd that holds its sandbox image from the start, as a node with its pause image
+    preloaded: the shim's sandbox keeper finds it there and does nothing, so tests of other things
+    see no pull of its. `start(reference)` makes and starts the containerd with that sandbox image.
+    (The keeper's own tests run containerd at its default: tests/integration/test_sandbox_image.py.)"""
+    registries = RegistryFactory(work / "registries", CertAuthority.create(work / "ca"))
+    try:
+        layout = busybox_layout(work / "pause", ["/bin/sleep", "2147483647"])
+        reference = push(layout, registries(), "pause", "1").reference
+        daemon = start(reference)
+        with CriClient(daemon.socket) as direct:
+            direct.pull(reference)  # the registry goes: the image stays
+    finally:
+        registries.close()
+    return daemon

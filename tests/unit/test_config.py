@@ -1043,3 +1043,28 @@ def test_yaml_like_text_gives_config_or_config_error(text: str) -> None:
         parse(text, P)
     except ConfigError as e:
         assert "\n" not in str(e)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.10"),
+        ("pause:3.9", "docker.io/library/pause:3.9"),
+        ("  hub.company.com:5000/k8s/pause:3.6 ", "hub.company.com:5000/k8s/pause:3.6"),
+        ('""', None),
+    ],
+)
+def test_sandbox_image_is_normalized_as_the_runtime_names_it(value: str, expected: str | None) -> None:
+    assert ok(f"address: http://r:5000\nsandboxImage: {value}\n").sandbox_image == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("Pause:3.10", 'sandboxImage: "Pause:3.10" is not an image reference'),
+        ("sha256:" + "a" * 64, "sandboxImage: expected an image name, got the image ID"),
+        ("[a]", "sandboxImage: expected a string"),
+    ],
+)
+def test_sandbox_image_that_is_no_image_name_is_an_error(value: str, problem: str) -> None:
+    assert problem in str(err(f"address: http://r:5000\nsandboxImage: {value}\n"))

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 
 from image_cri_shim.config import parse_bytes
-from image_cri_shim.messages import Reading, RuntimeUp, Serving
+from image_cri_shim.messages import Reading, RuntimeUp, Sandbox, Serving
 from image_cri_shim.supervisor import events as ev
 from image_cri_shim.supervisor.machine import (
     HEARTBEAT_STALE,
@@ -313,6 +313,44 @@ def test_a_runtime_that_stops_answering_is_said_in_status_not_restarted() -> Non
     assert d.machine.health(d.now, Reading(d.now, 0, 1))[0]
     d.tick(d.now + 1, served=d.now + 1)
     assert "not answering" not in d.of(ev.Notify)[-1].status
+
+
+PAUSE = "registry.k8s.io/pause:3.10"
+
+
+def test_a_sandbox_image_that_cannot_be_had_is_said_in_status_and_healthz_while_it_serves() -> None:
+    d = serving()
+    d.feed(ev.Reported(1, Sandbox(PAUSE, "no configured registry holds it")))
+    assert d.of(ev.Notify) == [
+        ev.Notify("status", f"{d.machine.status_line()}"),
+    ]
+    assert f"sandbox image {PAUSE} unavailable: no configured registry holds it" in d.of(ev.Notify)[0].status
+    healthy, text = d.machine.health(d.now, Reading(d.now, 0, 0))
+    assert healthy and "sandbox image" in text and "no configured registry holds it" in text
+    d.feed(ev.Reported(1, Sandbox(PAUSE, "no configured registry holds it")))
+    assert not d.of(ev.Notify), "the same problem again changes nothing"
+    d.feed(ev.Reported(1, Sandbox(PAUSE)))
+    assert "sandbox" not in d.of(ev.Notify)[0].status
+    assert "sandbox" not in d.machine.health(d.now, Reading(d.now, 0, 0))[1]
+
+
+@pytest.mark.parametrize(
+    ("new", "after"),
+    [(Sandbox(PAUSE), ""), (Sandbox(PAUSE, "registry down"), "registry down")],
+)
+def test_a_new_generation_s_sandbox_word_replaces_the_old_one_at_the_swap(new: Sandbox, after: str) -> None:
+    d = serving()
+    d.feed(ev.Reported(1, Sandbox(PAUSE, "old problem")))
+    d.file = OTHER
+    d.feed(ev.Hangup())
+    d.feed(ev.Reported(2, new))
+    assert not d.of(ev.Notify), "a worker not serving yet changes nothing"
+    d.serve(2)
+    ready = [n.status for n in d.of(ev.Notify) if n.what == "ready"]
+    assert len(ready) == 1 and "old problem" not in ready[0]
+    assert (after in ready[0]) if after else "sandbox" not in ready[0]
+    d.feed(ev.Reported(1, Sandbox(PAUSE, "the draining one")))
+    assert not d.of(ev.Notify) and "draining" not in d.machine.status_line()
 
 
 # -- the syncer -------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from image_cri_shim.messages import Message, RuntimeUp, Serving, decode, encode
+from image_cri_shim.messages import Message, RuntimeUp, Sandbox, Serving, decode, encode
 
 
 @pytest.mark.parametrize(
@@ -13,6 +13,8 @@ from image_cri_shim.messages import Message, RuntimeUp, Serving, decode, encode
         Serving("/run/shim.sock", "unix:///run/containerd/containerd.sock", "containerd 1.6.20 (v1)"),
         Serving("/run/shim.sock", "unix:///run/crio/crio.sock", None),
         RuntimeUp("cri-o 1.29 (v1)"),
+        Sandbox("registry.k8s.io/pause:3.10", 'no registry holds it: "quoted", and a\nline break'),
+        Sandbox("registry.k8s.io/pause:3.6"),
     ],
 )
 def test_a_message_survives_the_pipe(message: Message) -> None:
