@@ -21,6 +21,7 @@ import yaml
 from image_cri_shim import __version__
 from tests.harness import Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
+from tests.harness.dist import maps
 from tests.harness.processes import wait_for
 from tests.harness.rootfs import chrooted, debian_root, glibc_version
 from tests.harness.service import Service, alive, base_config
@@ -33,12 +34,6 @@ def bullseye() -> Path:
     root = debian_root("bullseye", ["ca-certificates"])
     assert glibc_version(root) == "2.31"
     return root
-
-
-def maps(pid: int) -> set[str]:
-    """The file names of the shared objects mapped into process `pid`."""
-    with open(f"/proc/{pid}/maps") as lines:
-        return {os.path.basename(line.split()[-1]) for line in lines if ".so" in line}
 
 
 def test_the_bundle_installs_and_serves_on_debian_11(
