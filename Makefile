@@ -16,7 +16,10 @@ DIST_PKGS := binutils dpkg-dev patch perl pkg-config make debian-archive-keyring
 # Another architecture's toolchain is cross-compiled, and everything that runs the frozen-to-be
 # Python runs under qemu in a Debian root of that architecture (ON_TARGET, packaging/emulation.py).
 MACHINE_ARCH := $(patsubst x86_64,amd64,$(patsubst aarch64,arm64,$(shell uname -m)))
-ARCH     ?= $(MACHINE_ARCH)
+# Only from make's command line: some build environments export an ARCH of their own.
+ifneq ($(origin ARCH),command line)
+ARCH     := $(MACHINE_ARCH)
+endif
 ifneq ($(ARCH),$(MACHINE_ARCH))
 FREEZE   := build/freeze-$(ARCH)
 ON_TARGET := $(PYTHON) packaging/emulation.py $(ARCH) --
