@@ -84,7 +84,8 @@ def enable(arch: str) -> str:
             ["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], capture_output=True, text=True
         )
         if done.returncode != 0:
-            return f"mount binfmt_misc: {done.stderr.strip() or done.returncode}"
+            said = done.stderr.strip().splitlines()
+            return f"mount binfmt_misc: {said[0] if said else done.returncode}"
     if not handler(machine).exists():
         try:
             (BINFMT / "register").write_text(conf.read_text().strip() + "\n")
