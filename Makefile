@@ -3,7 +3,8 @@
 PYTHON   ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
-APT_PKGS := containerd docker.io docker-registry skopeo apache2-utils openssl binutils shellcheck debootstrap runc containernetworking-plugins busybox-static iproute2
+# qemu-user-static: the arm64 bundle's test runs it under emulation (packaging/emulation.py).
+APT_PKGS := containerd docker.io docker-registry skopeo apache2-utils openssl binutils shellcheck debootstrap runc containernetworking-plugins busybox-static iproute2 qemu-user-static
 STAMP    := $(VENV)/.installed
 # make dist: a venv of its own holding the wheel and the build tools, so the frozen program
 # takes in the wheel's dependencies and nothing the test venv has besides.
@@ -11,6 +12,20 @@ FREEZE   := build/freeze
 DIST_TOOLS := 'build>=1.2' 'pyinstaller>=6.10,<7' 'setuptools>=68'
 # What packaging/toolchain.py needs to fetch, unpack and build its sources.
 DIST_PKGS := binutils dpkg-dev patch perl pkg-config make debian-archive-keyring
+# The bundle's architecture, as Go names it: this machine's, or `make dist ARCH=arm64` on x86_64.
+# Another architecture's toolchain is cross-compiled, and everything that runs the frozen-to-be
+# Python runs under qemu in a Debian root of that architecture (ON_TARGET, packaging/emulation.py).
+MACHINE_ARCH := $(patsubst x86_64,amd64,$(patsubst aarch64,arm64,$(shell uname -m)))
+# Only from make's command line: some build environments export an ARCH of their own.
+ifneq ($(origin ARCH),command line)
+ARCH     := $(MACHINE_ARCH)
+endif
+ifneq ($(ARCH),$(MACHINE_ARCH))
+FREEZE   := build/freeze-$(ARCH)
+ON_TARGET := $(PYTHON) packaging/emulation.py $(ARCH) --
+TOOLCHAIN_ARGS := --arch $(ARCH)
+DIST_PKGS += qemu-user-static debootstrap
+endif
 
 .PHONY: test test-runtimes demo bench soak reliability docs dist lint typecheck protos system-deps venv clean
 
@@ -42,22 +57,23 @@ soak: system-deps venv
 reliability: system-deps venv
 	$(BIN)/python -m tools.reliability
 
-# The wheel, the sdist and the offline bundle for this machine's architecture (docs/install.md).
-# The freeze venv is made from packaging/toolchain.py's Python (glibc 2.17, built once and cached
-# outside the tree) and takes only manylinux2014 wheels (packaging/_manylinux.py).
+# The wheel, the sdist and the offline bundle for ARCH (docs/install.md); a bundle of the other
+# architecture in dist/ is kept. The freeze venv is made from packaging/toolchain.py's Python
+# (glibc 2.17, built once and cached outside the tree) and takes only manylinux2014 wheels
+# (packaging/_manylinux.py).
 dist:
 	@$(MAKE) --no-print-directory system-deps APT_PKGS="$(DIST_PKGS)"
-	rm -rf dist build/lib
+	rm -rf build/lib dist/image_cri_shim-* dist/image-cri-shim-*-linux-$(ARCH) dist/image-cri-shim-*-linux-$(ARCH).tar.gz
 	mkdir -p build
-	$(PYTHON) packaging/toolchain.py > build/toolchain
-	python=$$(cat build/toolchain); [ "$$(readlink -f $(FREEZE)/bin/python)" = "$$(readlink -f $$python)" ] \
-		|| { rm -rf $(FREEZE) && $$python -m venv $(FREEZE); }
+	$(PYTHON) packaging/toolchain.py $(TOOLCHAIN_ARGS) > build/toolchain-$(ARCH)
+	python=$$(cat build/toolchain-$(ARCH)); [ "$$(readlink -f $(FREEZE)/bin/python)" = "$$(readlink -f $$python)" ] \
+		|| { rm -rf $(FREEZE) && $(ON_TARGET) $$python -m venv $(FREEZE); }
 	cp packaging/_manylinux.py $(FREEZE)/lib/python3.11/site-packages/
-	$(FREEZE)/bin/pip install -q $(DIST_TOOLS)
-	$(FREEZE)/bin/python -m build -q --no-isolation --outdir dist .
-	$(FREEZE)/bin/pip install -q --force-reinstall --no-deps dist/*.whl
-	$(FREEZE)/bin/pip install -q dist/*.whl
-	$(FREEZE)/bin/python packaging/build.py
+	$(ON_TARGET) $(FREEZE)/bin/pip install -q $(DIST_TOOLS)
+	$(ON_TARGET) $(FREEZE)/bin/python -m build -q --no-isolation --outdir dist .
+	$(ON_TARGET) $(FREEZE)/bin/pip install -q --force-reinstall --no-deps dist/*.whl
+	$(ON_TARGET) $(FREEZE)/bin/pip install -q dist/*.whl
+	$(ON_TARGET) $(FREEZE)/bin/python packaging/build.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -46,6 +46,8 @@ EXAMPLES = {
 BOOTLOADER_LICENCE = "GPL-2.0-or-later WITH Bootloader-exception"
 # The symbol versions that make a node's floor: glibc's, and libstdc++'s for C++ code.
 FLOOR_PREFIXES = ("GLIBC", "GLIBCXX", "CXXABI")
+# e_machine in the ELF header: every file of a bundle must be for the bundle's architecture.
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
 
 
 def main() -> None:
@@ -83,6 +85,9 @@ def main() -> None:
         if not path.is_symlink():
             path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
 
+    foreign = [f"{path.relative_to(stage)} ({kind})" for path, kind in elf_files(stage) if kind != machine]
+    if foreign:
+        sys.exit(f"build: not for {machine}, in a bundle for linux/{GOARCH[machine]}: {', '.join(foreign)}")
     floor = symbol_floor(stage / APP)
     glibc = floor.get("GLIBC", ("2.2", "", ""))[0]
     header = [
@@ -133,12 +138,25 @@ def toolchain_manifest() -> dict[str, Any]:
     return manifest
 
 
+def elf_files(folder: Path) -> list[tuple[Path, str]]:
+    """Every ELF file under `folder`, with the machine it is for ("x86_64", "aarch64", or the
+    number of another one), read from its header."""
+    found = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+        with open(path, "rb") as file:
+            head = file.read(20)
+        if head[:4] == b"\x7fELF":
+            number = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+            kind = next((name for name, value in ELF_MACHINES.items() if value == number), str(number))
+            found.append((path, kind))
+    return found
+
+
 def symbol_floor(app: Path) -> dict[str, tuple[str, str, str]]:
     """For GLIBC, GLIBCXX and CXXABI: the newest version any ELF file of `app` needs, with the
     file (relative to `app`) and a symbol that needs it. Computed, never assumed."""
     newest: dict[str, tuple[tuple[int, ...], str, str]] = {}
-    files = [p for p in sorted(app.rglob("*")) if p.is_file() and not p.is_symlink()]
-    for path in (p for p in files if p.read_bytes()[:4] == b"\x7fELF"):
+    for path, _ in elf_files(app):
         dump = subprocess.run(["objdump", "-T", str(path)], capture_output=True, text=True, check=True)
         for prefix, number, symbol in needed_versions(dump.stdout):
             key = tuple(map(int, number.split(".")))
@@ -180,7 +198,21 @@ def bundled(collected: list[str], toolchain: dict[str, Any]) -> list[tuple[str, 
                 rows.add((dist.metadata["Name"], dist.version, pypi_licence(dist), "pypi"))
         elif not real.startswith((interpreter, str(BUILD) + os.sep)):  # base_library.zip: the stdlib
             sys.exit(f"build: PyInstaller took {source} from the build machine, not from the toolchain")
+    names = {normalized(row[0]) for row in rows}
+    missing = [name for name in requirements() if normalized(name) not in names]
+    if missing:
+        sys.exit(f"build: the program does not take in {', '.join(missing)}, which pyproject.toml requires")
     return sorted(rows, key=lambda row: (row[3] != "pypi", row[0].lower()))
+
+
+def requirements() -> list[str]:
+    """The names of the packages the wheel requires (pyproject.toml's dependencies, no extras)."""
+    listed = metadata.requires("image-cri-shim") or []
+    return [re.split(r"[\s;<>=!~\[(]", line, maxsplit=1)[0] for line in listed if "extra ==" not in line]
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def pypi_licence(dist: Distribution) -> str:

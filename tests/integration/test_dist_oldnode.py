@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import yaml
 from image_cri_shim import __version__
 from tests.harness import Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
+from tests.harness.dist import maps
 from tests.harness.processes import wait_for
 from tests.harness.rootfs import chrooted, debian_root, glibc_version
 from tests.harness.service import Service, alive, base_config
@@ -33,12 +35,6 @@ def bullseye() -> Path:
     root = debian_root("bullseye", ["ca-certificates"])
     assert glibc_version(root) == "2.31"
     return root
-
-
-def maps(pid: int) -> set[str]:
-    """The file names of the shared objects mapped into process `pid`."""
-    with open(f"/proc/{pid}/maps") as lines:
-        return {os.path.basename(line.split()[-1]) for line in lines if ".so" in line}
 
 
 def test_the_bundle_installs_and_serves_on_debian_11(
@@ -79,7 +75,9 @@ def test_the_bundle_installs_and_serves_on_debian_11(
     dry = run(program, "-f", config, "--dry-run")
     assert "containerd" in dry, dry
 
+    started = time.monotonic()
     service = service_factory(base_config(containerd, registry), program=inside(program))
+    print(f"bundle on Debian 11: exec to READY=1 in {(time.monotonic() - started) * 1000:.0f} ms")
     titles = ["image-cri-shim: syncer", "image-cri-shim: worker gen=1"]
 
     def titled() -> dict[int, str] | None:
