@@ -44,6 +44,23 @@ insecure = true
 
 POLICY = '{"default": [{"type": "insecureAcceptAnything"}]}\n'
 
+# runc, with a negative oom_score_adj in the bundle raised to 0: this machine refuses negative
+# ones, and CRI-O has no setting like containerd's restrict_oom_score_adj.
+RUNC_WRAPPER = """\
+#!/usr/bin/python3
+import json, os, sys
+args = sys.argv[1:]
+if "create" in args and "--bundle" in args:
+    path = os.path.join(args[args.index("--bundle") + 1], "config.json")
+    with open(path) as f:
+        spec = json.load(f)
+    if spec.get("process", {}).get("oomScoreAdj", 0) < 0:
+        spec["process"]["oomScoreAdj"] = 0
+        with open(path, "w") as f:
+            json.dump(spec, f)
+os.execv(RUNC, ["runc", *args])
+"""
+
 
 def _toml(value: str | Path) -> str:
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
@@ -106,7 +123,9 @@ class Crio:
             (w / sub).mkdir(parents=True, exist_ok=True)
         (w / "registries.conf").write_text(REGISTRIES_CONF)
         (w / "policy.json").write_text(POLICY)
-        runc = _tool("runc", "runc")
+        runc = w / "runc-oom"
+        runc.write_text(RUNC_WRAPPER.replace("RUNC", repr(_tool("runc", "runc"))))
+        runc.chmod(0o755)
         conmon = _tool("conmon", "conmon")
         lines = [
             "[crio]",
@@ -139,7 +158,8 @@ class Crio:
             "[crio.image]",
             f"signature_policy = {_toml(w / 'policy.json')}",
             f"big_files_temporary_dir = {_toml(w / 'root')}",
-            *([f"pause_image = {_toml(self.pause_image)}"] if self.pause_image else []),
+            # the pause image runs its own command (CRI-O runs /pause by default)
+            *([f"pause_image = {_toml(self.pause_image)}", 'pause_command = ""'] if self.pause_image else []),
             'short_name_mode = "disabled"',
             "[crio.network]",
             f"network_dir = {_toml(w / 'cni')}",
@@ -321,6 +341,15 @@ class StandInCrio:
             )
             return response.SerializeToString()
         metadata = tuple((k, v) for k, v in context.invocation_metadata() if k not in _TRANSPORT_KEYS)
+        if name == "ListImages" and v1.ListImagesRequest.FromString(request).filter.image.image:
+            # CRI-O answers a filtered list with the one image the name finds (containerd
+            # ignores the filter)
+            wanted = v1.ListImagesRequest.FromString(request).filter.image
+            method, request = (
+                method.replace("ListImages", "ImageStatus"),
+                v1.ImageStatusRequest(image=wanted).SerializeToString(),
+            )
+            name = "ListImages-filtered"
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method)
         try:
             answer: bytes = call(request, timeout=context.time_remaining(), metadata=metadata)
@@ -356,7 +385,11 @@ def _reworded(name: str, answer: bytes) -> bytes:
         if status.HasField("image"):
             status.image.id = bare(status.image.id)
         return status.SerializeToString()
-    if name == "ListImages":
+    if name == "ListImages-filtered":
+        found = v1.ImageStatusResponse.FromString(answer)
+        images = [found.image] if found.HasField("image") else []
+        answer = v1.ListImagesResponse(images=images).SerializeToString()
+    if name.startswith("ListImages"):
         listed = v1.ListImagesResponse.FromString(answer)
         for image in listed.images:
             image.id = bare(image.id)
