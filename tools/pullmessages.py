@@ -25,14 +25,12 @@ import functools
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from image_cri_shim.workers.failures import Cause
 from tests.harness import CertAuthority, CertsDir, Containerd, CriClient, ImageBuilder, RegistryFactory
 from tests.harness.containerd import ROOT_PACKAGES, SMALL_DISK
-from tests.harness.crio import Crio
+from tests.harness.crio import crio_pair
 from tests.harness.pullfaults import PullFaults
 from tests.harness.pullrecord import FAULTS, FILE, load
 from tests.harness.rootfs import debian_root
@@ -87,19 +85,6 @@ def daemons(work: Path, suite: str) -> tuple[Containerd, Containerd]:
         Containerd(work / f"{suite}", certs, root=root),
         Containerd(work / f"{suite}-small", certs, root=root, disk=SMALL_DISK),
     )
-
-
-@contextmanager
-def crio_pair(binary: str, work: Path) -> Iterator[tuple[Crio, Crio]]:
-    """CRI-O from `binary`, started twice: as it is, and over a storage of SMALL_DISK."""
-    crio, small = Crio(binary, work / "crio"), Crio(binary, work / "crio-small", disk=SMALL_DISK)
-    crio.start()
-    try:
-        small.start()
-        yield crio, small
-    finally:
-        small.stop()
-        crio.stop()
 
 
 def containerd_suite(suite: str) -> tuple[str, list[dict[str, str]]]:

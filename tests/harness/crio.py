@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import grpc
 from cri_api.v1 import api_pb2 as v1
 from cri_api.v1 import api_pb2_grpc as v1_grpc
 
+from .containerd import SMALL_DISK, Containerd
 from .processes import HarnessError, ManagedProcess, check_socket_path, wait_for
 
 ENV_REAL = "IMAGE_CRI_SHIM_CRIO"
@@ -225,6 +228,19 @@ class Crio:
         return self.process.describe() if self.process is not None else "crio not started"
 
 
+@contextmanager
+def crio_pair(binary: str, work: Path, disk: str = SMALL_DISK) -> Iterator[tuple[Crio, Crio]]:
+    """CRI-O from `binary`, started twice: as it is, and over a storage of `disk` (disk full)."""
+    crio, small = Crio(binary, work / "crio"), Crio(binary, work / "crio-small", disk=disk)
+    crio.start()
+    try:
+        small.start()
+        yield crio, small
+    finally:
+        small.stop()
+        crio.stop()
+
+
 # What the stand-in answers for a failed pull: containerd's words (first match) -> CRI-O's, as
 # tests/pull-messages.json records them for the same fault; {image}, {host}, {tag}, {repo} are
 # the pull's. A failure without an entry keeps containerd's reason under CRI-O's wrapper.
@@ -299,8 +315,6 @@ class StandInCrio:
     VERSION = ("cri-o", "1.35.6")
 
     def __init__(self, workdir: Path, *, pause_image: str = "") -> None:
-        from .containerd import Containerd
-
         self.workdir = workdir
         self.socket = check_socket_path(workdir / "crio.sock")
         self.containerd = Containerd(
