@@ -28,7 +28,8 @@ from cri_api.v1 import api_pb2 as v1
 from cri_api.v1 import api_pb2_grpc as v1_grpc
 
 from .containerd import SMALL_DISK, Containerd
-from .processes import HarnessError, ManagedProcess, check_socket_path, wait_for
+from .processes import HarnessError, ManagedProcess, check_socket_path, cri_version, wait_for
+from .runtimeproxy import OPTIONS, TRANSPORT_KEYS
 
 ENV_REAL = "IMAGE_CRI_SHIM_CRIO"
 
@@ -212,13 +213,8 @@ class Crio:
         return self
 
     def version(self, timeout: float = 5.0) -> v1.VersionResponse:
-        """CRI v1 `Version`, on a channel of its own."""
-        if not self.socket.exists():
-            raise FileNotFoundError(f"{self.socket} does not exist")
-        with grpc.insecure_channel(self.address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-            stub = v1_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
-            response: v1.VersionResponse = stub.Version(v1.VersionRequest(), timeout=timeout)
-            return response
+        response: v1.VersionResponse = cri_version(self.socket, timeout)
+        return response
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is not None:
@@ -336,8 +332,8 @@ class StandInCrio:
             with grpc.insecure_channel(self.containerd.address) as channel:
                 images = v1_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
                 images.PullImage(v1.PullImageRequest(image=v1.ImageSpec(image=self.pause_image)), timeout=60)
-        self._channel = grpc.insecure_channel(self.containerd.address, options=_OPTIONS)
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=_OPTIONS)
+        self._channel = grpc.insecure_channel(self.containerd.address, options=OPTIONS)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=OPTIONS)
         self._server.add_generic_rpc_handlers((_StandInHandler(self),))
         self._server.add_insecure_port(self.address)
         self._server.start()
@@ -354,7 +350,7 @@ class StandInCrio:
                 runtime_api_version="v1",
             )
             return response.SerializeToString()
-        metadata = tuple((k, v) for k, v in context.invocation_metadata() if k not in _TRANSPORT_KEYS)
+        metadata = tuple((k, v) for k, v in context.invocation_metadata() if k not in TRANSPORT_KEYS)
         if name == "ListImages" and v1.ListImagesRequest.FromString(request).filter.image.image:
             # CRI-O answers a filtered list with the one image the name finds (containerd
             # ignores the filter)
@@ -410,9 +406,6 @@ def _reworded(name: str, answer: bytes) -> bytes:
         return listed.SerializeToString()
     return answer
 
-
-_TRANSPORT_KEYS = frozenset({"user-agent", ":authority", "grpc-accept-encoding", "grpc-timeout"})
-_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
 
 CriO = Crio | StandInCrio
 

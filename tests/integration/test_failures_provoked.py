@@ -43,9 +43,13 @@ def test_provoked_failures_are_classified(
         tmp_path,
         small_disk=cri_client(small.socket),
     )
+    provoked(faults, fault, cause, f"containerd {daemon.release}")
+
+
+def provoked(faults: PullFaults, fault: str, cause: Cause, runtime: str) -> None:
     code, message = faults.provoke(fault)
     assert code != "OK", f"{fault}: the pull succeeded"
-    assert classify(code, message).cause is cause, f"containerd {daemon.release}, {fault}: {code} {message}"
+    assert classify(code, message).cause is cause, f"{runtime}, {fault}: {code} {message}"
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +84,4 @@ if crio_binary() is not None:
             tmp_path,
             small_disk=cri_client(small.socket),
         )
-        code, message = faults.provoke(fault)
-        assert code != "OK", f"{fault}: the pull succeeded"
-        assert classify(code, message).cause is cause, f"cri-o, {fault}: {code} {message}"
+        provoked(faults, fault, cause, "cri-o")
