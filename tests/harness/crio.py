@@ -28,6 +28,7 @@ from cri_api.v1 import api_pb2 as v1
 from cri_api.v1 import api_pb2_grpc as v1_grpc
 
 from .containerd import SMALL_DISK, Containerd
+from .criowords import crio_words
 from .processes import HarnessError, ManagedProcess, check_socket_path, cri_version, wait_for
 from .runtimeproxy import OPTIONS, TRANSPORT_KEYS
 
@@ -237,46 +238,10 @@ def crio_pair(binary: str, work: Path, disk: str = SMALL_DISK) -> Iterator[tuple
         crio.stop()
 
 
-# What the stand-in answers for a failed pull: containerd's words (first match) -> CRI-O's, as
-# tests/pull-messages.json records them for the same fault; {image}, {host}, {tag}, {repo} are
-# the pull's. A failure without an entry keeps containerd's reason under CRI-O's wrapper.
-_PULL = "unable to pull image or OCI artifact: pull image err: "
-_ARTIFACT = "; artifact err: image reference: reference is a container image, not an OCI artifact"
-CRIO_WORDS: tuple[tuple[str, str], ...] = (
-    (
-        "connection refused",
-        "RegistryUnavailable: unable to pull image: initializing source docker://{image}: pinging container"
-        ' registry {host}: Get "http://{host}/v2/": dial tcp {host}: connect: connection refused',
-    ),
-    (
-        "no space left on device",
-        "unable to pull image: writing blob: storing blob to file: no space left on device",
-    ),
-    (
-        "failed to resolve reference",
-        _PULL + "initializing source docker://{image}: reading manifest {tag} in {repo}: manifest unknown",
-    ),
-    ("unexpected eof", _PULL + "writing blob: happened during read: unexpected EOF" + _ARTIFACT),
-    (
-        "failed to read expected number of bytes",
-        _PULL + "writing blob: happened during read: unexpected EOF" + _ARTIFACT,
-    ),
-    (": not found", _PULL + "reading blob: fetching blob: blob unknown to registry" + _ARTIFACT),
+# what the caller's own deadline or cancellation, or containerd out of reach, answers as it is
+_PASSED = frozenset(
+    {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
 )
-
-
-def crio_words(image: str, containerd_message: str) -> str:
-    """CRI-O's message for the pull of `image` that containerd answered `containerd_message` to."""
-    text = containerd_message.lower()
-    host, _, rest = image.partition("/")
-    repo, _, tag = (
-        rest.rpartition(":") if "@" not in rest else (rest.partition("@")[0], "", rest.partition("@")[2])
-    )
-    for phrase, template in CRIO_WORDS:
-        if phrase in text:
-            return template.format(image=image, host=host, repo=f"{host}/{repo}", tag=tag)
-    reason = containerd_message.split(": ", 2)[-1]
-    return _PULL + reason
 
 
 def bare(image_id: str) -> str:
@@ -304,7 +269,7 @@ class StandInCrio:
     `socket` in front of a real containerd without its images API (so, as on CRI-O, the shim has
     no records to rename and translates names), answering as the recorded CRI-O 1.35 does:
     Version is CRI-O's; PullImage's image_ref and every image's `id` are the config digest as
-    bare hex; a failed pull is worded as CRI-O words it (`CRIO_WORDS`); v1alpha2 is not served.
+    bare hex; a failed pull is worded as CRI-O words it (tests/harness/criowords.py); v1alpha2 is not served.
     Streaming calls are not served (the scenarios need none)."""
 
     kind = "stand-in"
@@ -364,10 +329,12 @@ class StandInCrio:
         try:
             answer: bytes = call(request, timeout=context.time_remaining(), metadata=metadata)
         except grpc.RpcError as err:
-            details = err.details() or ""
-            if name == "PullImage":
+            code, details = err.code(), err.details() or ""
+            if name == "PullImage" and code not in _PASSED:
+                # CRI-O answers every failed pull UNKNOWN, in its own words
+                code = grpc.StatusCode.UNKNOWN
                 details = crio_words(v1.PullImageRequest.FromString(request).image.image, details)
-            context.abort(err.code(), details)
+            context.abort(code, details)
         return _reworded(name, answer)
 
     def stop(self) -> None:
