@@ -29,6 +29,7 @@ from cri_api.v1 import api_pb2_grpc as v1_grpc
 
 from .containerd import SMALL_DISK, Containerd
 from .criowords import crio_words
+from .images import node_platform
 from .processes import HarnessError, ManagedProcess, check_socket_path, cri_version, wait_for
 from .runtimeproxy import OPTIONS, TRANSPORT_KEYS
 
@@ -333,7 +334,8 @@ class StandInCrio:
             if name == "PullImage" and code not in _PASSED:
                 # CRI-O answers every failed pull UNKNOWN, in its own words
                 code = grpc.StatusCode.UNKNOWN
-                details = crio_words(v1.PullImageRequest.FromString(request).image.image, details)
+                image = v1.PullImageRequest.FromString(request).image.image
+                details = crio_words(image, details, node_platform().architecture)
             context.abort(code, details)
         return _reworded(name, answer)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 
-from .images import node_platform
-
 PULL = "unable to pull image or OCI artifact: pull image err: "
 # CRI-O tries the reference again as an OCI artifact and appends that attempt's answer
 ARTIFACT = "; artifact err: image reference: reference is a container image, not an OCI artifact"
@@ -55,8 +53,9 @@ _STATUS = re.compile(r"\b([45]\d\d) ([A-Z][A-Za-z ]+)")
 _CODES = {"401": "unauthorized", "403": "denied", "429": "toomanyrequests"}
 
 
-def crio_words(image: str, containerd_message: str) -> str:
-    """CRI-O's message for the pull of `image` that containerd answered `containerd_message` to."""
+def crio_words(image: str, containerd_message: str, architecture: str = "amd64") -> str:
+    """CRI-O's message for the pull of `image` that containerd answered `containerd_message` to,
+    on a node of `architecture`."""
     text = containerd_message.lower()
     host, _, rest = image.partition("/")
     repo, tag = (
@@ -67,7 +66,7 @@ def crio_words(image: str, containerd_message: str) -> str:
         "host": host,
         "repo": f"{host}/{repo}",
         "tag": tag,
-        "arch": node_platform().architecture,
+        "arch": architecture,
     }
     for phrase, words in WORDS:
         if phrase in text:
