@@ -35,7 +35,7 @@ test: system-deps venv lint typecheck
 # The runtime scenarios against real binaries a person supplies (built elsewhere; never in this
 # tree): `make test-runtimes CRI_DOCKERD=/path/to/cri-dockerd CRIO=/path/to/crio`. Without one, its
 # scenarios run against the stand-in, and each run says which it used.
-RUNTIME_TESTS ?= tests/integration/test_docker_naming.py
+RUNTIME_TESTS ?= tests/integration/test_docker_naming.py tests/integration/test_crio.py tests/integration/test_failures_provoked.py
 test-runtimes: system-deps venv
 	IMAGE_CRI_SHIM_CRI_DOCKERD="$(CRI_DOCKERD)" IMAGE_CRI_SHIM_CRIO="$(CRIO)" \
 		$(BIN)/pytest -v -s -p no:cacheprovider $(RUNTIME_TESTS) $(PYTEST_ARGS)

@@ -95,8 +95,10 @@ Fixed:
   the first pull succeeds in 0.1 to 0.4 s; registry death: 0.4 to 0.7 s after the connection broke),
   on containerd 1.6, 1.7 and 2.x. The runtime tells the shim only a status and a message, and 2.x
   words several failures differently from 1.x ("failed to resolve image", "short read", an index
-  without the node's platform without the usual prefix); every fault is provoked on each version
-  and its message kept in tests/pull-messages.json.
+  without the node's platform without the usual prefix), Docker Engine (through cri-dockerd) and
+  CRI-O in words of their own ("Error response from daemon: …", a bare "EOF"; "RegistryUnavailable:
+  … pinging container registry", a 403 as "denied"); every fault is provoked on each runtime and
+  version and its message kept in tests/pull-messages.json.
 
 Kept, by design:
 

@@ -2,8 +2,10 @@
 (docs/behaviour.md, "Pull-time failover").
 
 A pure function: the runtime tells the shim nothing but a status code and a message, so the
-message is matched against the words containerd (1.6, 1.7, 2.x) really uses for each failure,
-collected by provoking every failure against a real containerd (tests/unit/test_failures.py).
+message is matched against the words each runtime really uses for each failure: containerd (1.6,
+1.7, 2.x), Docker Engine through cri-dockerd, and CRI-O word them differently. They were collected
+by provoking every failure against the real runtimes (tests/pull-messages.json, checked by
+tests/unit/test_failures.py).
 
 Whether another source can help decides what the shim does next:
 - the target registry is at fault (it lacks the manifest or a blob, refuses credentials,
@@ -65,10 +67,29 @@ class Verdict:
         return self.cause in _DOWN
 
 
-# Every containerd pull failure that reached a registry is wrapped in the first (1.6, 1.7, 2.x),
-# except 2.x's "no match for platform" for an index without the node's platform. A message with
-# none of them did not come from the pull itself, and is never failed over.
-PULL_PHRASES = ("failed to pull and unpack image", "no match for platform in manifest")
+# Words that show a message came from the pull itself; a message with none of them (the runtime's
+# own trouble, an error nobody has seen) is never failed over.
+PULL_PHRASES = (
+    # containerd wraps every failure that reached a registry in the first, except 2.x's for an
+    # index without the node's platform
+    "failed to pull and unpack image",
+    "no match for platform in manifest",
+    # CRI-O: "unable to pull image or OCI artifact: pull image err: …" and, when the registry
+    # cannot be reached, "RegistryUnavailable: unable to pull image: …"
+    "unable to pull image",
+    # Docker Engine (cri-dockerd hands its words on): what fails before the pull starts comes as
+    # its API's error; what fails once it has started comes bare from its progress stream
+    "error response from daemon",
+    "error pulling image configuration",
+    "unknown blob",
+    "no matching manifest for",
+    "filesystem layer verification failed",
+)
+# Docker's word, alone, for a layer download cut off and the registry gone after its retries.
+_CUT = "eof"
+# CRI-O tries an image's reference as an OCI artifact when the image pull fails, and appends
+# that attempt's error; only the image pull's tells what the registry did.
+_ARTIFACT = "; artifact err:"
 
 # Checked in order, on the lower-cased message; the first that matches wins. The node's faults
 # come first: a full disk shows up inside a "failed to copy" like a registry's, and a corrupt
@@ -82,10 +103,13 @@ _NODE: tuple[tuple[str, Cause, str], ...] = (
     ("failed to extract layer", Cause.UNPACK, "layer could not be unpacked"),
     ("failed to unpack", Cause.UNPACK, "image could not be unpacked"),
     ("apply layer error", Cause.UNPACK, "layer could not be unpacked"),
+    ("failed to register layer", Cause.UNPACK, "layer could not be unpacked"),  # Docker
+    ("does not match config's diffid", Cause.UNPACK, "layer does not match the image's config"),  # CRI-O
     ("failed to prepare extraction snapshot", Cause.UNPACK, "snapshotter error"),
     ("snapshotter", Cause.UNPACK, "snapshotter error"),
     ("failed to parse image reference", Cause.INVALID_REFERENCE, "invalid reference"),
     ("invalid reference format", Cause.INVALID_REFERENCE, "invalid reference"),
+    ("cannot parse input", Cause.INVALID_REFERENCE, "invalid reference"),  # CRI-O
     ("context deadline exceeded", Cause.DEADLINE, "deadline exceeded"),
     ("context canceled", Cause.CANCELLED, "cancelled"),
 )
@@ -105,17 +129,33 @@ _REGISTRY: tuple[tuple[str, Cause, str], ...] = (
     ("no route to host", Cause.CONNECTION, "no route to host"),
     ("no such host", Cause.CONNECTION, "host not found"),
     ("unexpected commit digest", Cause.BAD_CONTENT, "content does not match its digest"),
+    ("digest did not match", Cause.BAD_CONTENT, "content does not match its digest"),  # CRI-O
+    (
+        "filesystem layer verification failed",
+        Cause.BAD_CONTENT,
+        "content does not match its digest",
+    ),  # Docker
     ("no match for platform in manifest", Cause.NOT_FOUND, "no manifest for this platform"),
+    ("no image found in image index", Cause.NOT_FOUND, "no manifest for this platform"),  # CRI-O
+    ("no matching manifest for", Cause.NOT_FOUND, "no manifest for this platform"),  # Docker
+    # a registry's error codes, as CRI-O and Docker quote them instead of the HTTP status
+    ("toomanyrequests", Cause.THROTTLED, "too many requests"),
+    ("too many requests", Cause.THROTTLED, "too many requests"),
     ("unauthorized", Cause.DENIED, "unauthorized"),
+    ("authentication required", Cause.DENIED, "unauthorized"),
     ("authorization failed", Cause.DENIED, "unauthorized"),
+    ("no basic auth credentials", Cause.DENIED, "unauthorized"),
     ("forbidden", Cause.DENIED, "forbidden"),
     ("denied", Cause.DENIED, "denied"),
+    ("manifest unknown", Cause.NOT_FOUND, "manifest not found"),
+    ("blob unknown", Cause.NOT_FOUND, "blob not found"),
+    ("unknown blob", Cause.NOT_FOUND, "blob not found"),
     (": not found", Cause.NOT_FOUND, "not found"),
 )
 
 
 def _status(text: str) -> Verdict | None:
-    """An HTTP status a registry answered with, as containerd quotes it ("500 Internal Server Error")."""
+    """An HTTP status a registry answered with, as the runtimes quote it ("500 Internal Server Error")."""
     for match in _HTTP_STATUS.finditer(text):
         status = int(match.group(1))
         if status == 429:
@@ -136,10 +176,12 @@ def classify(code: str, message: str) -> Verdict:
         return Verdict(Cause.DEADLINE, "deadline exceeded")
     if code == "CANCELLED":
         return Verdict(Cause.CANCELLED, "cancelled")
-    text = message.lower()
+    text = message.lower().partition(_ARTIFACT)[0].strip()
     for phrase, cause, why in _NODE:
         if phrase in text:
             return Verdict(cause, why)
+    if code == "UNKNOWN" and text == _CUT:
+        return Verdict(Cause.CONNECTION, "connection closed mid-transfer")
     if not any(phrase in text for phrase in PULL_PHRASES):
         if code == "UNAVAILABLE":
             return Verdict(Cause.RUNTIME, "container runtime unavailable")

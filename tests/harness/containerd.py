@@ -37,11 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from cri_api.v1 import api_pb2 as v1
-from cri_api.v1 import api_pb2_grpc as v1_grpc
 
-from .processes import HarnessError, ManagedProcess, check_socket_path, wait_for
+from .processes import HarnessError, ManagedProcess, check_socket_path, cri_version, wait_for
 from .rootfs import chrooted
 
 #: What a Debian root needs to run pods with its own containerd.
@@ -211,18 +209,9 @@ class Containerd:
         return ["unshare", "--mount", "sh", "-c", script, str(small), *command]
 
     def version(self, timeout: float = 5.0) -> v1.VersionResponse:
-        """CRI v1 `Version`, on a throw-away channel with a connection of its own.
-
-        grpc shares connections between channels of one process that have the same target
-        and options; one of those may be waiting out a reconnect backoff after a restart,
-        and this call must see containerd itself, not that wait.
-        """
-        if not self.socket.exists():
-            raise FileNotFoundError(f"{self.socket} does not exist")
-        with grpc.insecure_channel(self.address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-            stub = v1_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
-            response: v1.VersionResponse = stub.Version(v1.VersionRequest(), timeout=timeout)
-            return response
+        """CRI v1 `Version`, on a connection of its own (`cri_version`)."""
+        response: v1.VersionResponse = cri_version(self.socket, timeout)
+        return response
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM: containerd shuts down and removes its socket; `start` brings it back."""

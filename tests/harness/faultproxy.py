@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,6 +22,13 @@ from .registry import Loopback
 
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
 CHUNK = 16 << 10
+# The error a registry puts in the body with a status (the distribution spec's codes, with their
+# default messages): CRI-O reports a 4xx by these words alone, without the status.
+ERRORS = {
+    401: ("UNAUTHORIZED", "authentication required"),
+    403: ("DENIED", "requested access to the resource is denied"),
+    429: ("TOOMANYREQUESTS", "too many requests"),
+}
 
 
 @dataclass
@@ -90,7 +99,8 @@ class FaultProxy(Loopback):
                 self._forward()
 
             def _fail(self, status: int) -> None:
-                body = b'{"errors":[{"code":"UNKNOWN","message":"injected fault"}]}'
+                code, message = ERRORS.get(status, ("UNKNOWN", "injected fault"))
+                body = json.dumps({"errors": [{"code": code, "message": message}]}).encode()
                 self.send_response(status)
                 if proxy.fault.retry_after:
                     self.send_header("Retry-After", proxy.fault.retry_after)
@@ -111,7 +121,7 @@ class FaultProxy(Loopback):
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
                 try:
                     upstream.sock = _connect(proxy.upstream_port, small=bool(fault.rate))
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                    headers = forwarded(self.headers.items())
                     upstream.request(self.command, self.path, headers=headers)
                     response = upstream.getresponse()
                 except OSError:
@@ -144,6 +154,16 @@ class FaultProxy(Loopback):
                         proxy.cuts.append(time.monotonic())
 
         return Handler
+
+
+def forwarded(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The request headers to pass on: hop-by-hop ones dropped, repeated ones joined with ", "
+    (CRI-O sends each manifest type it accepts in an `Accept` line of its own)."""
+    joined: dict[str, str] = {}
+    for key, value in headers:
+        if key.lower() not in _HOP_BY_HOP:
+            joined[key] = f"{joined[key]}, {value}" if key in joined else value
+    return joined
 
 
 def _connect(port: int, small: bool) -> socket.socket:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from cri_api.v1 import api_pb2 as v1
+from cri_api.v1 import api_pb2_grpc as v1_grpc
 
 T = TypeVar("T")
 
@@ -158,6 +160,20 @@ def _stop_leftovers() -> None:
     """Safety net: a test run that dies half-way must not leave daemons behind."""
     for proc in list(ManagedProcess._running):
         proc.stop(timeout=2.0)
+
+
+def cri_version(socket_path: Path, timeout: float = 5.0) -> v1.VersionResponse:
+    """CRI v1 `Version` of the runtime on `socket_path`, on a throw-away channel with a connection
+    of its own: grpc shares connections between channels of one process that have the same target
+    and options; one of those may be waiting out a reconnect backoff after a restart, and this
+    call must see the runtime itself, not that wait."""
+    if not socket_path.exists():
+        raise FileNotFoundError(f"{socket_path} does not exist")
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(f"unix://{socket_path}", options=options) as channel:
+        stub = v1_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
+        response: v1.VersionResponse = stub.Version(v1.VersionRequest(), timeout=timeout)
+        return response
 
 
 def cri_socket_answers(socket_path: Path, timeout: float = 0.5) -> bool:

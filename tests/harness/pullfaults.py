@@ -120,12 +120,15 @@ class PullFaults:
             proxy.stop()
 
     def _status(self, spec: str) -> tuple[str, str]:
-        """`status:blob-500`, `status:manifest-429`: the registry answers that status there."""
+        """`status:blob-500`, `status:manifest-429`: the registry answers that status there.
+        A 429 says `Retry-After: 1`, as throttling registries do: CRI-O retries a 429 five times,
+        waiting what it says (else 2 s, doubled each time: a minute in all) before it answers."""
         where, _, status = spec.partition("-")
         name = repo()
         self.images(self.registry, name, "1")
         with self._proxy() as proxy:
             proxy.fault.status = int(status)
+            proxy.fault.retry_after = "1" if status == "429" else None
             proxy.fault.marker = "/blobs/" if where == "blob" else "/manifests/"
             return self.pull(f"{proxy.host}/{name}:1")
 
@@ -138,7 +141,8 @@ class PullFaults:
 
     def _killed_mid_pull(self) -> tuple[str, str]:
         """The registry is SIGKILLed 1 s into a pull of an 8 MiB layer at 2 MiB/s (more than the
-        kernel's socket buffers hold: what a killed process had sent still arrives)."""
+        kernel's socket buffers hold: what a killed process had sent still arrives). Docker
+        Engine tries a cut layer again 5 times, waiting 5, 10, 15 and 20 s, before it answers."""
         registry = self.registries()
         name = repo()
         self.images(registry, name, "1", content=big_content(16 * MIB))
@@ -147,7 +151,7 @@ class PullFaults:
             killer = threading.Timer(1.0, registry.kill)
             killer.start()
             try:
-                return self.pull(f"{proxy.host}/{name}:1")
+                return self.pull(f"{proxy.host}/{name}:1", timeout=180.0)
             finally:
                 killer.cancel()
 

@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 
 IMAGES = "/containerd.services.images.v1.Images/"
-_TRANSPORT_KEYS = frozenset({"user-agent", ":authority", "grpc-accept-encoding", "grpc-timeout"})
-_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+TRANSPORT_KEYS = frozenset({"user-agent", ":authority", "grpc-accept-encoding", "grpc-timeout"})
+OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
 
 
 class RuntimeProxy:
@@ -30,8 +30,8 @@ class RuntimeProxy:
         self.refuse = False
         self.held = 0  # calls held or refused so far
         self._lock = threading.Lock()
-        self._channel = grpc.insecure_channel(runtime, options=_OPTIONS)
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=_OPTIONS)
+        self._channel = grpc.insecure_channel(runtime, options=OPTIONS)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=OPTIONS)
         self._server.add_generic_rpc_handlers((_Handler(self),))
         self._server.add_insecure_port(self.address)
         self._server.start()
@@ -43,7 +43,7 @@ class RuntimeProxy:
             if self.refuse:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the images API is not reachable (test proxy)")
             time.sleep(self.delay)
-        metadata = tuple((k, v) for k, v in context.invocation_metadata() if k not in _TRANSPORT_KEYS)
+        metadata = tuple((k, v) for k, v in context.invocation_metadata() if k not in TRANSPORT_KEYS)
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method)
         try:
             response: bytes = call(request, timeout=context.time_remaining(), metadata=metadata)

@@ -1,9 +1,10 @@
-"""The pull-failure classifier, without sockets: every message real containerd versions answered
-with, and the answers after which no registry could help.
+"""The pull-failure classifier, without sockets: every message the real runtimes answered with,
+and the answers after which no registry could help.
 
-tests/pull-messages.json holds what containerd 1.6, 1.7 and 2.x said when each fault was provoked
-(`python -m tools.pullmessages` writes it with the faults tests/integration/test_failures_provoked.py
-provokes against the session's containerd), so the words of every version checked stay checked here.
+tests/pull-messages.json holds what containerd 1.6, 1.7 and 2.x, Docker Engine through cri-dockerd
+and CRI-O said when each fault was provoked (`python -m tools.pullmessages` writes it with the faults
+tests/integration/test_failures_provoked.py provokes against the session's runtimes), so the words
+of every runtime and version checked stay checked here.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def recorded() -> list[tuple[str, str, str, str, Cause]]:
 
 def test_every_fault_was_recorded_for_every_version() -> None:
     table = load()
-    for release in ("1.6.", "1.7.", "2."):
-        assert any(version.startswith(f"containerd {release}") for version in table), sorted(table)
+    for release in ("containerd 1.6.", "containerd 1.7.", "containerd 2.", "cri-dockerd 0.4.", "cri-o 1.3"):
+        assert any(version.startswith(release) for version in table), sorted(table)
     for version, rows in table.items():
         assert {row["fault"] for row in rows} >= set(FAULTS), version
 
@@ -46,7 +47,7 @@ def test_every_fault_was_recorded_for_every_version() -> None:
 @pytest.mark.parametrize(
     ("version", "fault", "code", "message", "cause"),
     recorded(),
-    ids=[f"{r[0].split()[-1]}-{r[1]}" for r in recorded()],
+    ids=[f"{r[0].split(',')[0].replace(' ', '-')}-{r[1]}" for r in recorded()],
 )
 def test_real_messages_are_classified(
     version: str, fault: str, code: str, message: str, cause: Cause

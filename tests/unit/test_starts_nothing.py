@@ -11,7 +11,7 @@ UNIT = Path(__file__).resolve().parent
 CONFTEST = UNIT.parent / "conftest.py"
 STARTERS = ("subprocess", "socket", "socketserver", "multiprocessing", "http.server", "http.client")
 #: The harness modules that hold values only.
-PURE_HARNESS = ("tests.harness.clock", "tests.harness.pullrecord")
+PURE_HARNESS = ("tests.harness.clock", "tests.harness.pullrecord", "tests.harness.criowords")
 
 
 def within(name: str, *prefixes: str) -> bool:
