@@ -256,6 +256,20 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
+# YAML reads these as line breaks; PyYAML may write them raw inside a single-quoted scalar, which
+# then reads back folded into a space (another key, another value): such text is double-quoted,
+# where they are escaped.
+_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = '"' if any(c in data for c in _BREAKS) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def _dump(document: dict[Any, Any], what: str) -> str:
     try:
         return yaml.dump(

@@ -355,6 +355,14 @@ def check(configmap_text: str, local_text: str) -> None:
     assert isinstance(again, Merged) and again.text == result.text  # idempotent, on bytes
 
 
+@pytest.mark.parametrize("odd", ["\x85", "\u2028", "\u2029", "a\x85b"])
+def test_a_key_with_a_line_break_character_round_trips(odd: str) -> None:
+    # Written raw in single quotes, YAML would read NEL, LS or PS back as a folded space.
+    check(yaml.safe_dump({odd: 1, "x": {odd: odd}}), LOCAL)
+    result = merge(yaml.safe_dump({odd: 1}), LOCAL, P)
+    assert isinstance(result, Merged) and yaml.safe_load(result.text)[odd] == 1
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(DOCUMENTS, VALID_LOCALS)
 def test_merge_is_idempotent_and_valid_or_a_reason(configmap: dict[Any, Any], local: dict[str, Any]) -> None:
