@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import stat
+from collections.abc import Iterator
 
 from image_cri_shim import logs
 from image_cri_shim.config import CRI_SOCKETS, Config, ConfigError, load
@@ -74,6 +75,18 @@ def prepare(path: str, role: str, first: bool = True, **log_fields: object) -> t
         for warning in config.warnings:
             logs.get(role).warning(warning)
     return config, cri_socket
+
+
+@contextlib.contextmanager
+def owner_only() -> Iterator[None]:
+    """Whatever the process umask (systemd's, an operator's `umask 000`), files and sockets
+    created inside are at most 0600: a socket bound here and then given its mode is never open
+    to another user in between. The umask is the process's: keep the block to the bind."""
+    old = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def remove_socket(path: str) -> None:
