@@ -38,6 +38,7 @@ from image_cri_shim.lifecycle import Stop, trim_heap
 from image_cri_shim.messages import Message, RuntimeUp, Serving, encode
 from image_cri_shim.metrics import WorkerMetrics, active
 from image_cri_shim.protos import cri_pb2 as cri
+from image_cri_shim.startup import owner_only
 from image_cri_shim.workers import liveness
 from image_cri_shim.workers.calls import QUIET
 from image_cri_shim.workers.images import Context, ImageService
@@ -150,7 +151,7 @@ class Listener:
 
 
 def bind(server: grpc.Server, shim: str) -> str:
-    """Bind on a temporary path next to `shim`; returns that path."""
+    """Bind on a temporary path next to `shim`, mode 0600 until `publish`; returns that path."""
     directory = os.path.dirname(shim)
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
@@ -160,7 +161,8 @@ def bind(server: grpc.Server, shim: str) -> str:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temp)
     try:
-        server.add_insecure_port(f"unix://{temp}")
+        with owner_only():  # grpc binds here; publish() opens it to the group once it is ready
+            server.add_insecure_port(f"unix://{temp}")
     except RuntimeError:
         reason = "permission denied" if not os.access(directory, os.W_OK) else "bind failed"
         raise StartError(f"cannot listen on {temp}: {reason}") from None

@@ -48,6 +48,39 @@ while time.monotonic() < end:
 print(json.dumps({"opened": opened, "refused": refused}))
 """
 
+# Connects, as fast as it can for `seconds` or until SIGTERM, to every socket in `directory`; a
+# connect that succeeds is a win (it needs write permission on the socket file). Reports wins
+# by file name.
+CONNECTS = """
+import json, os, signal, socket, stat, sys, time
+directory, seconds = sys.argv[1], float(sys.argv[2])
+wins, tries, stop = {}, 0, []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+end = time.monotonic() + seconds
+while time.monotonic() < end and not stop:
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        names = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                continue
+        except OSError:
+            continue
+        s = socket.socket(socket.AF_UNIX)
+        tries += 1
+        try:
+            s.connect(path)
+            wins[name] = wins.get(name, 0) + 1
+        except OSError:
+            pass
+        finally:
+            s.close()
+print(json.dumps({"tries": tries, "wins": wins}))
+"""
+
 
 class Intruder:
     """One script running as nobody."""
@@ -74,6 +107,11 @@ class Intruder:
         assert self.process.returncode == 0, err.decode(errors="replace")
         report: dict[str, Any] = json.loads(out)
         return report
+
+    def finish(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Ask it to stop (SIGTERM) and return its report."""
+        self.process.terminate()
+        return self.result(timeout)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -4,18 +4,20 @@ credentials sent where they do not belong, or plant state (docs/behaviour.md).""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
 from tests.harness import Containerd, RegistryFactory, free_port
 from tests.harness.cri import CriClient
 from tests.harness.evidence import record
-from tests.harness.intruder import SLOW_HEADERS, Intruder
+from tests.harness.intruder import CONNECTS, SLOW_HEADERS, Intruder
 from tests.harness.processes import wait_for
 from tests.harness.scrape import get
 from tests.harness.service import Service, base_config, usage
@@ -67,6 +69,7 @@ def test_slow_header_clients_take_neither_the_masters_threads_nor_its_reloads(
         stop.set()
         sampler.join(5)
         intruder.stop()
+    print(f"master threads: {resting} at rest, {peak} at most under the attack; {report}")
     # The master: its main thread, the control socket's and the endpoint's, and those its own
     # work starts for a moment; never one per connection.
     assert peak <= resting + 2, f"master threads: {resting} at rest, {peak} under the attack"
@@ -80,4 +83,52 @@ def test_slow_header_clients_take_neither_the_masters_threads_nor_its_reloads(
         lost="none",
         result=f"master threads {resting} at rest, {peak} at most; the reload and the worker restart "
         "worked; each connection closed 2 s after accept, at most 8 at once",
+    )
+
+
+def move_metrics(service: Service, path: Path) -> None:
+    service.edit(lambda config: config.update(metricsAddress=str(path)))
+
+
+def test_under_umask_000_no_socket_is_open_to_another_user_for_a_moment(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    service_factory: Callable[..., Service],
+    short_dir: Path,
+) -> None:
+    short_dir.chmod(0o755)  # nobody may look into the socket directory, as into /var/run
+    old = os.umask(0)
+    try:
+        service = service_factory(
+            {**base_config(containerd, registry_factory()), "metricsAddress": str(short_dir / "m0.sock")}
+        )
+    finally:
+        os.umask(old)
+    intruder = Intruder(CONNECTS, short_dir, 120)
+    reloads = 6
+    try:
+        time.sleep(0.5)
+        for n in range(1, reloads + 1):
+            # Each reload binds a new worker's socket and, as the address moves, the endpoint's.
+            service.reload_and_wait(
+                functools.partial(move_metrics, service, short_dir / f"m{n % 2}.sock"), 30
+            )
+        time.sleep(1)
+        report = intruder.finish()
+    finally:
+        intruder.stop()
+    # The test's own notify socket is made by this process, under the same umask.
+    wins = {name: n for name, n in report["wins"].items() if not name.startswith("notify-")}
+    print(f"connect attempts {report['tries']}, won {wins or 'none'}")
+    assert report["tries"] > 1000, report
+    assert not wins, f"a local user connected to {wins} ({report['tries']} attempts)"
+    assert os.stat(service.socket).st_mode & 0o777 == 0o660
+    assert os.stat(short_dir / "m0.sock").st_mode & 0o777 == 0o660
+    record(
+        "a local user connecting to every socket of the shim during reloads, service under umask 000",
+        load=f"{report['tries']} connect attempts as uid 65534",
+        faults=f"{reloads} reloads, each binding a new worker's socket and moving the metrics socket",
+        failed="none",
+        lost="none",
+        result="no connect won: every socket is bound 0600 and set to 0660 (0600 control) before use",
     )
