@@ -5,6 +5,7 @@ credentials sent where they do not belong, or plant state (docs/behaviour.md).""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import threading
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import grpc
 
-from tests.harness import Containerd, RegistryFactory, free_port
+from tests.harness import Containerd, ImageBuilder, RegistryFactory, free_port
 from tests.harness.cri import CriClient
 from tests.harness.evidence import record
-from tests.harness.intruder import CONNECTS, SLOW_HEADERS, Intruder
+from tests.harness.intruder import CONNECTS, NOBODY, SLOW_HEADERS, Intruder
+from tests.harness.node import repo
 from tests.harness.processes import wait_for
 from tests.harness.scrape import get
 from tests.harness.service import Service, base_config, usage
@@ -131,4 +133,48 @@ def test_under_umask_000_no_socket_is_open_to_another_user_for_a_moment(
         failed="none",
         lost="none",
         result="no connect won: every socket is bound 0600 and set to 0660 (0600 control) before use",
+    )
+
+
+def test_a_planted_state_directory_is_not_trusted(
+    containerd: Containerd,
+    registry_factory: RegistryFactory,
+    image_factory: ImageBuilder,
+    service_factory: Callable[..., Service],
+    short_dir: Path,
+) -> None:
+    registry = registry_factory(auth=True)
+    assert registry.password is not None
+    name = repo()
+    image_factory.push(registry, name, "v1")
+    # What a local user prepares in a state directory anyone may write.
+    state = short_dir / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    names = state / "names.json"
+    names.write_text(json.dumps({"names": {"docker.io/library/nginx:latest": "evil.example/x:1"}}))
+    os.chown(names, NOBODY, NOBODY)
+    planted = short_dir / "made-by-root"
+    (state / ".names.lock").symlink_to(planted)
+    os.lchown(state / ".names.lock", NOBODY, NOBODY)
+    before = names.read_bytes()
+    service = service_factory(
+        {**base_config(containerd, registry), "auth": registry.auth, "stateDir": str(state)}
+    )
+    with CriClient(service.socket) as client:
+        client.pull(f"{name.removeprefix('library/')}:v1")
+    log = service.process.log_text()
+    said = f"stateDir {state} is mode 0777: writable by group and others: its files are not trusted"
+    assert said in log, log
+    assert registry.password not in log and registry.password.split(":", 1)[-1] not in log
+    assert not planted.exists(), "root followed the planted lock link"
+    assert names.read_bytes() == before, "the planted names file was read back and rewritten"
+    record(
+        "a state directory anyone may write, with planted files",
+        load="1 pull through the shim",
+        faults="stateDir mode 0777 holding a names.json that remaps nginx and a .names.lock symlink",
+        failed="none",
+        lost="the names are kept in memory only while the directory stays so",
+        result="one warning naming stateDir and its mode; nothing read or written there, the link "
+        "not followed",
     )
