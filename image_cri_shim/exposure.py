@@ -1,10 +1,10 @@
-"""Pure: whether a directory the service reads from or writes to is open to other users, and how
-to say so in one line (the start-up checks of `startup.exposures` and `--dry-run`; the worker's
+"""Pure: whether a place the service reads from or writes to is open to other users, and how to
+say so in one line (the start-up checks of `startup.exposures` and `--dry-run`; the worker's
 state directory, `workers/names.py`).
 
 The service runs as root. A directory another user owns or may write to can hold files that
 user planted (a `names.json` that remaps images, a symbolic link where root creates a file), or
-can have the socket renamed away.
+can have the socket renamed away; a config file others may read gives them its passwords.
 """
 
 from __future__ import annotations
@@ -37,3 +37,15 @@ def directory_exposure(what: str, place: Place, owner: int) -> str | None:
     if not reasons:
         return None
     return f"{what} {place.path} is mode {place.mode & 0o7777:04o}: {', '.join(reasons)}"
+
+
+def secret_exposure(place: Place, holds_secret: bool) -> str | None:
+    """Why the config file `place` gives its passwords away, as one line (never the secret);
+    None when it holds none or only its owner may read it."""
+    readable = [who for who, bit in (("group", 0o040), ("others", 0o004)) if place.mode & bit]
+    if not holds_secret or not readable:
+        return None
+    return (
+        f"config {place.path} is mode {place.mode & 0o7777:04o}: it holds passwords and is readable by "
+        f"{' and '.join(readable)} (chmod 0600)"
+    )

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from image_cri_shim import logs
 from image_cri_shim.config import CRI_SOCKETS, Config, ConfigError, load
-from image_cri_shim.exposure import Place, directory_exposure
+from image_cri_shim.exposure import Place, directory_exposure, secret_exposure
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -94,8 +94,9 @@ def state_dir_exposure(state_dir: str) -> str | None:
 
 
 def exposures(config: Config) -> list[str]:
-    """The start-up checks of what other users could change (`exposure`): stateDir, the shim
-    socket's directory and the config's directory. One line each, naming the path and its mode."""
+    """The start-up checks of what other users could change or read (`exposure`): stateDir, the
+    shim socket's directory, the config's directory, and a config file with passwords readable
+    by others. One line each, naming the path and its mode, never a secret."""
     lines = [line for line in [state_dir_exposure(config.state_dir)] if line]
     directories = {os.path.dirname(config.shim): "socket directory"}
     directories.setdefault(os.path.dirname(os.path.abspath(config.path)), "config directory")
@@ -104,6 +105,10 @@ def exposures(config: Config) -> list[str]:
         said = place and directory_exposure(what, place, os.geteuid())
         if said:
             lines.append(said)
+    place = _place(config.path)
+    said = place and secret_exposure(place, any(r.password for r in config.registries))
+    if said:
+        lines.append(said)
     return lines
 
 

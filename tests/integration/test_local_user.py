@@ -136,7 +136,7 @@ def test_under_umask_000_no_socket_is_open_to_another_user_for_a_moment(
     )
 
 
-def test_a_planted_state_directory_is_not_trusted(
+def test_a_planted_state_directory_is_not_trusted_and_a_readable_secret_is_said(
     containerd: Containerd,
     registry_factory: RegistryFactory,
     image_factory: ImageBuilder,
@@ -161,11 +161,14 @@ def test_a_planted_state_directory_is_not_trusted(
     service = service_factory(
         {**base_config(containerd, registry), "auth": registry.auth, "stateDir": str(state)}
     )
+    config_mode = service.config.stat().st_mode & 0o777
+    assert config_mode & 0o044, "the harness writes the config readable by others"
     with CriClient(service.socket) as client:
         client.pull(f"{name.removeprefix('library/')}:v1")
     log = service.process.log_text()
     said = f"stateDir {state} is mode 0777: writable by group and others: its files are not trusted"
     assert said in log, log
+    assert f"config {service.config} is mode {config_mode:04o}: it holds passwords and is readable by" in log
     assert registry.password not in log and registry.password.split(":", 1)[-1] not in log
     assert not planted.exists(), "root followed the planted lock link"
     assert names.read_bytes() == before, "the planted names file was read back and rewritten"
@@ -176,5 +179,6 @@ def test_a_planted_state_directory_is_not_trusted(
         failed="none",
         lost="the names are kept in memory only while the directory stays so",
         result="one warning naming stateDir and its mode; nothing read or written there, the link "
-        "not followed",
+        "not followed; the config readable by others with a password: one warning naming file and "
+        "mode, no secret",
     )
