@@ -44,7 +44,7 @@ from image_cri_shim.workers.calls import QUIET
 from image_cri_shim.workers.images import Context, ImageService
 from image_cri_shim.workers.names import NameStore
 from image_cri_shim.workers.registries import Registries
-from image_cri_shim.workers.upstream import MESSAGE_OPTIONS, Upstream
+from image_cri_shim.workers.upstream import SERVED_MESSAGE_OPTIONS, Upstream
 
 log = logs.get("worker")
 
@@ -64,6 +64,14 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[bytes, bytes]"
 # Every call in flight holds a thread (a PullImage may take minutes); threads start only as
 # calls need them, so the bound is a ceiling, not a cost.
 THREADS = 256
+# Calls in flight, running or waiting for a thread; one more is refused at once with
+# RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!"), which bounds what waiting calls hold.
+CALLS = 4 * THREADS
+# grpc's core keeps calls that arrived before the Python server took them (it takes them one by
+# one, on a thread that competes for the GIL with every busy call thread). Past 1,000 such calls
+# by default it cancels new ones at random (all of them past 3,000): the caller reads a bare
+# CANCELLED. Raised above CALLS, a burst waits to reach the bound above and is answered there.
+PENDING = 4 * CALLS
 ACCEPTING = 0x10000  # __SO_ACCEPTCON: a listening socket in /proc/net/unix
 # Clients reconnect this often. A server that stops cancels calls that reach it in the
 # moment between its shutdown and the client's reading of the GOAWAY; a connection that
@@ -82,11 +90,13 @@ LINGER = 30.0
 # 120 s): a client that opens connections and stays silent cannot pile up descriptors.
 HANDSHAKE_TIMEOUT = 10.0
 SERVER_OPTIONS = (
-    *MESSAGE_OPTIONS,
+    *SERVED_MESSAGE_OPTIONS,
     *QUIET,
     ("grpc.max_connection_age_ms", int(CONNECTION_AGE * 1000)),
     ("grpc.max_connection_age_grace_ms", 2**31 - 1),  # in-flight calls are bounded by `timeout`
     ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT * 1000)),
+    ("grpc.server.max_pending_requests", PENDING),
+    ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING),
 )
 
 
@@ -248,7 +258,9 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
         decisions=registries,
     )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"), options=SERVER_OPTIONS
+        futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"),
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=CALLS,
     )
     register(server, upstream, images)
     liveness.register(server, beat)
