@@ -77,7 +77,7 @@ class NameStore:
             # Another user could have planted its files: neither read nor written.
             self._writable = False
             log.warning("state directory not trusted", reason=exposed)
-        self._replace(self._read() if self._writable else ({}, {}))
+        self._replace(self._read() if exposed is None else ({}, {}))
 
     def __bool__(self) -> bool:
         return bool(self._targets)
