@@ -4,9 +4,11 @@ MiB the master does not carry otherwise.
 
 Any local user (any host, where the address is not loopback) can connect here, so the endpoint
 must not let a client spend the master's threads or time: one thread serves every connection
-through a selector, at most MAX_CONNECTIONS at once (more are closed at accept), each closed
-DEADLINE after it was accepted whatever it has sent. A scrape takes milliseconds; a client that
-never ends its headers holds one slot for DEADLINE and nothing else (docs/metrics.md).
+through a selector, at most MAX_CONNECTIONS at once, each closed DEADLINE after it was accepted
+whatever it has sent. A scrape's request arrives with its connection and is answered in the same
+round; a connection accepted while all are taken makes the oldest one still without a complete
+request give way, so clients that never end their headers cost one thread in all and do not keep
+scrapes out (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ Health = Callable[[], tuple[bool, str]]
 Render = Callable[[], tuple[bytes, str]]
 
 MAX_CONNECTIONS = 8
-DEADLINE = 2.0  # seconds from accept to the last byte of the answer
+DEADLINE = 10.0  # seconds from accept to the last byte of the answer (Prometheus' default timeout)
+BACKLOG = 64
 MAX_HEAD = 8192  # a GET's request line and headers
 TEXT = "text/plain; charset=utf-8"
 
@@ -146,8 +149,7 @@ class Endpoint:
             time.sleep(0.05)  # out of descriptors: let the clients that hold them time out
             return
         if len(self._connections) >= MAX_CONNECTIONS:
-            sock.close()
-            return
+            self._drop(min(self._connections.values(), key=lambda c: (c.outgoing is not None, c.deadline)))
         sock.setblocking(False)
         self._connections[sock] = _Connection(sock, time.monotonic() + DEADLINE)
         self._selector.register(sock, selectors.EVENT_READ)
@@ -213,7 +215,7 @@ def _listen(address: str) -> socket.socket:
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host or "0.0.0.0", int(port)))  # noqa: S104 - an empty host asks for it
-        sock.listen(MAX_CONNECTIONS)
+        sock.listen(BACKLOG)
         sock.setblocking(False)
         return sock
     except OSError as err:

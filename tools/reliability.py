@@ -101,8 +101,9 @@ Fixed:
 - A local user could take the master's threads: the metrics endpoint started a thread per
   connection with no timeout, so clients that never ended their headers held one each (threads
   5 -> 10 within seconds of 64 such clients; a review saw 270, past systemd's TasksMax the master
-  can start no worker). One thread now serves every connection, 8 at most, each closed 2 s after
-  accept (5 threads at rest, 5 under the same attack).
+  can start no worker). One thread now serves every connection, 8 at most, each closed 10 s after
+  accept, the oldest unfinished one giving way to a new one (threads unchanged under the same
+  attack, and scrapes answered).
 - Under `umask 000` a new worker's hand-over socket was open to every user between its bind and
   its chmod: uid 65534 won 369 connections to four of six new workers' sockets during reloads
   (a connection outlives the chmod and the rename, and the RuntimeService passes through). Every
