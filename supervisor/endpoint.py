@@ -17,6 +17,7 @@ import contextlib
 import os
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ Render = Callable[[], tuple[bytes, str]]
 MAX_CONNECTIONS = 8
 DEADLINE = 10.0  # seconds from accept to the last byte of the answer (Prometheus' default timeout)
 BACKLOG = 64
+RENDER_TRIES = 3
 MAX_HEAD = 8192  # a GET's request line and headers
 TEXT = "text/plain; charset=utf-8"
 
@@ -70,7 +72,10 @@ def answer(head: bytes, render: Render, health: Health) -> bytes:
     if method != "GET":
         return response(501, b"only GET\n")
     if path == "/metrics":
-        body, content_type = render()
+        try:
+            body, content_type = render()
+        except Exception as err:  # one scrape fails, never the endpoint
+            return response(503, f"samples unreadable, try again: {type(err).__name__}\n".encode())
         return response(200, body, content_type)
     if path == "/healthz":
         ok, text = health()
@@ -106,8 +111,17 @@ class Endpoint:
         self._health = health
 
         def render() -> tuple[bytes, str]:
-            with FILES:
-                return generate_latest(registry), CONTENT_TYPE_LATEST
+            for attempt in range(RENDER_TRIES):
+                try:
+                    with FILES:
+                        return generate_latest(registry), CONTENT_TYPE_LATEST
+                except (struct.error, ValueError, OSError):
+                    # A process that is starting has created its samples file and not yet
+                    # sized it (it is empty for a moment), or one that exited is being folded.
+                    if attempt == RENDER_TRIES - 1:
+                        raise
+                    time.sleep(0.05)
+            raise AssertionError("unreachable")
 
         self._render: Render = render
         self._closing = False

@@ -47,3 +47,12 @@ def test_metrics_healthz_and_the_rest() -> None:
 def test_a_head_past_the_bound_is_refused_unread() -> None:
     head = b"GET /metrics HTTP/1.1\r\nX: " + b"a" * MAX_HEAD
     assert answer(head, render, healthy).startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_scrape_that_cannot_read_the_samples_fails_alone() -> None:
+    def broken() -> tuple[bytes, str]:
+        raise ValueError("a samples file is empty")
+
+    failed = answer(b"GET /metrics HTTP/1.1\r\n\r\n", broken, healthy)
+    assert failed.startswith(b"HTTP/1.1 503 ")
+    assert failed.endswith(b"samples unreadable, try again: ValueError\n")
