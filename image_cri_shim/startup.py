@@ -11,9 +11,11 @@ import contextlib
 import os
 import socket
 import stat
+from collections.abc import Iterator
 
 from image_cri_shim import logs
 from image_cri_shim.config import CRI_SOCKETS, Config, ConfigError, load
+from image_cri_shim.exposure import Place, directory_exposure, secret_exposure
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -71,9 +73,55 @@ def prepare(path: str, role: str, first: bool = True, **log_fields: object) -> t
             EX_FAILURE,
         )
     if first:
-        for warning in config.warnings:
+        for warning in (*config.warnings, *exposures(config)):
             logs.get(role).warning(warning)
     return config, cri_socket
+
+
+def _place(path: str) -> Place | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None  # made by the service when it is missing, or said by the error that follows
+    return Place(path, found.st_uid, found.st_mode)
+
+
+def state_dir_exposure(state_dir: str) -> str | None:
+    """Why the files of `stateDir` must not be trusted (one line), or None."""
+    place = _place(state_dir)
+    said = place and directory_exposure("stateDir", place, os.geteuid())
+    return f"{said}: its files are not trusted, names are kept in memory only" if said else None
+
+
+def exposures(config: Config) -> list[str]:
+    """The start-up checks of what other users could change or read (`exposure`): stateDir, the
+    shim socket's directory, the config's directory, and a config file with passwords readable
+    by others. One line each, naming the path and its mode, never a secret."""
+    lines = [line for line in [state_dir_exposure(config.state_dir)] if line]
+    directories = {os.path.dirname(config.shim): "socket directory"}
+    directories.setdefault(os.path.dirname(os.path.abspath(config.path)), "config directory")
+    for path, what in directories.items():
+        place = _place(path)
+        said = place and directory_exposure(what, place, os.geteuid())
+        if said:
+            lines.append(said)
+    place = _place(config.path)
+    said = place and secret_exposure(place, any(r.password for r in config.registries))
+    if said:
+        lines.append(said)
+    return lines
+
+
+@contextlib.contextmanager
+def owner_only() -> Iterator[None]:
+    """Whatever the process umask (systemd's, an operator's `umask 000`), files and sockets
+    created inside are at most 0600: a socket bound here and then given its mode is never open
+    to another user in between. The umask is the process's: keep the block to the bind."""
+    old = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def remove_socket(path: str) -> None:

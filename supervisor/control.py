@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from image_cri_shim.startup import remove_socket
+from image_cri_shim.startup import owner_only, remove_socket
 
 # A reload can queue behind one in progress: two worker starts, each bounded by the master.
 REPLY_TIMEOUT = 80.0  # below the unit's TimeoutStartSec=, which also bounds ExecReload=
@@ -52,15 +52,13 @@ class ControlServer:
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         remove_socket(path)  # left by a killed master; start-up made sure none is alive
-        old = os.umask(0o177)
         try:
-            self._sock.bind(path)
+            with owner_only():
+                self._sock.bind(path)
             self._sock.listen(8)
         except OSError:
             self._sock.close()
             raise
-        finally:
-            os.umask(old)
         self._thread = threading.Thread(target=self._accept, name="control", daemon=True)
         self._thread.start()
 

@@ -39,6 +39,7 @@ AREAS = (
     ("tests/integration/test_grpc_faults", "gRPC input"),
     ("tests/integration/test_worker", "The proxy worker"),
     ("tests/integration/test_secrets", "Secrets"),
+    ("tests/integration/test_local_user", "A local user"),
 )
 
 NOTES = """\
@@ -99,6 +100,31 @@ Fixed:
   CRI-O in words of their own ("Error response from daemon: …", a bare "EOF"; "RegistryUnavailable:
   … pinging container registry", a 403 as "denied"); every fault is provoked on each runtime and
   version and its message kept in tests/pull-messages.json.
+- A local user could take the master's threads: the metrics endpoint started a thread per
+  connection with no timeout, so clients that never ended their headers held one each (threads
+  5 -> 10 within seconds of 64 such clients; a review saw 270, past systemd's TasksMax the master
+  can start no worker). One thread now serves every connection, 8 at most, each closed 10 s after
+  accept, the oldest unfinished one giving way to a new one (threads unchanged under the same
+  attack, and scrapes answered).
+- Under `umask 000` a new worker's hand-over socket was open to every user between its bind and
+  its chmod: uid 65534 won 369 connections to four of six new workers' sockets during reloads
+  (a connection outlives the chmod and the rename, and the RuntimeService passes through). Every
+  socket is now bound 0600 and then set to its mode: 0 of 444,379 attempts won.
+- An https registry naming a plain-http token realm got its Basic credentials sent there in
+  clear; such a realm is now refused and the registry counts as denied.
+- A `stateDir` anyone could write was trusted: a planted `names.json` was used and a planted
+  `.names.lock` symlink made root create the link's target; a FIFO blocked the worker's start.
+  Such a directory is now said at start and not used; the files are opened without following
+  links, non-blocking, bounded. A config with passwords readable by others is said too.
+- 30 concurrent PullImage calls with a 15 MiB unknown field took the worker from 50 to 705 MiB
+  RSS, 789 MiB after five bursts (glibc's per-thread arenas and its rising mmap threshold). Requests
+  over 4 MiB are now refused as they arrive, large blocks are mapped on their own in two arenas,
+  and the heap is trimmed after calls that moved 16 MiB: 53 to 63 MiB after bursts of 4 MiB calls.
+- Of 2,000 concurrent distinct PullImage calls, 118 to 176 per run ended with a bare CANCELLED:
+  grpc's core holds calls the Python server has not yet taken (one at a time, on a thread that
+  competes for the GIL with 256 busy call threads) and past 1,000 of them cancels newcomers at
+  random, all past 3,000; 1,000 calls never get there. Those limits are now above the worker's
+  own bound of 1,024 calls in flight, whose excess is answered RESOURCE_EXHAUSTED: no CANCELLED.
 
 Kept, by design:
 

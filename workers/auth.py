@@ -1,6 +1,6 @@
 """How to authenticate to one registry: the challenge it answered with,, and the credentials to
-answer it with (Basic from the config, or Bearer tokens kept until they expire;
-docs/behaviour.md, "Credentials").
+answer it with (Basic from the config, or Bearer tokens kept until they expire), and which token
+realms may have the credentials (docs/behaviour.md, "Credentials").
 
 No I/O here: the registry client sends the requests; this decides the Authorization header,
 where to ask for a token, and what to keep from the token endpoint's answer. Every credential
@@ -87,6 +87,26 @@ def token_request(realm: str, query: Mapping[str, str]) -> TokenRequest:
     return TokenRequest(url, parts.netloc.rpartition("@")[2])
 
 
+class RealmRefused(Exception):
+    """A Bearer realm the registry's credentials must not go to: the reason, in one line."""
+
+
+def realm_refusal(registry_scheme: str, realm: str, credentials: bool) -> str | None:
+    """Why the credentials of a registry reached over `registry_scheme` must not be sent to the
+    Bearer `realm` it named (None: they may). An https registry's credentials never cross the
+    network in clear: a plain-http realm gets them only from a registry that is itself plain
+    http (its password already goes in clear to the registry). A realm that is no http(s) URL
+    is never asked. Without credentials nothing can leak, so any http(s) realm is asked."""
+    parts = urlsplit(realm)
+    scheme = parts.scheme.lower()
+    host = parts.netloc.rpartition("@")[2]
+    if scheme not in ("http", "https") or not host:
+        return "token realm is not an http(s) URL"
+    if credentials and scheme == "http" and registry_scheme == "https":
+        return f"token realm http://{host} is plain http for an https registry: credentials not sent"
+    return None
+
+
 class Auth:
     """One registry's auth state: which scheme it asked for, its Bearer realm, the tokens."""
 
@@ -98,6 +118,7 @@ class Auth:
             logs.register_secret(secret)
             self.basic = "Basic " + secret
         self._scheme = ""  # "basic" or "bearer" once the registry said which
+        self._registry_scheme = registry.scheme
         self.tokens = Tokens(clock)
 
     def header(self, scope: str) -> str:
@@ -112,12 +133,15 @@ class Auth:
 
     def challenged(self, header: str, scope: str) -> str | TokenRequest:
         """A 401's WWW-Authenticate: the header to try again with ("" for none), or where to ask
-        for a Bearer token first."""
+        for a Bearer token first; RealmRefused for a realm the credentials must not go to."""
         scheme, params = parse_challenge(header)
         if scheme == "basic":
             self._scheme = "basic"
             return self.basic
         if scheme == "bearer" and params.get("realm"):
+            refusal = realm_refusal(self._registry_scheme, params["realm"], bool(self.basic))
+            if refusal is not None:
+                raise RealmRefused(refusal)
             self._scheme = "bearer"
             query = {"service": params.get("service", "")}
             if scope:

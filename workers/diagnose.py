@@ -15,7 +15,7 @@ from typing import Any
 from image_cri_shim import logs
 from image_cri_shim.config import Config, ConfigError, Registry, load
 from image_cri_shim.reference import ReferenceError, is_image_id, parse
-from image_cri_shim.startup import resolve_cri
+from image_cri_shim.startup import exposures, resolve_cri
 from image_cri_shim.workers.decisions import Answer, Decision, Probe, outcome, refusal
 from image_cri_shim.workers.dockerapi import DockerImages
 from image_cri_shim.workers.naming import described, naming_mode
@@ -73,7 +73,7 @@ async def _timed(client: RegistryClient) -> tuple[Probe, float]:
 
 async def _dry_run(config: Config, sections: dict[str, Section]) -> int:
     print(f"config {config.path}: valid")
-    for warning in config.warnings:
+    for warning in (*config.warnings, *exposures(config)):
         print(f"  warning: {warning}")
     print(f"  shim socket  {config.shim}")
     try:

@@ -43,16 +43,20 @@ T = TypeVar("T")
 
 class Waits:
     """How many call threads wait on the runtime or a registry right now. `list.append` and
-    `list.pop` are atomic under the GIL, so no lock is taken on the call path."""
+    `list.pop` are atomic under the GIL, so no lock is taken on the call path. `on_idle` runs
+    when they fall to none (in the last one's thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_idle: Callable[[], None] | None = None) -> None:
         self._entries: list[None] = []
+        self._on_idle = on_idle
 
     def __enter__(self) -> None:
         self._entries.append(None)
 
     def __exit__(self, *_exc: object) -> None:
         self._entries.pop()
+        if self._on_idle is not None and not self._entries:
+            self._on_idle()
 
     def __len__(self) -> int:
         return len(self._entries)

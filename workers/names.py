@@ -12,25 +12,34 @@ A caller whose runtime records could not be renamed when its pull succeeded (the
 of reach, or no time left) is kept as owed, with when that pull began: the next lookup renames
 them and removes the pulled records made since then, not a name the node held before.
 
-The file is small and changes only on pulls and prunes. Writers take an flock and merge with
+The file is small and changes only on pulls and prunes. It is read without following a symbolic
+link, without blocking on a FIFO and up to a bound, and nothing in a state directory another user
+may change is read or written (`startup.state_dir_exposure`). Writers take an flock and merge with
 what is on disk, so an old worker draining next to a new one never loses the other's pairs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator
 
 from image_cri_shim import logs
 from image_cri_shim.atomic import write_atomic
 from image_cri_shim.reference import Reference
+from image_cri_shim.smallfile import NotRegular, read_small
+from image_cri_shim.startup import state_dir_exposure
 
 log = logs.get("names")
 
 FILE = "names.json"
+LOCK = ".names.lock"
+# A pair is about 150 bytes: room for some 50,000 images; a larger file is no names file.
+MAX_BYTES = 8 << 20
 State = tuple[dict[str, str], dict[str, float]]  # (caller -> pulled name, caller -> owed since)
 
 
@@ -63,7 +72,12 @@ class NameStore:
             log.warning(
                 "state directory unusable, names kept in memory only", path=state_dir, error=err.strerror
             )
-        self._replace(self._read())
+        exposed = state_dir_exposure(state_dir)
+        if exposed is not None:
+            # Another user could have planted its files: neither read nor written.
+            self._writable = False
+            log.warning("state directory not trusted", reason=exposed)
+        self._replace(self._read() if exposed is None else ({}, {}))
 
     def __bool__(self) -> bool:
         return bool(self._targets)
@@ -119,11 +133,13 @@ class NameStore:
 
     def _read(self) -> State:
         try:
-            with open(self._path, "rb") as f:
-                data = json.load(f)
+            data = json.loads(read_small(self._path, MAX_BYTES, follow=False))
         except FileNotFoundError:
             return {}, {}
-        except (OSError, ValueError) as err:
+        except OSError as err:
+            log.warning("ignoring unreadable names file", path=self._path, error=err.strerror or err)
+            return {}, {}
+        except ValueError as err:
             log.warning("ignoring unreadable names file", path=self._path, error=err)
             return {}, {}
         if not isinstance(data, dict):
@@ -165,8 +181,12 @@ class NameStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(os.path.join(self._dir, ".names.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a symbolic link, never blocked by a FIFO: only a regular file is locked.
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(os.path.join(self._dir, LOCK), flags, 0o600)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotRegular(errno.EINVAL, f"{LOCK} is not a regular file")
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:

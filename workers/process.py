@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from image_cri_shim.heartbeat import Heartbeat
+from image_cri_shim.lifecycle import tune_heap
 from image_cri_shim.startup import EX_FAILURE, EX_OK, StartupError, prepare
 from image_cri_shim.workers.server import ReadyPipe, StartError, serve
 
@@ -18,6 +19,7 @@ def run(
 ) -> int:
     """`heartbeat_fd`: the page the master reads; a worker run alone has no reader, so it keeps
     a page of its own and runs no heartbeat probes."""
+    tune_heap()
     try:
         # Under a master (ready_fd given) the master has logged the config's warnings already.
         config, cri_socket = prepare(config_path, "worker", first=ready_fd is None, gen=generation)

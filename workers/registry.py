@@ -27,7 +27,7 @@ from image_cri_shim.config import Registry
 from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers import transport as wire
-from image_cri_shim.workers.auth import Auth, TokenRequest
+from image_cri_shim.workers.auth import Auth, RealmRefused, TokenRequest
 from image_cri_shim.workers.decisions import Answer, Probe
 from image_cri_shim.workers.health import Health
 from image_cri_shim.workers.transport import PROBE_TIMEOUT, Throttled, TooLarge, Unreachable, describe
@@ -178,6 +178,9 @@ class RegistryClient:
             return self._down(str(err))
         except TooLarge as err:
             return Probe(Answer.NOT_FOUND, str(err))
+        except RealmRefused as err:
+            log.warning("token realm refused", registry=self.registry.domain, reason=str(err))
+            return Probe(Answer.DENIED, str(err))
         except (httpx.TransportError, ssl.SSLError, OSError) as err:
             return self._down(describe(err))
         self._mark_up()

@@ -38,13 +38,14 @@ from image_cri_shim.lifecycle import Stop, trim_heap
 from image_cri_shim.messages import Message, RuntimeUp, Serving, encode
 from image_cri_shim.metrics import WorkerMetrics, active
 from image_cri_shim.protos import cri_pb2 as cri
+from image_cri_shim.startup import owner_only
 from image_cri_shim.workers import liveness
 from image_cri_shim.workers.calls import QUIET
 from image_cri_shim.workers.images import Context, ImageService
 from image_cri_shim.workers.keeper import Keeper
 from image_cri_shim.workers.names import NameStore
 from image_cri_shim.workers.registries import Registries
-from image_cri_shim.workers.upstream import MESSAGE_OPTIONS, Upstream
+from image_cri_shim.workers.upstream import SERVED_MESSAGE_OPTIONS, Upstream
 
 log = logs.get("worker")
 
@@ -64,6 +65,14 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[bytes, bytes]"
 # Every call in flight holds a thread (a PullImage may take minutes); threads start only as
 # calls need them, so the bound is a ceiling, not a cost.
 THREADS = 256
+# Calls in flight, running or waiting for a thread; one more is refused at once with
+# RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!"), which bounds what waiting calls hold.
+CALLS = 4 * THREADS
+# grpc's core keeps calls that arrived before the Python server took them (it takes them one by
+# one, on a thread that competes for the GIL with every busy call thread). Past 1,000 such calls
+# by default it cancels new ones at random (all of them past 3,000): the caller reads a bare
+# CANCELLED. Raised above CALLS, a burst waits to reach the bound above and is answered there.
+PENDING = 4 * CALLS
 ACCEPTING = 0x10000  # __SO_ACCEPTCON: a listening socket in /proc/net/unix
 # Clients reconnect this often. A server that stops cancels calls that reach it in the
 # moment between its shutdown and the client's reading of the GOAWAY; a connection that
@@ -82,11 +91,13 @@ LINGER = 30.0
 # 120 s): a client that opens connections and stays silent cannot pile up descriptors.
 HANDSHAKE_TIMEOUT = 10.0
 SERVER_OPTIONS = (
-    *MESSAGE_OPTIONS,
+    *SERVED_MESSAGE_OPTIONS,
     *QUIET,
     ("grpc.max_connection_age_ms", int(CONNECTION_AGE * 1000)),
     ("grpc.max_connection_age_grace_ms", 2**31 - 1),  # in-flight calls are bounded by `timeout`
     ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT * 1000)),
+    ("grpc.server.max_pending_requests", PENDING),
+    ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING),
 )
 
 
@@ -176,7 +187,7 @@ class Listener:
 
 
 def bind(server: grpc.Server, shim: str) -> str:
-    """Bind on a temporary path next to `shim`; returns that path."""
+    """Bind on a temporary path next to `shim`, mode 0600 until `publish`; returns that path."""
     directory = os.path.dirname(shim)
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
@@ -186,7 +197,8 @@ def bind(server: grpc.Server, shim: str) -> str:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temp)
     try:
-        server.add_insecure_port(f"unix://{temp}")
+        with owner_only():  # grpc binds here; publish() opens it to the group once it is ready
+            server.add_insecure_port(f"unix://{temp}")
     except RuntimeError:
         reason = "permission denied" if not os.access(directory, os.W_OK) else "bind failed"
         raise StartError(f"cannot listen on {temp}: {reason}") from None
@@ -273,7 +285,9 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
         docker_socket=config.docker_socket,
     )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"), options=SERVER_OPTIONS
+        futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"),
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=CALLS,
     )
     keeper = Keeper(config, upstream, ready.send, registries.resolve)
     register(server, upstream, images, keeper)

@@ -16,14 +16,23 @@ from typing import Any, NoReturn
 import grpc
 
 from image_cri_shim.heartbeat import RUNTIME_FAILED, RUNTIME_OK, SERVED, Heartbeat
+from image_cri_shim.lifecycle import HeapTrimmer
 from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.workers.calls import QUIET, unary_call
 from image_cri_shim.workers.liveness import Waits
 
-MAX_MESSAGE = 16 << 20
+MAX_MESSAGE = 16 << 20  # answers: a ListImages of a node with many images
+# Requests: every CRI request is made from one pod, and the API server stores no object over
+# 1.5 MiB; a client's request over this is refused (RESOURCE_EXHAUSTED) before it is held.
+MAX_REQUEST = 4 << 20
 
 MESSAGE_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+)
+# The shim socket's side: requests in, answers out.
+SERVED_MESSAGE_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.max_receive_message_length", MAX_REQUEST),
     ("grpc.max_send_message_length", MAX_MESSAGE),
 )
 
@@ -69,7 +78,9 @@ class Upstream:
         self._seconds = metrics.cri_seconds
         # Every forwarded call is proof that the server serves, and says whether the runtime answers.
         self.beat = beat if beat is not None else Heartbeat()
-        self.waits = Waits()
+        # After calls that moved much, the heap holds what their messages took.
+        self._trimmer = HeapTrimmer()
+        self.waits = Waits(on_idle=self._trimmer.idle)
         self.channel = grpc.insecure_channel(
             self.target,
             options=(
@@ -108,11 +119,13 @@ class Upstream:
             call = self._unary[method] = unary_call(self.channel, method)
         begin = time.monotonic()
         self.beat.stamp(SERVED, begin)
+        self._trimmer.moved(len(request))
         try:
             with self.waits:
                 response: bytes = call(
                     request, timeout=self.deadline(context, started), metadata=self.metadata(context)
                 )
+                self._trimmer.moved(len(response))
         except grpc.RpcError as err:
             self._seconds.labels(method[1:], err.code().name).observe(time.monotonic() - begin)
             self.answered(err.code())

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import stat
-
 from image_cri_shim.config.build import parse_bytes
 from image_cri_shim.config.errors import ConfigError
 from image_cri_shim.config.model import Config
+from image_cri_shim.smallfile import NotRegular, TooLarge, read_small
 
 __all__ = ["load", "read"]
 
@@ -24,21 +22,14 @@ def load(path: str) -> Config:
 def read(path: str) -> bytes:
     """The bytes of the config file at `path` (bounded), or a ConfigError naming the file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_small(path, _MAX_FILE_BYTES)
     except FileNotFoundError:
         raise ConfigError(path, None, "no such file") from None
     except PermissionError:
         raise ConfigError(path, None, "permission denied") from None
-    except OSError as err:
-        raise ConfigError(path, None, f"cannot open: {err.strerror or type(err).__name__}") from None
-    try:
-        with os.fdopen(fd, "rb") as handle:
-            # O_NONBLOCK keeps a FIFO from blocking the open; only regular files are read.
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise ConfigError(path, None, "not a regular file")
-            data = handle.read(_MAX_FILE_BYTES + 1)
+    except NotRegular:
+        raise ConfigError(path, None, "not a regular file") from None
+    except TooLarge:
+        raise ConfigError(path, None, f"larger than {_MAX_FILE_BYTES} bytes: not a config file") from None
     except OSError as err:
         raise ConfigError(path, None, f"cannot read: {err.strerror or type(err).__name__}") from None
-    if len(data) > _MAX_FILE_BYTES:
-        raise ConfigError(path, None, f"larger than {_MAX_FILE_BYTES} bytes: not a config file")
-    return data

@@ -101,6 +101,12 @@ def test_dry_run_summarizes_without_secrets(
     assert f"{down}  priority 10  anonymous  /v2/: unreachable" in out, "a registry probe failure is reported"
     assert private.password not in out + done.stderr
     assert private.password.split(":", 1)[1] not in out + done.stderr
+    # The file holds a password: readable by others, that is said, naming the file and its mode.
+    path.chmod(0o644)
+    exposed = f"  warning: config {path} is mode 0644: it holds passwords and is readable by group and others"
+    assert exposed in run("-f", str(path), "--dry-run").stdout
+    path.chmod(0o600)
+    assert "holds passwords" not in run("-f", str(path), "--dry-run").stdout
 
 
 def test_dry_run_reports_the_configmap_and_what_applying_it_changes(

@@ -411,6 +411,43 @@ def test_bearer_realm_on_a_dead_host(broken: TinyRegistry, fallback: TinyRegistr
     )
 
 
+def test_an_https_registrys_credentials_never_go_to_a_plain_http_realm(
+    cert_authority: CertAuthority, broken: TinyRegistry, fallback: TinyRegistry
+) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_authority.server_cert, cert_authority.server_key)
+    hostile = TinyRegistry(tls=context)
+    hostile.add_manifest("library/nginx", "1.27", MANIFEST)
+    hostile.behaviour.bearer = True
+    listener = broken  # plain http: whatever reaches it crossed the network in clear
+    listener.behaviour.bearer = True
+    hostile.behaviour.realm = f"{listener.url}/token"
+    credentials = f"    auth: 'user:{PASSWORD}'\n    ca: {cert_authority.ca_cert}\n"
+    try:
+        with pair(hostile.url, fallback, extra=credentials) as p:
+            outcome = p.decide()
+            assert outcome.target == fallback.host
+            answer = outcome.answer(hostile.host)
+            reason = f"token realm http://{listener.host} is plain http for an https registry"
+            assert answer == Probe(Answer.DENIED, f"{reason}: credentials not sent")
+    finally:
+        hostile.stop()
+    assert listener.requests == [], "nothing reached the plain-http realm"
+    # A plain-http registry's own plain-http realm still gets its credentials.
+    listener.behaviour.realm = None
+    with pair(listener.url, fallback, extra=f"    auth: 'user:{PASSWORD}'\n") as p:
+        assert p.decide().target == listener.host
+    assert any(path.startswith("/token") and auth.startswith("Basic ") for _, path, auth in listener.requests)
+    record(
+        "an https registry names a plain-http token realm",
+        load="2 decisions",
+        faults='401 Bearer realm="http://…/token" from an https registry configured with a password',
+        failed="0 decisions",
+        lost="none",
+        result=f'nothing sent to the realm; the registry is "denied" ({answer.detail[:40]}…), failover',
+    )
+
+
 def test_redirects_in_a_loop_end_and_credentials_never_follow_to_another_host(
     broken: TinyRegistry, fallback: TinyRegistry
 ) -> None:

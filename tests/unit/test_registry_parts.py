@@ -11,7 +11,15 @@ import pytest
 
 from image_cri_shim import config, logs
 from image_cri_shim.workers import transport as wire
-from image_cri_shim.workers.auth import Auth, TokenRequest, Tokens, parse_challenge, read_token
+from image_cri_shim.workers.auth import (
+    Auth,
+    RealmRefused,
+    TokenRequest,
+    Tokens,
+    parse_challenge,
+    read_token,
+    realm_refusal,
+)
 from image_cri_shim.workers.decisions import Answer, Probe
 from image_cri_shim.workers.health import BACKOFF_MAX, Health, backoff
 from image_cri_shim.workers.registry import Platform, classify, listed
@@ -159,6 +167,39 @@ def test_an_unknown_challenge_is_not_answered() -> None:
     auth = Auth(registry("https://r.example.com", "auth: 'admin:x'\n"))
     assert auth.challenged('Negotiate realm="r"', "s") == ""
     assert auth.challenged("Bearer service=no-realm", "s") == ""
+
+
+@pytest.mark.parametrize(
+    ("scheme", "realm", "credentials", "refused"),
+    [
+        ("https", "https://auth.example.com/token", True, None),
+        ("https", "http://auth.example.com/token", False, None),
+        ("https", "http://127.0.0.1:5001/token", True, "token realm http://127.0.0.1:5001 is plain http"),
+        ("https", "HTTP://user@auth.example.com/token", True, "token realm http://auth.example.com is plain"),
+        ("http", "http://auth.example.com/token", True, None),
+        ("http", "https://auth.example.com/token", True, None),
+        ("https", "file:///etc/shadow", True, "token realm is not an http(s) URL"),
+        ("http", "ftp://auth.example.com/t", False, "token realm is not an http(s) URL"),
+        ("https", "/token", True, "token realm is not an http(s) URL"),
+    ],
+)
+def test_which_realms_may_have_the_credentials(
+    scheme: str, realm: str, credentials: bool, refused: str | None
+) -> None:
+    reason = realm_refusal(scheme, realm, credentials)
+    if refused is None:
+        assert reason is None
+    else:
+        assert reason is not None and reason.startswith(refused), reason
+
+
+def test_an_https_registrys_plain_http_realm_is_refused_before_anything_is_sent() -> None:
+    auth = Auth(registry("https://r.example.com", "auth: 'admin:secret'\n"))
+    with pytest.raises(RealmRefused, match="plain http for an https registry"):
+        auth.challenged('Bearer realm="http://r.example.com:8080/token",service="r"', "s")
+    assert auth.header("s") == "", "nothing is sent after the refusal either"
+    plain = Auth(registry("http://r.example.com", "auth: 'admin:secret'\n"))
+    assert isinstance(plain.challenged('Bearer realm="http://r.example.com:8080/token"', "s"), TokenRequest)
 
 
 # -- transport -------------------------------------------------------------------------------------
