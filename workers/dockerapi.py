@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
-from image_cri_shim.workers.names import repository
 from image_cri_shim.workers.records import call_timeout
+from image_cri_shim.workers.renaming import repository
 
 
 class DockerError(Exception):

@@ -28,10 +28,10 @@ from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.decisions import Decision, Outcome, as_asked, outcome, refusal
 from image_cri_shim.workers.failover import MARGIN, Decisions, Puller
-from image_cri_shim.workers.names import NameStore, reported
+from image_cri_shim.workers.names import NameStore
 from image_cri_shim.workers.naming import Naming
 from image_cri_shim.workers.plan import Candidate, Planner, registry_for
-from image_cri_shim.workers.renaming import foreign_ref
+from image_cri_shim.workers.renaming import foreign_ref, reported
 from image_cri_shim.workers.upstream import Upstream
 
 log = logs.get("images")

@@ -30,7 +30,6 @@ from collections.abc import Iterable, Iterator
 
 from image_cri_shim import logs
 from image_cri_shim.atomic import write_atomic
-from image_cri_shim.reference import Reference
 from image_cri_shim.smallfile import NotRegular, read_small
 from image_cri_shim.startup import state_dir_exposure
 
@@ -41,20 +40,6 @@ LOCK = ".names.lock"
 # A pair is about 150 bytes: room for some 50,000 images; a larger file is no names file.
 MAX_BYTES = 8 << 20
 State = tuple[dict[str, str], dict[str, float]]  # (caller -> pulled name, caller -> owed since)
-
-
-def reported(ref: Reference) -> str:
-    """The spelling a runtime reports for an image pulled as `ref` (repo_tags or repo_digests)."""
-    return ref.digest_form(ref.digest) if ref.digest else str(ref)
-
-
-def repository(name: str) -> str:
-    """`host/path:tag` or `host/path@digest` -> `host/path`."""
-    if "@" in name:
-        return name.split("@", 1)[0]
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    return name[:colon] if colon > slash else name
 
 
 class NameStore:

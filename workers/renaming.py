@@ -16,7 +16,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from image_cri_shim import reference
-from image_cri_shim.workers.names import reported, repository
+from image_cri_shim.reference import Reference
+
+
+def reported(ref: Reference) -> str:
+    """The spelling a runtime reports for an image pulled as `ref` (repo_tags or repo_digests)."""
+    return ref.digest_form(ref.digest) if ref.digest else str(ref)
+
+
+def repository(name: str) -> str:
+    """`host/path:tag` or `host/path@digest` -> `host/path`."""
+    if "@" in name:
+        return name.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
 
 
 @dataclass(frozen=True)
