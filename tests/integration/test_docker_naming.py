@@ -9,6 +9,7 @@ IMAGE_CRI_SHIM_CRI_DOCKERD names one (`make test-runtimes`), else the stand-in (
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
@@ -255,3 +256,23 @@ def test_pods_run_by_the_callers_name_and_by_the_image_ref_and_their_status_name
         no_mirror([client.list(), engine.api.names()], a, b)
     finally:
         remove_pods(stack.cri(cri.socket))
+
+
+def test_the_decided_registry_dying_fails_over_in_the_same_pull(
+    stack: Stack, cri: CriDockerd, engine: DockerEngine
+) -> None:
+    shim, a, b = started(stack, cri, engine)
+    client = stack.cri(shim.socket)
+    name = repo()
+    stack.images(a, name, "1")
+    stack.images(b, name, "1")
+    client.pull(f"{name}:1")  # decided: A
+    client.remove(f"{name}:1")
+    a.stop()  # the decision still names A; Docker answers "Error response from daemon: … connection refused"
+    ref = client.pull(f"{name}:1")
+    assert ref.startswith("sha256:"), ref
+    log = shim.log()
+    failovers = re.findall(r'msg="pull failover".*', log)
+    assert len(failovers) == 1 and f"to={b.host}/{name}:1" in failovers[0], log
+    assert "connection refused" in failovers[0], failovers
+    no_mirror([ref, client.status(f"{name}:1"), client.list(), engine.api.names()], a, b)
