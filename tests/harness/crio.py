@@ -31,6 +31,7 @@ from .containerd import SMALL_DISK, Containerd
 from .criowords import crio_words
 from .images import node_platform
 from .processes import HarnessError, ManagedProcess, check_socket_path, cri_version, wait_for
+from .runc import oom_safe_runc
 from .runtimeproxy import OPTIONS, TRANSPORT_KEYS
 
 ENV_REAL = "IMAGE_CRI_SHIM_CRIO"
@@ -49,23 +50,6 @@ insecure = true
 """
 
 POLICY = '{"default": [{"type": "insecureAcceptAnything"}]}\n'
-
-# runc, with a negative oom_score_adj in the bundle raised to 0: this machine refuses negative
-# ones, and CRI-O has no setting like containerd's restrict_oom_score_adj.
-RUNC_WRAPPER = """\
-#!/usr/bin/python3
-import json, os, sys
-args = sys.argv[1:]
-if "create" in args and "--bundle" in args:
-    path = os.path.join(args[args.index("--bundle") + 1], "config.json")
-    with open(path) as f:
-        spec = json.load(f)
-    if spec.get("process", {}).get("oomScoreAdj", 0) < 0:
-        spec["process"]["oomScoreAdj"] = 0
-        with open(path, "w") as f:
-            json.dump(spec, f)
-os.execv(RUNC, ["runc", *args])
-"""
 
 
 def _toml(value: str | Path) -> str:
@@ -129,9 +113,7 @@ class Crio:
             (w / sub).mkdir(parents=True, exist_ok=True)
         (w / "registries.conf").write_text(REGISTRIES_CONF)
         (w / "policy.json").write_text(POLICY)
-        runc = w / "runc-oom"
-        runc.write_text(RUNC_WRAPPER.replace("RUNC", repr(_tool("runc", "runc"))))
-        runc.chmod(0o755)
+        runc = oom_safe_runc(w / "runc-oom")
         conmon = _tool("conmon", "conmon")
         lines = [
             "[crio]",

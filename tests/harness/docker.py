@@ -36,24 +36,9 @@ from cri_api.v1 import api_pb2 as v1
 from cri_api.v1 import api_pb2_grpc as v1_grpc
 
 from .processes import HarnessError, ManagedProcess, check_socket_path, cri_socket_answers, wait_for
+from .runc import oom_safe_runc
 
 ENV_REAL = "IMAGE_CRI_SHIM_CRI_DOCKERD"
-
-OOM_WRAPPER = """\
-#!/usr/bin/python3
-# runc, with a negative oom_score_adj in the bundle raised to 0 (this machine refuses them).
-import json, os, sys
-args = sys.argv[1:]
-if "create" in args and "--bundle" in args:
-    path = os.path.join(args[args.index("--bundle") + 1], "config.json")
-    with open(path) as f:
-        spec = json.load(f)
-    if spec.get("process", {}).get("oomScoreAdj", 0) < 0:
-        spec["process"]["oomScoreAdj"] = 0
-        with open(path, "w") as f:
-            json.dump(spec, f)
-os.execv("/usr/bin/runc", ["runc", *args])
-"""
 
 
 class _Unix(http.client.HTTPConnection):
@@ -142,9 +127,7 @@ class DockerEngine:
 
     def start(self, timeout: float = 60.0) -> DockerEngine:
         self.root.mkdir(parents=True, exist_ok=True)
-        wrapper = self.root / "runc-oom"
-        wrapper.write_text(OOM_WRAPPER)
-        wrapper.chmod(0o755)
+        wrapper = oom_safe_runc(self.root / "runc-oom")
         argv = [
             "dockerd",
             f"--data-root={self.root / 'data'}",
