@@ -15,6 +15,7 @@ tests/integration/test_crio.py:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -35,6 +36,9 @@ from .runc import oom_safe_runc
 from .runtimeproxy import OPTIONS, TRANSPORT_KEYS
 
 ENV_REAL = "IMAGE_CRI_SHIM_CRIO"
+
+#: CRI-O 1.35's sandbox image when `pause_image` is not set (tests/sandbox-status.json).
+DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10.1"
 
 #: Every loopback registry is plain http to CRI-O only by this (no port: the prefix covers all).
 REGISTRIES_CONF = """\
@@ -252,7 +256,8 @@ class StandInCrio:
     `socket` in front of a real containerd without its images API (so, as on CRI-O, the shim has
     no records to rename and translates names), answering as the recorded CRI-O 1.35 does:
     Version is CRI-O's; PullImage's image_ref and every image's `id` are the config digest as
-    bare hex; a failed pull is worded as CRI-O words it (tests/harness/criowords.py); v1alpha2 is not served.
+    bare hex; a failed pull is worded as CRI-O words it (tests/harness/criowords.py); a verbose
+    Status names its sandbox image as CRI-O does; v1alpha2 is not served.
     Streaming calls are not served (the scenarios need none)."""
 
     kind = "stand-in"
@@ -263,10 +268,14 @@ class StandInCrio:
         self.socket = check_socket_path(workdir / "crio.sock")
         self.containerd = Containerd(
             workdir / "containerd",
-            sandbox_image=pause_image,
+            sandbox_image=pause_image or DEFAULT_PAUSE_IMAGE,
             disabled_plugins=("io.containerd.grpc.v1.images",),
         )
         self.pause_image = pause_image
+        self._status = {
+            "sandboxImage": pause_image or DEFAULT_PAUSE_IMAGE,
+            "crio": {"DefaultRuntime": "runc"},
+        }
         self._server: grpc.Server | None = None
         self._channel: grpc.Channel | None = None
 
@@ -319,6 +328,12 @@ class StandInCrio:
                 image = v1.PullImageRequest.FromString(request).image.image
                 details = crio_words(image, details, node_platform().architecture)
             context.abort(code, details)
+        if name == "Status" and v1.StatusRequest.FromString(request).verbose:
+            # CRI-O's verbose info: its config, with its pause_image as `sandboxImage`
+            status = v1.StatusResponse.FromString(answer)
+            status.info.clear()
+            status.info["config"] = json.dumps(self._status)
+            return status.SerializeToString()
         return _reworded(name, answer)
 
     def stop(self) -> None:

@@ -12,8 +12,9 @@ the image's first repo digest (its ID when it has none); ImageStatus finds an im
 digest it holds, else by its ID; ListImages is Docker's list (a filter is Docker's `reference`
 filter); RemoveImage looks the image up by ID only (by a name: OK, nothing removed) and removes
 every name of it; errors are UNKNOWN with Docker's words; v1alpha2 is not served. Of the runtime
-service it serves Version and host-network pods: a sandbox container of the sandbox image, containers
-in its network, and ContainerStatus with the image as created and `image_ref`
+service it serves Version, Status (with `verbose`, its sandbox image in `info["config"]`, as
+cri-dockerd 0.4 names it) and host-network pods: a sandbox container of the sandbox image (ready
+while it runs), containers in its network, and ContainerStatus with the image as created and `image_ref`
 `docker-pullable://<first repo digest>` (`docker://<ID>` without one), the image named by its first
 tag (as created when it has none).
 """
@@ -39,6 +40,9 @@ from .processes import HarnessError, ManagedProcess, check_socket_path, cri_sock
 from .runc import oom_safe_runc
 
 ENV_REAL = "IMAGE_CRI_SHIM_CRI_DOCKERD"
+
+#: cri-dockerd 0.4's sandbox image without --pod-infra-container-image (tests/sandbox-status.json).
+DEFAULT_SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
 
 
 class _Unix(http.client.HTTPConnection):
@@ -328,6 +332,14 @@ class _Runtime(v1_grpc.RuntimeServiceServicer):
         self.api.call("POST", f"/containers/{sandbox}/start")
         return v1.RunPodSandboxResponse(pod_sandbox_id=sandbox)
 
+    def PodSandboxStatus(
+        self, request: v1.PodSandboxStatusRequest, context: grpc.ServicerContext
+    ) -> v1.PodSandboxStatusResponse:
+        found = self.api.call("GET", f"/containers/{request.pod_sandbox_id}/json")
+        ready = found["State"]["Running"]
+        state = v1.PodSandboxState.SANDBOX_READY if ready else v1.PodSandboxState.SANDBOX_NOTREADY
+        return v1.PodSandboxStatusResponse(status=v1.PodSandboxStatus(id=found["Id"], state=state))
+
     def _members(self, sandbox: str) -> list[str]:
         query = urlencode({"all": "1", "filters": json.dumps({"label": [f"{SANDBOX_LABEL}={sandbox}"]})})
         return [str(c["Id"]) for c in self.api.call("GET", f"/containers/json?{query}")]
@@ -390,6 +402,12 @@ class _Runtime(v1_grpc.RuntimeServiceServicer):
         )
         return v1.ContainerStatusResponse(status=status)
 
+    def Status(self, request: v1.StatusRequest, context: grpc.ServicerContext) -> v1.StatusResponse:
+        """Ready, and with `verbose` its sandbox image as cri-dockerd 0.4 names it."""
+        ready = [v1.RuntimeCondition(type=kind, status=True) for kind in ("RuntimeReady", "NetworkReady")]
+        info = {"config": json.dumps({"sandboxImage": self.sandbox_image})} if request.verbose else {}
+        return v1.StatusResponse(status=v1.RuntimeStatus(conditions=ready), info=info)
+
     def Version(self, request: v1.VersionRequest, context: grpc.ServicerContext) -> v1.VersionResponse:
         return v1.VersionResponse(
             version="0.1.0",
@@ -404,7 +422,8 @@ class StandInCriDockerd:
 
     kind = "stand-in"
 
-    def __init__(self, engine: DockerEngine, socket_path: Path, sandbox_image: str) -> None:
+    def __init__(self, engine: DockerEngine, socket_path: Path, sandbox_image: str | None) -> None:
+        sandbox_image = sandbox_image or DEFAULT_SANDBOX_IMAGE
         self.socket = check_socket_path(socket_path)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         v1_grpc.add_ImageServiceServicer_to_server(_Images(engine.api), self.server)  # type: ignore[no-untyped-call]
@@ -425,7 +444,9 @@ class RealCriDockerd:
 
     kind = "real"
 
-    def __init__(self, binary: str, engine: DockerEngine, socket_path: Path, sandbox_image: str) -> None:
+    def __init__(
+        self, binary: str, engine: DockerEngine, socket_path: Path, sandbox_image: str | None
+    ) -> None:
         self.binary = binary
         self.sandbox_image = sandbox_image
         self.engine = engine
@@ -440,7 +461,7 @@ class RealCriDockerd:
             f"--docker-endpoint=unix://{self.engine.socket}",
             f"--cri-dockerd-root-directory={root}",
             "--network-plugin=",
-            f"--pod-infra-container-image={self.sandbox_image}",
+            *([f"--pod-infra-container-image={self.sandbox_image}"] if self.sandbox_image else []),
         ]
         self.process = ManagedProcess(argv, self.socket.parent / "cri-dockerd.log", name="cri-dockerd")
         process = self.process
@@ -462,9 +483,10 @@ class RealCriDockerd:
 CriDockerd = StandInCriDockerd | RealCriDockerd
 
 
-def cri_dockerd(engine: DockerEngine, socket_path: Path, sandbox_image: str) -> CriDockerd:
+def cri_dockerd(engine: DockerEngine, socket_path: Path, sandbox_image: str | None = None) -> CriDockerd:
     """The real cri-dockerd when IMAGE_CRI_SHIM_CRI_DOCKERD names its binary, the stand-in otherwise;
-    either runs pods from `sandbox_image` (on the node already: Docker pulls it past the shim)."""
+    either runs pods from `sandbox_image` (on the node already: Docker pulls it past the shim), or
+    from its built-in default without one."""
     binary = os.environ.get(ENV_REAL, "")
     if binary:
         if not os.access(binary, os.X_OK):
