@@ -8,8 +8,10 @@ tests/integration/test_crio.py:
   prefix matches up to the `:`). It tries https first and falls back to http.
 - Storage: the `vfs` driver (no overlay on this machine's file systems); pulled blobs wait in
   `big_files_temporary_dir`, put under the root here so a small root fills as a pull writes.
-- `drop_infra_ctr`: a pod that shares no PID namespace has no infra container, so no pause image
-  and no negative oom_score_adj (this machine refuses those); pinns pins its namespaces.
+- `drop_infra_ctr`: a pod that shares no PID namespace has no infra container, so no negative
+  oom_score_adj (this machine refuses those); pinns pins its namespaces. CRI-O still pulls its
+  `pause_image` for every pod sandbox: RunPodSandbox fails when it cannot (`unable to pull image:
+  initializing source docker://registry.k8s.io/pause:3.10.1: pinging container registry …`).
 - Its image service has no API to rename its records: the shim translates names in answers.
 """
 

@@ -13,10 +13,10 @@ digest it holds, else by its ID; ListImages is Docker's list (a filter is Docker
 filter); RemoveImage looks the image up by ID only (by a name: OK, nothing removed) and removes
 every name of it; errors are UNKNOWN with Docker's words; v1alpha2 is not served. Of the runtime
 service it serves Version, Status (with `verbose`, its sandbox image in `info["config"]`, as
-cri-dockerd 0.4 names it) and host-network pods: a sandbox container of the sandbox image (ready
-while it runs), containers in its network, and ContainerStatus with the image as created and `image_ref`
-`docker-pullable://<first repo digest>` (`docker://<ID>` without one), the image named by its first
-tag (as created when it has none).
+cri-dockerd 0.4 names it) and host-network pods: a sandbox container of the sandbox image (pulled
+by Docker first when absent, ready while it runs), containers in its network, and ContainerStatus
+with the image as created and `image_ref` `docker-pullable://<first repo digest>` (`docker://<ID>`
+without one), the image named by its first tag (as created when it has none).
 """
 
 from __future__ import annotations
@@ -232,7 +232,6 @@ class _Images(v1_grpc.ImageServiceServicer):
 
     def PullImage(self, request: v1.PullImageRequest, context: grpc.ServicerContext) -> v1.PullImageResponse:
         name = request.image.image
-        repo, tag = _split(name)
         headers = {}
         if request.auth.username or request.auth.password or request.auth.identity_token:
             auth = {
@@ -242,25 +241,9 @@ class _Images(v1_grpc.ImageServiceServicer):
                 "identitytoken": request.auth.identity_token,
             }
             headers["X-Registry-Auth"] = base64.urlsafe_b64encode(json.dumps(auth).encode()).decode()
-        query = urlencode({"fromImage": repo, "tag": tag})
-        status, body = self.api.request("POST", f"/images/create?{query}", headers, timeout=600.0)
-        if status != 200:
-            try:
-                message = json.loads(body).get("message", "")
-            except ValueError:
-                message = body.decode(errors="replace")
-            self._fail(context, f"Error response from daemon: {message}")
-        for line in body.splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("error"):
-                code = (event.get("errorDetail") or {}).get("code")
-                prefix = (
-                    "RegistryUnavailable: " if code in (502, 503, 504) else ""
-                )  # as cri-dockerd marks them
-                self._fail(context, prefix + str(event["error"]))
+        failed = _pull_failure(self.api, name, headers)
+        if failed is not None:
+            self._fail(context, failed)
         image = self.api.inspect(name)
         if image is None or not _matches_ref(image, name):
             self._fail(context, f"unable to inspect image {name}")
@@ -308,6 +291,29 @@ SANDBOX_LABEL = "io.kubernetes.sandbox.id"
 TYPE_LABEL = "io.kubernetes.docker.type"
 
 
+def _pull_failure(api: DockerApi, name: str, headers: dict[str, str]) -> str | None:
+    """Docker's pull of `name`; what went wrong in cri-dockerd's words, None when it was pulled."""
+    repo, tag = _split(name)
+    query = urlencode({"fromImage": repo, "tag": tag})
+    status, body = api.request("POST", f"/images/create?{query}", headers, timeout=600.0)
+    if status != 200:
+        try:
+            message = json.loads(body).get("message", "")
+        except ValueError:
+            message = body.decode(errors="replace")
+        return f"Error response from daemon: {message}"
+    for line in body.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("error"):
+            code = (event.get("errorDetail") or {}).get("code")
+            prefix = "RegistryUnavailable: " if code in (502, 503, 504) else ""  # as cri-dockerd marks them
+            return prefix + str(event["error"])
+    return None
+
+
 class _Runtime(v1_grpc.RuntimeServiceServicer):
     """Host-network pods: a sandbox is a container of the sandbox image; a container joins its
     network; ContainerStatus names the image as cri-dockerd does."""
@@ -328,6 +334,10 @@ class _Runtime(v1_grpc.RuntimeServiceServicer):
     ) -> v1.RunPodSandboxResponse:
         meta = request.config.metadata
         name = f"k8s_POD_{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+        image = self.sandbox_image
+        failed = _pull_failure(self.api, image, {}) if self.api.inspect(image) is None else None
+        if failed is not None:  # cri-dockerd pulls an absent sandbox image itself, past the shim
+            context.abort(grpc.StatusCode.UNKNOWN, f'failed pulling image "{image}": {failed}')
         sandbox = self._run(name, self.sandbox_image, [], {TYPE_LABEL: "podsandbox"}, "host")
         self.api.call("POST", f"/containers/{sandbox}/start")
         return v1.RunPodSandboxResponse(pod_sandbox_id=sandbox)

@@ -294,6 +294,13 @@ def test_a_node_that_never_held_the_sandbox_image_gets_it_under_the_runtimes_nam
         pause = json.loads(info["config"])["sandboxImage"]
         assert pause == DEFAULT_SANDBOX_IMAGE, info
         assert direct.status(pause) is None and engine.api.names() == []
+        pb = direct.pb
+        sandbox = sandbox_config(direct, "kept-pause")
+        sandbox.linux.security_context.namespace_options.network = pb.NamespaceMode.NODE
+        with pytest.raises(grpc.RpcError) as refused:  # what every pod on this node did until now
+            direct.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=sandbox), timeout=60)
+        assert f'failed pulling image "{pause}"' in str(refused.value.details()), refused.value
+        remove_pods(direct)
         a, b = stack.registries(auth=True), stack.registries()
         layout = busybox_layout(docker_dir / "bare-pause", ["/bin/sleep", "2147483647"], label="pause")
         push(layout, a, "pause", pause.rsplit(":", 1)[1])
@@ -304,9 +311,6 @@ def test_a_node_that_never_held_the_sandbox_image_gets_it_under_the_runtimes_nam
         status = direct.status(pause)
         assert status is not None and list(status.repo_tags) == [pause], shim.log()
         no_mirror([direct.list(), engine.api.names()], a, b)
-        pb = direct.pb
-        sandbox = sandbox_config(direct, "kept-pause")
-        sandbox.linux.security_context.namespace_options.network = pb.NamespaceMode.NODE
         pod = direct.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=sandbox), timeout=60).pod_sandbox_id
         state = direct.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=30)
         assert state.status.state == pb.PodSandboxState.SANDBOX_READY
