@@ -6,8 +6,10 @@ So the worker checks, in a thread of its own, that the runtime holds that image 
 (every generation, so after each reload too), when a RunPodSandbox passes through the shim, when
 a full listing lacks it — and pulls it when it is absent by calling PullImage on the shim's own
 socket, as any client would: the same rules, credentials, `mirrors`, failover and naming as any
-pull (on containerd the image then carries the caller's name natively, which is exactly the
-name the runtime looks for). Nothing here is on a call's path: a trigger only wakes the thread.
+pull (on containerd, and on cri-dockerd through Docker Engine's API, the image then carries the
+caller's name natively, which is exactly the name the runtime looks for; CRI-O cannot rename its
+records, so there it stays under the registry's name and the keeper warns). Nothing here is on a
+call's path: a trigger only wakes the thread.
 
 A present image costs one ImageStatus and says nothing; a pulled one is one info line; one that
 cannot be had is a warning with the reason, sent to the master too (`messages.Sandbox`) for

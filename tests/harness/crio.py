@@ -8,13 +8,16 @@ tests/integration/test_crio.py:
   prefix matches up to the `:`). It tries https first and falls back to http.
 - Storage: the `vfs` driver (no overlay on this machine's file systems); pulled blobs wait in
   `big_files_temporary_dir`, put under the root here so a small root fills as a pull writes.
-- `drop_infra_ctr`: a pod that shares no PID namespace has no infra container, so no pause image
-  and no negative oom_score_adj (this machine refuses those); pinns pins its namespaces.
+- `drop_infra_ctr`: a pod that shares no PID namespace has no infra container, so no negative
+  oom_score_adj (this machine refuses those); pinns pins its namespaces. CRI-O still pulls its
+  `pause_image` for every pod sandbox: RunPodSandbox fails when it cannot (`unable to pull image:
+  initializing source docker://registry.k8s.io/pause:3.10.1: pinging container registry …`).
 - Its image service has no API to rename its records: the shim translates names in answers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -31,9 +34,13 @@ from .containerd import SMALL_DISK, Containerd
 from .criowords import crio_words
 from .images import node_platform
 from .processes import HarnessError, ManagedProcess, check_socket_path, cri_version, wait_for
+from .runc import oom_safe_runc
 from .runtimeproxy import OPTIONS, TRANSPORT_KEYS
 
 ENV_REAL = "IMAGE_CRI_SHIM_CRIO"
+
+#: CRI-O 1.35's sandbox image when `pause_image` is not set (tests/sandbox-status.json).
+DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10.1"
 
 #: Every loopback registry is plain http to CRI-O only by this (no port: the prefix covers all).
 REGISTRIES_CONF = """\
@@ -49,23 +56,6 @@ insecure = true
 """
 
 POLICY = '{"default": [{"type": "insecureAcceptAnything"}]}\n'
-
-# runc, with a negative oom_score_adj in the bundle raised to 0: this machine refuses negative
-# ones, and CRI-O has no setting like containerd's restrict_oom_score_adj.
-RUNC_WRAPPER = """\
-#!/usr/bin/python3
-import json, os, sys
-args = sys.argv[1:]
-if "create" in args and "--bundle" in args:
-    path = os.path.join(args[args.index("--bundle") + 1], "config.json")
-    with open(path) as f:
-        spec = json.load(f)
-    if spec.get("process", {}).get("oomScoreAdj", 0) < 0:
-        spec["process"]["oomScoreAdj"] = 0
-        with open(path, "w") as f:
-            json.dump(spec, f)
-os.execv(RUNC, ["runc", *args])
-"""
 
 
 def _toml(value: str | Path) -> str:
@@ -129,9 +119,7 @@ class Crio:
             (w / sub).mkdir(parents=True, exist_ok=True)
         (w / "registries.conf").write_text(REGISTRIES_CONF)
         (w / "policy.json").write_text(POLICY)
-        runc = w / "runc-oom"
-        runc.write_text(RUNC_WRAPPER.replace("RUNC", repr(_tool("runc", "runc"))))
-        runc.chmod(0o755)
+        runc = oom_safe_runc(w / "runc-oom")
         conmon = _tool("conmon", "conmon")
         lines = [
             "[crio]",
@@ -270,7 +258,8 @@ class StandInCrio:
     `socket` in front of a real containerd without its images API (so, as on CRI-O, the shim has
     no records to rename and translates names), answering as the recorded CRI-O 1.35 does:
     Version is CRI-O's; PullImage's image_ref and every image's `id` are the config digest as
-    bare hex; a failed pull is worded as CRI-O words it (tests/harness/criowords.py); v1alpha2 is not served.
+    bare hex; a failed pull is worded as CRI-O words it (tests/harness/criowords.py); a verbose
+    Status names its sandbox image as CRI-O does; v1alpha2 is not served.
     Streaming calls are not served (the scenarios need none)."""
 
     kind = "stand-in"
@@ -281,10 +270,14 @@ class StandInCrio:
         self.socket = check_socket_path(workdir / "crio.sock")
         self.containerd = Containerd(
             workdir / "containerd",
-            sandbox_image=pause_image,
+            sandbox_image=pause_image or DEFAULT_PAUSE_IMAGE,
             disabled_plugins=("io.containerd.grpc.v1.images",),
         )
         self.pause_image = pause_image
+        self._status = {
+            "sandboxImage": pause_image or DEFAULT_PAUSE_IMAGE,
+            "crio": {"DefaultRuntime": "runc"},
+        }
         self._server: grpc.Server | None = None
         self._channel: grpc.Channel | None = None
 
@@ -337,6 +330,12 @@ class StandInCrio:
                 image = v1.PullImageRequest.FromString(request).image.image
                 details = crio_words(image, details, node_platform().architecture)
             context.abort(code, details)
+        if name == "Status" and v1.StatusRequest.FromString(request).verbose:
+            # CRI-O's verbose info: its config, with its pause_image as `sandboxImage`
+            status = v1.StatusResponse.FromString(answer)
+            status.info.clear()
+            status.info["config"] = json.dumps(self._status)
+            return status.SerializeToString()
         return _reworded(name, answer)
 
     def stop(self) -> None:

@@ -12,10 +12,11 @@ the image's first repo digest (its ID when it has none); ImageStatus finds an im
 digest it holds, else by its ID; ListImages is Docker's list (a filter is Docker's `reference`
 filter); RemoveImage looks the image up by ID only (by a name: OK, nothing removed) and removes
 every name of it; errors are UNKNOWN with Docker's words; v1alpha2 is not served. Of the runtime
-service it serves Version and host-network pods: a sandbox container of the sandbox image, containers
-in its network, and ContainerStatus with the image as created and `image_ref`
-`docker-pullable://<first repo digest>` (`docker://<ID>` without one), the image named by its first
-tag (as created when it has none).
+service it serves Version, Status (with `verbose`, its sandbox image in `info["config"]`, as
+cri-dockerd 0.4 names it) and host-network pods: a sandbox container of the sandbox image (pulled
+by Docker first when absent, ready while it runs), containers in its network, and ContainerStatus
+with the image as created and `image_ref` `docker-pullable://<first repo digest>` (`docker://<ID>`
+without one), the image named by its first tag (as created when it has none).
 """
 
 from __future__ import annotations
@@ -36,24 +37,12 @@ from cri_api.v1 import api_pb2 as v1
 from cri_api.v1 import api_pb2_grpc as v1_grpc
 
 from .processes import HarnessError, ManagedProcess, check_socket_path, cri_socket_answers, wait_for
+from .runc import oom_safe_runc
 
 ENV_REAL = "IMAGE_CRI_SHIM_CRI_DOCKERD"
 
-OOM_WRAPPER = """\
-#!/usr/bin/python3
-# runc, with a negative oom_score_adj in the bundle raised to 0 (this machine refuses them).
-import json, os, sys
-args = sys.argv[1:]
-if "create" in args and "--bundle" in args:
-    path = os.path.join(args[args.index("--bundle") + 1], "config.json")
-    with open(path) as f:
-        spec = json.load(f)
-    if spec.get("process", {}).get("oomScoreAdj", 0) < 0:
-        spec["process"]["oomScoreAdj"] = 0
-        with open(path, "w") as f:
-            json.dump(spec, f)
-os.execv("/usr/bin/runc", ["runc", *args])
-"""
+#: cri-dockerd 0.4's sandbox image without --pod-infra-container-image (tests/sandbox-status.json).
+DEFAULT_SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
 
 
 class _Unix(http.client.HTTPConnection):
@@ -142,9 +131,7 @@ class DockerEngine:
 
     def start(self, timeout: float = 60.0) -> DockerEngine:
         self.root.mkdir(parents=True, exist_ok=True)
-        wrapper = self.root / "runc-oom"
-        wrapper.write_text(OOM_WRAPPER)
-        wrapper.chmod(0o755)
+        wrapper = oom_safe_runc(self.root / "runc-oom")
         argv = [
             "dockerd",
             f"--data-root={self.root / 'data'}",
@@ -245,7 +232,6 @@ class _Images(v1_grpc.ImageServiceServicer):
 
     def PullImage(self, request: v1.PullImageRequest, context: grpc.ServicerContext) -> v1.PullImageResponse:
         name = request.image.image
-        repo, tag = _split(name)
         headers = {}
         if request.auth.username or request.auth.password or request.auth.identity_token:
             auth = {
@@ -255,25 +241,9 @@ class _Images(v1_grpc.ImageServiceServicer):
                 "identitytoken": request.auth.identity_token,
             }
             headers["X-Registry-Auth"] = base64.urlsafe_b64encode(json.dumps(auth).encode()).decode()
-        query = urlencode({"fromImage": repo, "tag": tag})
-        status, body = self.api.request("POST", f"/images/create?{query}", headers, timeout=600.0)
-        if status != 200:
-            try:
-                message = json.loads(body).get("message", "")
-            except ValueError:
-                message = body.decode(errors="replace")
-            self._fail(context, f"Error response from daemon: {message}")
-        for line in body.splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("error"):
-                code = (event.get("errorDetail") or {}).get("code")
-                prefix = (
-                    "RegistryUnavailable: " if code in (502, 503, 504) else ""
-                )  # as cri-dockerd marks them
-                self._fail(context, prefix + str(event["error"]))
+        failed = _pull_failure(self.api, name, headers)
+        if failed is not None:
+            self._fail(context, failed)
         image = self.api.inspect(name)
         if image is None or not _matches_ref(image, name):
             self._fail(context, f"unable to inspect image {name}")
@@ -321,6 +291,29 @@ SANDBOX_LABEL = "io.kubernetes.sandbox.id"
 TYPE_LABEL = "io.kubernetes.docker.type"
 
 
+def _pull_failure(api: DockerApi, name: str, headers: dict[str, str]) -> str | None:
+    """Docker's pull of `name`; what went wrong in cri-dockerd's words, None when it was pulled."""
+    repo, tag = _split(name)
+    query = urlencode({"fromImage": repo, "tag": tag})
+    status, body = api.request("POST", f"/images/create?{query}", headers, timeout=600.0)
+    if status != 200:
+        try:
+            message = json.loads(body).get("message", "")
+        except ValueError:
+            message = body.decode(errors="replace")
+        return f"Error response from daemon: {message}"
+    for line in body.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("error"):
+            code = (event.get("errorDetail") or {}).get("code")
+            prefix = "RegistryUnavailable: " if code in (502, 503, 504) else ""  # as cri-dockerd marks them
+            return prefix + str(event["error"])
+    return None
+
+
 class _Runtime(v1_grpc.RuntimeServiceServicer):
     """Host-network pods: a sandbox is a container of the sandbox image; a container joins its
     network; ContainerStatus names the image as cri-dockerd does."""
@@ -341,9 +334,21 @@ class _Runtime(v1_grpc.RuntimeServiceServicer):
     ) -> v1.RunPodSandboxResponse:
         meta = request.config.metadata
         name = f"k8s_POD_{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+        image = self.sandbox_image
+        failed = _pull_failure(self.api, image, {}) if self.api.inspect(image) is None else None
+        if failed is not None:  # cri-dockerd pulls an absent sandbox image itself, past the shim
+            context.abort(grpc.StatusCode.UNKNOWN, f'failed pulling image "{image}": {failed}')
         sandbox = self._run(name, self.sandbox_image, [], {TYPE_LABEL: "podsandbox"}, "host")
         self.api.call("POST", f"/containers/{sandbox}/start")
         return v1.RunPodSandboxResponse(pod_sandbox_id=sandbox)
+
+    def PodSandboxStatus(
+        self, request: v1.PodSandboxStatusRequest, context: grpc.ServicerContext
+    ) -> v1.PodSandboxStatusResponse:
+        found = self.api.call("GET", f"/containers/{request.pod_sandbox_id}/json")
+        ready = found["State"]["Running"]
+        state = v1.PodSandboxState.SANDBOX_READY if ready else v1.PodSandboxState.SANDBOX_NOTREADY
+        return v1.PodSandboxStatusResponse(status=v1.PodSandboxStatus(id=found["Id"], state=state))
 
     def _members(self, sandbox: str) -> list[str]:
         query = urlencode({"all": "1", "filters": json.dumps({"label": [f"{SANDBOX_LABEL}={sandbox}"]})})
@@ -407,6 +412,12 @@ class _Runtime(v1_grpc.RuntimeServiceServicer):
         )
         return v1.ContainerStatusResponse(status=status)
 
+    def Status(self, request: v1.StatusRequest, context: grpc.ServicerContext) -> v1.StatusResponse:
+        """Ready, and with `verbose` its sandbox image as cri-dockerd 0.4 names it."""
+        ready = [v1.RuntimeCondition(type=kind, status=True) for kind in ("RuntimeReady", "NetworkReady")]
+        info = {"config": json.dumps({"sandboxImage": self.sandbox_image})} if request.verbose else {}
+        return v1.StatusResponse(status=v1.RuntimeStatus(conditions=ready), info=info)
+
     def Version(self, request: v1.VersionRequest, context: grpc.ServicerContext) -> v1.VersionResponse:
         return v1.VersionResponse(
             version="0.1.0",
@@ -421,7 +432,8 @@ class StandInCriDockerd:
 
     kind = "stand-in"
 
-    def __init__(self, engine: DockerEngine, socket_path: Path, sandbox_image: str) -> None:
+    def __init__(self, engine: DockerEngine, socket_path: Path, sandbox_image: str | None) -> None:
+        sandbox_image = sandbox_image or DEFAULT_SANDBOX_IMAGE
         self.socket = check_socket_path(socket_path)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         v1_grpc.add_ImageServiceServicer_to_server(_Images(engine.api), self.server)  # type: ignore[no-untyped-call]
@@ -442,7 +454,9 @@ class RealCriDockerd:
 
     kind = "real"
 
-    def __init__(self, binary: str, engine: DockerEngine, socket_path: Path, sandbox_image: str) -> None:
+    def __init__(
+        self, binary: str, engine: DockerEngine, socket_path: Path, sandbox_image: str | None
+    ) -> None:
         self.binary = binary
         self.sandbox_image = sandbox_image
         self.engine = engine
@@ -457,7 +471,7 @@ class RealCriDockerd:
             f"--docker-endpoint=unix://{self.engine.socket}",
             f"--cri-dockerd-root-directory={root}",
             "--network-plugin=",
-            f"--pod-infra-container-image={self.sandbox_image}",
+            *([f"--pod-infra-container-image={self.sandbox_image}"] if self.sandbox_image else []),
         ]
         self.process = ManagedProcess(argv, self.socket.parent / "cri-dockerd.log", name="cri-dockerd")
         process = self.process
@@ -479,9 +493,10 @@ class RealCriDockerd:
 CriDockerd = StandInCriDockerd | RealCriDockerd
 
 
-def cri_dockerd(engine: DockerEngine, socket_path: Path, sandbox_image: str) -> CriDockerd:
+def cri_dockerd(engine: DockerEngine, socket_path: Path, sandbox_image: str | None = None) -> CriDockerd:
     """The real cri-dockerd when IMAGE_CRI_SHIM_CRI_DOCKERD names its binary, the stand-in otherwise;
-    either runs pods from `sandbox_image` (on the node already: Docker pulls it past the shim)."""
+    either runs pods from `sandbox_image` (on the node already: Docker pulls it past the shim), or
+    from its built-in default without one."""
     binary = os.environ.get(ENV_REAL, "")
     if binary:
         if not os.access(binary, os.X_OK):

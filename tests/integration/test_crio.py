@@ -11,6 +11,7 @@ stand-in (tests/harness/crio.py); each run says which.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -22,10 +23,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness.crio import CriO, crio
+from tests.harness.cri import CriClient
+from tests.harness.crio import DEFAULT_PAUSE_IMAGE, CriO, crio
 from tests.harness.images import push
 from tests.harness.node import Shim, Stack, entry, repo
 from tests.harness.pods import busybox_layout, container_config, remove_pods, sandbox_config
+from tests.harness.processes import wait_for
 from tests.harness.registry import CertAuthority, Registry, RegistryFactory
 
 pytestmark = pytest.mark.timeout(300)
@@ -180,3 +183,39 @@ def test_pods_run_by_the_callers_name_and_by_the_image_ref(
                 pb.StopContainerRequest(container_id=container.id, timeout=0), timeout=60
             )
         remove_pods(direct)
+
+
+def test_a_sandbox_image_from_a_mirror_is_not_held_under_crios_name_and_the_shim_says_so(
+    stack: Stack, crio_dir: Path
+) -> None:
+    """CRI-O at its default pause_image on a node that cannot reach registry.k8s.io: the shim pulls
+    it from the private registry, but CRI-O can give it no second name, so it stays under the
+    mirror's name; the keeper warns that CRI-O does not hold it under its own (registries.conf
+    is what covers it there)."""
+    runtime = crio(crio_dir / "bare")  # no pause_image: CRI-O's built-in one
+    direct = CriClient(runtime.socket, timeout=60)
+    try:
+        info = direct.runtime.Status(direct.pb.StatusRequest(verbose=True), timeout=30).info
+        pause = json.loads(info["config"])["sandboxImage"]
+        assert pause == DEFAULT_PAUSE_IMAGE, info
+        assert direct.status(pause) is None
+        a = stack.registries(auth=True)
+        tag = pause.rsplit(":", 1)[1]
+        push(
+            busybox_layout(crio_dir / "bare-pause", ["/bin/sleep", "2147483647"], label="pause"),
+            a,
+            "pause",
+            tag,
+        )
+        shim = stack.start_on(runtime.address, [], entry(a))
+        said = "but the runtime does not hold it under this name"
+        wait_for(lambda: said in shim.log(), 60, "the keeper's warning", detail=shim.log)
+        warning = next(line for line in shim.log().splitlines() if said in line)
+        assert "sandbox image cannot be had" in warning and f"image={pause}" in warning, warning
+        assert direct.status(pause) is None, "CRI-O holds it under the mirror's name only"
+        assert direct.status(f"{a.host}/pause:{tag}") is not None
+        assert "sandbox image pulled" not in shim.log()
+        print(f"CRI-O ({runtime.kind}): {warning}")
+    finally:
+        direct.close()
+        runtime.stop()

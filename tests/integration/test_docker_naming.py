@@ -9,6 +9,8 @@ IMAGE_CRI_SHIM_CRI_DOCKERD names one (`make test-runtimes`), else the stand-in (
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sys
 import tempfile
@@ -21,10 +23,11 @@ import pytest
 
 from tests.harness.cli import run, write
 from tests.harness.cri import CriClient
-from tests.harness.docker import CriDockerd, DockerEngine, cri_dockerd
+from tests.harness.docker import DEFAULT_SANDBOX_IMAGE, CriDockerd, DockerEngine, cri_dockerd
 from tests.harness.images import push
 from tests.harness.node import Shim, Stack, entry, repo
 from tests.harness.pods import busybox_layout, container_config, remove_pods, sandbox_config
+from tests.harness.processes import wait_for
 from tests.harness.registry import CertAuthority, Registry, RegistryFactory
 
 pytestmark = pytest.mark.timeout(300)
@@ -255,3 +258,67 @@ def test_pods_run_by_the_callers_name_and_by_the_image_ref_and_their_status_name
         no_mirror([client.list(), engine.api.names()], a, b)
     finally:
         remove_pods(stack.cri(cri.socket))
+
+
+def test_the_decided_registry_dying_fails_over_in_the_same_pull(
+    stack: Stack, cri: CriDockerd, engine: DockerEngine
+) -> None:
+    shim, a, b = started(stack, cri, engine)
+    client = stack.cri(shim.socket)
+    name = repo()
+    stack.images(a, name, "1")
+    stack.images(b, name, "1")
+    client.pull(f"{name}:1")  # decided: A
+    client.remove(f"{name}:1")
+    a.stop()  # the decision still names A; Docker answers "Error response from daemon: … connection refused"
+    ref = client.pull(f"{name}:1")
+    assert ref.startswith("sha256:"), ref
+    log = shim.log()
+    failovers = re.findall(r'msg="pull failover".*', log)
+    assert len(failovers) == 1 and f"to={b.host}/{name}:1" in failovers[0], log
+    assert "connection refused" in failovers[0], failovers
+    no_mirror([ref, client.status(f"{name}:1"), client.list(), engine.api.names()], a, b)
+
+
+def test_a_node_that_never_held_the_sandbox_image_gets_it_under_the_runtimes_name(
+    stack: Stack, docker_dir: Path
+) -> None:
+    """cri-dockerd at its default sandbox image on a node that cannot reach registry.k8s.io and
+    never held it: the shim keeps it in Docker under that very name, and a pod created on
+    cri-dockerd's own socket (kubelet's path, past the shim) starts."""
+    engine = DockerEngine(docker_dir / "bare").start()
+    runtime = cri_dockerd(engine, docker_dir / "bare-cri.sock")  # no --pod-infra-container-image
+    direct = CriClient(runtime.socket, timeout=60)
+    try:
+        info = direct.runtime.Status(direct.pb.StatusRequest(verbose=True), timeout=30).info
+        pause = json.loads(info["config"])["sandboxImage"]
+        assert pause == DEFAULT_SANDBOX_IMAGE, info
+        assert direct.status(pause) is None and engine.api.names() == []
+        pb = direct.pb
+        sandbox = sandbox_config(direct, "kept-pause")
+        sandbox.linux.security_context.namespace_options.network = pb.NamespaceMode.NODE
+        with pytest.raises(grpc.RpcError) as refused:  # what every pod on this node did until now
+            direct.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=sandbox), timeout=60)
+        assert f'failed pulling image "{pause}"' in str(refused.value.details()), refused.value
+        remove_pods(direct)
+        a, b = stack.registries(auth=True), stack.registries()
+        layout = busybox_layout(docker_dir / "bare-pause", ["/bin/sleep", "2147483647"], label="pause")
+        push(layout, a, "pause", pause.rsplit(":", 1)[1])
+        shim = stack.start_on(
+            f"unix://{runtime.socket}", [entry(b, 10)], entry(a, 100), dockerSocket=str(engine.socket)
+        )
+        wait_for(lambda: "sandbox image pulled" in shim.log(), 60, "the sandbox image kept", detail=shim.log)
+        status = direct.status(pause)
+        assert status is not None and list(status.repo_tags) == [pause], shim.log()
+        no_mirror([direct.list(), engine.api.names()], a, b)
+        pod = direct.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=sandbox), timeout=60).pod_sandbox_id
+        state = direct.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=30)
+        assert state.status.state == pb.PodSandboxState.SANDBOX_READY
+        print(f"cri-dockerd ({runtime.kind}): {pause} kept as {list(status.repo_tags)}, pod {pod[:12]} ready")
+    finally:
+        try:
+            remove_pods(direct)
+        finally:
+            direct.close()
+            runtime.stop()
+            engine.stop()

@@ -1,7 +1,8 @@
 """Which sandbox image the shim keeps, learned from what each runtime answers to a verbose Status.
 
 tests/sandbox-status.json holds those answers: containerd 1.6, 1.7 and 2.x recorded from the real
-ones at their default config, CRI-O and cri-dockerd as their sources build them.
+ones at their default config, and so are cri-dockerd 0.4.3 and CRI-O 1.35.6; cri-dockerd 0.3.1 as its
+source builds it.
 """
 
 from __future__ import annotations
