@@ -11,11 +11,15 @@ import re
 import subprocess
 import tarfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from image_cri_shim import __version__
+
+from .rootfs import chrooted
 
 ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "dist"
@@ -171,3 +175,23 @@ def maps(pid: int) -> set[str]:
     guest's too, which qemu maps)."""
     with open(f"/proc/{pid}/maps") as lines:
         return {os.path.basename(line.split()[-1]) for line in lines if ".so" in line}
+
+
+@dataclass
+class NodeRoot:
+    """Commands run inside an old Debian root, as on a node: without this machine's CA variables,
+    so the program picks the node's bundle; `binds` seen inside, writes kept in `layer`."""
+
+    root: Path
+    binds: Sequence[Path]
+    layer: Path
+
+    def argv(self, *argv: str | Path) -> list[str]:
+        unset = ["env", "-u", "SSL_CERT_FILE", "-u", "SSL_CERT_DIR"]
+        return chrooted(self.root, [*unset, *argv], self.binds, writable=self.layer)
+
+    def run(self, *argv: str | Path, timeout: float) -> str:
+        """Its stdout; a failure is the test's, with what the command said."""
+        done = subprocess.run(self.argv(*argv), capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, f"{argv}: exit {done.returncode}\n{done.stdout}{done.stderr}"
+        return done.stdout

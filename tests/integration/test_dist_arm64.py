@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from tests.harness.containerd import ROOT_PACKAGES
 from tests.harness.cri import CriClient
 from tests.harness.dist import (
     ELF_MACHINES,
+    NodeRoot,
     assert_manylinux2014,
     assert_sums_cover,
     built,
@@ -43,7 +43,7 @@ from tests.harness.dist import (
 )
 from tests.harness.images import Platform
 from tests.harness.processes import wait_for
-from tests.harness.rootfs import chrooted, debian_root, glibc_version
+from tests.harness.rootfs import debian_root, glibc_version
 from tests.harness.service import Service, alive, base_config, children
 
 ARCH = "arm64"
@@ -130,14 +130,11 @@ def test_the_arm64_bundle_installs_and_serves_on_emulated_arm64_debian_11(
     assert containerd.major == 1 and containerd.release.startswith("1.6."), containerd.release
     binds = [arm64, short_dir, containerd.socket]
 
-    def inside(*argv: str | Path) -> list[str]:
-        unset = ["env", "-u", "SSL_CERT_FILE", "-u", "SSL_CERT_DIR"]
-        return chrooted(bullseye, [*unset, *argv], binds, writable=tmp_path / "layer")
+    node = NodeRoot(bullseye, binds, tmp_path / "layer")
+    inside = node.argv
 
     def run(*argv: str | Path) -> str:
-        done = subprocess.run(inside(*argv), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"{argv}: exit {done.returncode}\n{done.stdout}{done.stderr}"
-        return done.stdout
+        return node.run(*argv, timeout=300)
 
     assert run("uname", "-m") == "aarch64\n"
     assert run(arm64 / "image-cri-shim" / "image-cri-shim", "--version") == f"image-cri-shim {__version__}\n"

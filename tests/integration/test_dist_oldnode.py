@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +21,9 @@ import yaml
 from image_cri_shim import __version__
 from tests.harness import Containerd, ImageBuilder, RegistryFactory
 from tests.harness.cri import CriClient
-from tests.harness.dist import maps
+from tests.harness.dist import NodeRoot, maps
 from tests.harness.processes import wait_for
-from tests.harness.rootfs import chrooted, debian_root, glibc_version
+from tests.harness.rootfs import debian_root, glibc_version
 from tests.harness.service import Service, alive, base_config
 
 pytestmark = pytest.mark.timeout(3600)  # the first test may wait for the build and debootstrap
@@ -49,15 +48,11 @@ def test_the_bundle_installs_and_serves_on_debian_11(
 ) -> None:
     binds = [extracted, short_dir, containerd.socket]
 
-    def inside(*argv: str | Path) -> list[str]:
-        # Without this machine's CA variables, as on a node: the program picks the node's bundle.
-        unset = ["env", "-u", "SSL_CERT_FILE", "-u", "SSL_CERT_DIR"]
-        return chrooted(bullseye, [*unset, *argv], binds, writable=tmp_path / "layer")
+    node = NodeRoot(bullseye, binds, tmp_path / "layer")
+    inside = node.argv
 
     def run(*argv: str | Path) -> str:
-        done = subprocess.run(inside(*argv), capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, f"{argv}: exit {done.returncode}\n{done.stdout}{done.stderr}"
-        return done.stdout
+        return node.run(*argv, timeout=120)
 
     assert (
         run(extracted / "image-cri-shim" / "image-cri-shim", "--version") == f"image-cri-shim {__version__}\n"
