@@ -83,10 +83,10 @@ async def _dry_run(config: Config, sections: dict[str, Section]) -> int:
         return 1
     upstream = Upstream(cri, config.timeout)
     try:
-        runtime = runtime_version(upstream, timeout=5.0)
-        mode = naming_mode(
-            Records(upstream.channel), DockerImages(config.docker_socket), time.monotonic() + 5.0
-        )
+        runtime = await runtime_version(upstream, timeout=5.0)
+        docker = DockerImages(config.docker_socket)
+        mode = await naming_mode(Records(upstream.channel), docker, time.monotonic() + 5.0)
+        await docker.close()
         print(f"  cri          {cri}: {runtime or 'no answer'}")
         shown = (
             "not known (the runtime does not answer)"
@@ -100,7 +100,7 @@ async def _dry_run(config: Config, sections: dict[str, Section]) -> int:
             for line in rest:
                 print(f"               {line}")
     finally:
-        upstream.close()
+        await upstream.close()
     node = node_platform()
     clients = [RegistryClient(r, node) for r in config.registries]
     try:

@@ -8,12 +8,12 @@ holds it). Unversioned paths: every Docker Engine since 20.10 serves them alike.
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
+
+import httpx
 
 from image_cri_shim.workers.records import call_timeout
 from image_cri_shim.workers.renaming import repository
@@ -51,44 +51,32 @@ def familiar(name: str) -> str:
     return name.removeprefix("docker.io/")
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class DockerImages:
-    """Docker Engine's image records, over its API socket at `path`."""
+    """Docker Engine's image records, over its API socket at `path` (one pooled client)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._client: httpx.AsyncClient | None = None
 
-    def _call(self, method: str, url: str, until: float | None) -> tuple[int, bytes]:
+    async def _call(self, method: str, url: str, until: float | None) -> tuple[int, bytes]:
         timeout = call_timeout(until, time.monotonic())
-        connection = _UnixConnection(self.path, timeout)
+        if self._client is None:
+            transport = httpx.AsyncHTTPTransport(uds=self.path)
+            self._client = httpx.AsyncClient(transport=transport, base_url="http://docker")
         try:
-            connection.request(method, url, headers={"Host": "docker"})
-            response = connection.getresponse()
-            return response.status, response.read()
-        except OSError as err:
-            raise DockerError(f"Docker Engine at {self.path}: {err}") from None
-        finally:
-            connection.close()
+            response = await self._client.request(method, url, timeout=timeout)
+        except httpx.HTTPError as err:
+            raise DockerError(f"Docker Engine at {self.path}: {err or type(err).__name__}") from None
+        return response.status_code, response.content
 
-    def version(self, until: float | None = None) -> str | None:
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def version(self, until: float | None = None) -> str | None:
         """Docker Engine's version, or None when its socket does not answer."""
         try:
-            status, body = self._call("GET", "/version", until)
+            status, body = await self._call("GET", "/version", until)
         except DockerError:
             return None
         if status != 200:
@@ -98,8 +86,8 @@ class DockerImages:
         except ValueError:
             return None
 
-    def inspect(self, name: str, until: float | None = None) -> DockerImage | None:
-        status, body = self._call("GET", f"/images/{quote(name, safe='/:@')}/json", until)
+    async def inspect(self, name: str, until: float | None = None) -> DockerImage | None:
+        status, body = await self._call("GET", f"/images/{quote(name, safe='/:@')}/json", until)
         if status == 404:
             return None
         if status != 200:
@@ -109,17 +97,17 @@ class DockerImages:
             data["Id"], tuple(data.get("RepoTags") or ()), tuple(data.get("RepoDigests") or ())
         )
 
-    def tag(self, image_id: str, name: str, until: float | None = None) -> None:
+    async def tag(self, image_id: str, name: str, until: float | None = None) -> None:
         """Give the image `name` (`repository:tag`); a name held by another image moves here."""
         repo, tag = repository(name), name[len(repository(name)) + 1 :]
         query = urlencode({"repo": repo, "tag": tag})
-        status, body = self._call("POST", f"/images/{quote(image_id, safe=':')}/tag?{query}", until)
+        status, body = await self._call("POST", f"/images/{quote(image_id, safe=':')}/tag?{query}", until)
         if status not in (200, 201):
             raise DockerError(_error(status, body))
 
-    def untag(self, name: str, until: float | None = None) -> None:
+    async def untag(self, name: str, until: float | None = None) -> None:
         """Remove the name `name` (a tag or a digest record) from its image; gone already is fine."""
-        status, body = self._call("DELETE", f"/images/{quote(name, safe='/:@')}?noprune=1", until)
+        status, body = await self._call("DELETE", f"/images/{quote(name, safe='/:@')}?noprune=1", until)
         if status not in (200, 404):
             raise DockerError(_error(status, body))
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn, Protocol
+from typing import NoReturn, Protocol, TypeAlias
 
 import grpc
+import grpc.aio
 
 from image_cri_shim import logs
 from image_cri_shim.reference import Reference
+from image_cri_shim.workers.deadline import MARGIN, Deadline
 from image_cri_shim.workers.decisions import Decision, Outcome, Probe
 from image_cri_shim.workers.failures import Verdict, classify
 from image_cri_shim.workers.plan import Candidate
@@ -26,26 +28,24 @@ from image_cri_shim.workers.upstream import Upstream
 
 log = logs.get("failover")
 
-Context = grpc.ServicerContext
+Context: TypeAlias = "grpc.aio.ServicerContext[bytes, bytes]"
 
 
 class Decisions(Protocol):
-    """The resolver's side of a failover (run on the registry event loop by `Registries`)."""
+    """The resolver's side of a failover (`Registries`)."""
 
-    def failover(
+    async def failover(
         self, ref: Reference, failed: Candidate, tried: frozenset[str], why: Verdict, within: float
     ) -> Decision:
         """The next decision after a pull through `failed` failed (`tried`: every registry
         pulled from so far); raises TimeoutError when it takes longer than `within` seconds."""
 
-    def forget(self, ref: Reference, failed: Candidate) -> None:
+    async def forget(self, ref: Reference, failed: Candidate) -> None:
         """Drop the decision through `failed`, if it is still the one cached."""
 
 
 # The request for one attempt: through a candidate, or (None) as the caller asked.
 Build = Callable[[Candidate | None], bytes]
-MARGIN = 0.25  # seconds kept to send the answer back before the caller's deadline
-MIN_REMAINING = 2 * MARGIN  # with less left, another attempt could only end in DEADLINE_EXCEEDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +72,14 @@ class Puller:
         self._decisions = decisions  # None: no failover (the attempt's error goes back as it is)
         self._fate = fate  # what a decision means (`decisions.outcome` under the worker's config)
 
-    def pull(
+    async def pull(
         self,
         method: str,
         source: Reference,
         target: Candidate,
         build: Build,
         context: Context,
-        started: float,
+        deadline: Deadline,
     ) -> tuple[bytes, Candidate | None]:
         """The response, and the candidate it came through (None: the caller's reference, when
         no candidate is left and the decision lets it go as asked)."""
@@ -88,56 +88,56 @@ class Puller:
         current: Candidate | None = target
         while True:
             try:
-                return self._upstream.call(method, build(current), context, started), current
+                return await self._upstream.call(method, build(current), context, deadline), current
             except grpc.RpcError as err:
                 details = err.details() or ""
                 name = str(current.reference) if current is not None else str(source)
                 attempts.append(Attempt(name, err.code(), details, classify(err.code().name, details)))
                 if current is None:
-                    self._give_up(context, err, source, attempts, ())
-                if not self._may_retry(attempts[-1].verdict, context, started):
-                    self.forget(source, current)  # never outlives a failed pull through it
-                    self._give_up(context, err, source, attempts, ())
+                    await self._give_up(context, err, source, attempts, ())
+                if not self._may_retry(attempts[-1].verdict, context, deadline):
+                    await self.forget(source, current)  # never outlives a failed pull through it
+                    await self._give_up(context, err, source, attempts, ())
                 tried.add(current.registry.domain)
                 # the failover's probes may take what is left but a margin to answer in time
-                left = self._upstream.deadline(context, started) - MARGIN
-                decision = self._next(source, current, frozenset(tried), attempts[-1].verdict, left)
+                left = deadline.left() - MARGIN
+                decision = await self._next(source, current, frozenset(tried), attempts[-1].verdict, left)
                 if decision is None:
-                    self._give_up(context, err, source, attempts, ())
+                    await self._give_up(context, err, source, attempts, ())
                 if self._fate(decision) == "refused" or (decision.target is None and source.domain in tried):
-                    self._give_up(context, err, source, attempts, decision.answers[1:])
+                    await self._give_up(context, err, source, attempts, decision.answers[1:])
                 current = decision.target
 
-    def _may_retry(self, verdict: Verdict, context: Context, started: float) -> bool:
+    def _may_retry(self, verdict: Verdict, context: Context, deadline: Deadline) -> bool:
         return (
             self._decisions is not None
             and verdict.retryable
-            and context.is_active()
-            and self._upstream.deadline(context, started) > MIN_REMAINING
+            and not context.cancelled()
+            and deadline.may_try_again()
         )
 
-    def _next(
+    async def _next(
         self, source: Reference, failed: Candidate, tried: frozenset[str], why: Verdict, within: float
     ) -> Decision | None:
         assert self._decisions is not None
         try:
-            return self._decisions.failover(source, failed, tried, why, within)
+            return await self._decisions.failover(source, failed, tried, why, within)
         except TimeoutError:  # the probes of the next candidates took what was left
             log.info("no time left to fail over", image=source, **{"from": failed.reference}, why=why.why)
         except Exception as err:  # a fault of the shim's own: the runtime's answer goes back
             log.error("failover decision failed", image=source, error=repr(err))
         return None
 
-    def forget(self, source: Reference, failed: Candidate) -> None:
+    async def forget(self, source: Reference, failed: Candidate) -> None:
         """Drop the decision through `failed`: a positive decision never outlives a failed pull."""
         if self._decisions is None:
             return
         try:
-            self._decisions.forget(source, failed)
+            await self._decisions.forget(source, failed)
         except Exception as err:
             log.error("dropping a decision failed", image=source, error=repr(err))
 
-    def _give_up(
+    async def _give_up(
         self,
         context: Context,
         err: grpc.RpcError,
@@ -147,5 +147,5 @@ class Puller:
     ) -> NoReturn:
         """One attempt: the runtime's answer unchanged. Several: the last one's code, and each."""
         if len(attempts) == 1 and not rest:
-            self._upstream.abort(context, err)
-        context.abort(attempts[-1].code, summary(source, attempts, rest))
+            await self._upstream.abort(context, err)
+        await context.abort(attempts[-1].code, summary(source, attempts, rest))

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias, TypeVar
 
 import grpc
+import grpc.aio
 from google.protobuf.message import DecodeError, Message
 
 from image_cri_shim import logs, reference
@@ -26,8 +27,9 @@ from image_cri_shim.config import Registry
 from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
+from image_cri_shim.workers.deadline import Deadline
 from image_cri_shim.workers.decisions import Decision, Outcome, as_asked, outcome, refusal
-from image_cri_shim.workers.failover import MARGIN, Decisions, Puller
+from image_cri_shim.workers.failover import Decisions, Puller
 from image_cri_shim.workers.names import NameStore
 from image_cri_shim.workers.naming import Naming
 from image_cri_shim.workers.plan import Candidate, Planner, registry_for
@@ -36,16 +38,17 @@ from image_cri_shim.workers.upstream import Upstream
 
 log = logs.get("images")
 
-Context = grpc.ServicerContext
+Context: TypeAlias = "grpc.aio.ServicerContext[bytes, bytes]"
 M = TypeVar("M", bound=Message)
+Handler = Callable[[bytes, Context], Awaitable[bytes]]
 
 
-def decode(kind: type[M], raw: bytes, context: Context) -> M:
+async def decode(kind: type[M], raw: bytes, context: Context) -> M:
     try:
         message: M = kind.FromString(raw)
         return message
     except DecodeError as err:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {kind.__name__}: {err}")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {kind.__name__}: {err}")
 
 
 def parse_name(image: str) -> Reference | None:
@@ -65,7 +68,7 @@ class ImageService:
     def __init__(
         self,
         upstream: Upstream,
-        resolve: Callable[[Reference], Decision],
+        resolve: Callable[[Reference], Awaitable[Decision]],
         planner: Planner,
         names: NameStore,
         pull_upstream: bool = True,
@@ -76,20 +79,15 @@ class ImageService:
         self._upstream = upstream
         self._puller = Puller(upstream, decisions, self._outcome)  # failover through the resolver
         self._metrics = metrics
-        self._resolve = resolve  # runs the resolver on the registry event loop
+        self._resolve = resolve
         self.naming = Naming(upstream, names, planner, docker_socket)
         self._registries = planner.registries
         self._pull_upstream = pull_upstream  # config `upstream`
 
-    def _until(self, context: Context, started: float | None = None) -> float:
-        """The caller's deadline, capped by `timeout`, as a time.monotonic() time: what the shim
-        does for a call after the runtime answered must end by then, with a margin to answer in."""
-        return time.monotonic() + self._upstream.deadline(context, started) - MARGIN
-
     def _outcome(self, decision: Decision) -> Outcome:
         return outcome(decision, self._registries, self._pull_upstream)
 
-    def handlers(self, service: str) -> dict[str, Callable[[bytes, Context], bytes]]:
+    def handlers(self, service: str) -> dict[str, Handler]:
         """Method name -> handler, for one service name (`runtime.v1.ImageService`, …)."""
         methods = {
             "PullImage": self.pull_image,
@@ -101,37 +99,39 @@ class ImageService:
 
     # -- PullImage ------------------------------------------------------------------------------
 
-    def pull_image(self, method: str, raw: bytes, context: Context) -> bytes:
-        started = time.monotonic()  # the registry probes count against `timeout` too
-        request = decode(cri.PullImageRequest, raw, context)
+    async def pull_image(self, method: str, raw: bytes, context: Context) -> bytes:
+        deadline = self._upstream.deadline(context)  # the registry probes count against it too
+        request = await decode(cri.PullImageRequest, raw, context)
         source = parse_name(request.image.image)
         if source is None:
-            return self._upstream.unary(method, raw, context)
+            return await self._upstream.unary(method, raw, context, deadline)
         own = registry_for(source.domain, self._registries)
-        decision = self._decide(source, context)
+        decision = await self._decide(source, context)
         if decision is not None:
             fate = self._outcome(decision)
             if fate == "rewritten" and decision.target is not None:
-                return self._pull_rewritten(method, raw, request, source, decision.target, context, started)
+                return await self._pull_rewritten(
+                    method, raw, request, source, decision.target, context, deadline
+                )
             if fate == "refused":
                 log.debug("pull refused: upstream pulls are off", image=source, why=decision.reason())
-                context.abort(grpc.StatusCode.NOT_FOUND, refusal(decision))
+                await context.abort(grpc.StatusCode.NOT_FOUND, refusal(decision))
         through = decision.target if decision is not None else None  # the image's own registry
-        return self._pull_unchanged(method, raw, request, source, own, through, context, started)
+        return await self._pull_unchanged(method, raw, request, source, own, through, context, deadline)
 
-    def _decide(self, source: Reference, context: Context) -> Decision | None:
+    async def _decide(self, source: Reference, context: Context) -> Decision | None:
         """The resolver's decision; None when it failed and the image may go as asked."""
         try:
-            return self._resolve(source)
+            return await self._resolve(source)
         except Exception as err:  # a fault of the shim's own must never fail a pull...
             if not as_asked(source, self._registries, self._pull_upstream):  # ...unless it may not
                 log.error("rewrite decision failed, upstream pulls are off", image=source, error=repr(err))
-                context.abort(grpc.StatusCode.UNAVAILABLE, undecided(source))
+                await context.abort(grpc.StatusCode.UNAVAILABLE, undecided(source))
             log.error("rewrite decision failed, pulling unchanged", image=source, error=repr(err))
             self._metrics.decisions.labels("error", "").inc()
             return None
 
-    def _pull_rewritten(
+    async def _pull_rewritten(
         self,
         method: str,
         raw: bytes,
@@ -139,7 +139,7 @@ class ImageService:
         source: Reference,
         target: Candidate,
         context: Context,
-        started: float,
+        deadline: Deadline,
     ) -> bytes:
         """Pull the target with its registry's credentials, failing over to the next source when
         that registry fails the pull; name the image as asked after the attempt that succeeded."""
@@ -160,16 +160,18 @@ class ImageService:
             )
             return attempt.SerializeToString()
 
-        with self.naming.pulling(source) as pull:
-            self.naming.held_before(pull, target.reference, self._until(context, started))
-            response, pulled = self._puller.pull(method, source, target, build, context, started)
+        async with self.naming.pulling(source) as pull:
+            await self.naming.held_before(pull, target.reference, deadline.answer_by)
+            response, pulled = await self._puller.pull(method, source, target, build, context, deadline)
             if pulled is not None and pulled.reference != source:
-                self.naming.pulled(method, pull, pulled.reference, self._until(context, started))
+                await self.naming.pulled(method, pull, pulled.reference, deadline.answer_by)
             else:
-                self.naming.pulled_directly(source)
-        return self._own_ref(method, response, source, context)
+                await self.naming.pulled_directly(source)
+        return await self._own_ref(method, response, source, context, deadline)
 
-    def _own_ref(self, method: str, raw: bytes, source: Reference, context: Context) -> bytes:
+    async def _own_ref(
+        self, method: str, raw: bytes, source: Reference, context: Context, deadline: Deadline
+    ) -> bytes:
         """PullImage's `image_ref` never names a registry the caller did not ask for: a runtime that
         answers with the pulled repository's digest (cri-dockerd) has it replaced by the image's
         ID, as the other runtimes give it."""
@@ -178,20 +180,20 @@ class ImageService:
             return raw
         status = method.rsplit("/", 1)[0] + "/ImageStatus"
 
-        def ask(name: str) -> tuple[bool, str]:
+        async def ask(name: str) -> tuple[bool, str]:
             request = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
             image_id = cri.ImageStatusResponse.FromString(
-                self._upstream.unary(status, request, context)
+                await self._upstream.unary(status, request, context, deadline)
             ).image.id
             return bool(image_id), image_id
 
-        _, image_id = self.naming.look(source, ask)
+        _, image_id = await self.naming.look(source, ask)
         if not image_id:
-            _, image_id = ask(response.image_ref)
+            _, image_id = await ask(response.image_ref)
         response.image_ref = image_id or ""
         return response.SerializeToString()
 
-    def _pull_unchanged(
+    async def _pull_unchanged(
         self,
         method: str,
         raw: bytes,
@@ -200,17 +202,19 @@ class ImageService:
         own: Registry | None,
         through: Candidate | None,
         context: Context,
-        started: float,
+        deadline: Deadline,
     ) -> bytes:
         """The pull as asked. Through a target (the image's own registry holds it) a failed pull
         drops that decision, as a failover does: the next pull decides afresh."""
-        self.naming.pulled_directly(source)
+        await self.naming.pulled_directly(source)
         try:
-            return self._upstream.call(method, self._unchanged(raw, request, source, own), context, started)
+            return await self._upstream.call(
+                method, self._unchanged(raw, request, source, own), context, deadline
+            )
         except grpc.RpcError as err:
             if through is not None:
-                self._puller.forget(source, through)
-            self._upstream.abort(context, err)
+                await self._puller.forget(source, through)
+            await self._upstream.abort(context, err)
 
     def _unchanged(
         self, raw: bytes, request: cri.PullImageRequest, source: Reference, own: Registry | None
@@ -229,82 +233,86 @@ class ImageService:
     # -- ImageStatus / ListImages / RemoveImage ----------------------------------------------------
     # Each looks in the runtime's state under the names `naming` says the image may be held under.
 
-    def image_status(self, method: str, raw: bytes, context: Context) -> bytes:
-        request = decode(cri.ImageStatusRequest, raw, context)
+    async def image_status(self, method: str, raw: bytes, context: Context) -> bytes:
+        deadline = self._upstream.deadline(context)
+        request = await decode(cri.ImageStatusRequest, raw, context)
         source = parse_name(request.image.image)
         if source is None:
-            return self._named_status(self._upstream.unary(method, raw, context), None, request.verbose)
+            forwarded = await self._upstream.unary(method, raw, context, deadline)
+            return self._named_status(forwarded, None, request.verbose)
 
-        def ask(name: str) -> tuple[bool, bytes]:
+        async def ask(name: str) -> tuple[bool, bytes]:
             request.image.image = name
-            answer = self._upstream.unary(method, request.SerializeToString(), context)
+            answer = await self._upstream.unary(method, request.SerializeToString(), context, deadline)
             return bool(cri.ImageStatusResponse.FromString(answer).image.id), answer
 
-        name, answer = self.naming.look(source, ask)
+        name, answer = await self.naming.look(source, ask)
         if name is None:
             return answer or b""
         caller = reported(source)
-        if self.naming.found(
-            method, caller, name, self._until(context)
-        ):  # the runtime holds it under the caller's name now
-            _, answer = ask(caller)
+        if await self.naming.found(method, caller, name, deadline.answer_by):
+            _, answer = await ask(caller)  # the runtime holds it under the caller's name now
         return self._named_status(answer or b"", caller, request.verbose)
 
-    def list_images(self, method: str, raw: bytes, context: Context) -> bytes:
-        request = decode(cri.ListImagesRequest, raw, context)
+    async def list_images(self, method: str, raw: bytes, context: Context) -> bytes:
+        deadline = self._upstream.deadline(context)
+        request = await decode(cri.ListImagesRequest, raw, context)
         source = parse_name(request.filter.image.image) if request.HasField("filter") else None
         if source is None:
             if not request.filter.image.image:  # renamings owed get half the time: the listing follows
-                self.naming.pay_owed(method, time.monotonic() + self._upstream.deadline(context) / 2)
-            response_raw = self._upstream.unary(method, raw, context)
+                now = time.monotonic()
+                await self.naming.pay_owed(method, now + deadline.left(now) / 2)
+            response_raw = await self._upstream.unary(method, raw, context, deadline)
             if not self.naming.remembers:
                 return response_raw
             response = cri.ListImagesResponse.FromString(response_raw)
             if not request.filter.image.image:
-                self.naming.prune(response)
+                await self.naming.prune(response)
             return response.SerializeToString() if self.naming.listing(response) else response_raw
 
         asked, caller = request.filter.image.image, reported(source)
 
-        def ask(name: str) -> tuple[bool, tuple[bytes, cri.ListImagesResponse]]:
+        async def ask(name: str) -> tuple[bool, tuple[bytes, cri.ListImagesResponse]]:
             # the caller's own spelling first: Docker matches a filter against its short names
             request.filter.image.image = asked if name == caller else name
-            answer = self._upstream.unary(method, request.SerializeToString(), context)
+            answer = await self._upstream.unary(method, request.SerializeToString(), context, deadline)
             response = cri.ListImagesResponse.FromString(answer)
             return bool(response.images), (answer, response)
 
-        name, found = self.naming.look(source, ask)
+        name, found = await self.naming.look(source, ask)
         if found is None:
             return b""
         answer, response = found
         if name is None:
             return answer
-        self.naming.found(method, reported(source), name, self._until(context))
+        await self.naming.found(method, reported(source), name, deadline.answer_by)
         return response.SerializeToString() if self.naming.listing(response) else answer
 
-    def remove_image(self, method: str, raw: bytes, context: Context) -> bytes:
-        request = decode(cri.RemoveImageRequest, raw, context)
+    async def remove_image(self, method: str, raw: bytes, context: Context) -> bytes:
+        deadline = self._upstream.deadline(context)
+        request = await decode(cri.RemoveImageRequest, raw, context)
         source = parse_name(request.image.image)
         if source is None:
-            return self._upstream.unary(method, raw, context)
+            return await self._upstream.unary(method, raw, context, deadline)
         status_method = method.rsplit("/", 1)[0] + "/ImageStatus"
 
-        def ask(name: str) -> tuple[bool, cri.ImageStatusResponse]:
+        async def ask(name: str) -> tuple[bool, cri.ImageStatusResponse]:
             status = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
-            found = cri.ImageStatusResponse.FromString(self._upstream.unary(status_method, status, context))
+            answer = await self._upstream.unary(status_method, status, context, deadline)
+            found = cri.ImageStatusResponse.FromString(answer)
             return bool(found.image.id), found
 
-        name, found = self.naming.look(source, ask)
+        name, found = await self.naming.look(source, ask)
         if name is None or found is None:
-            self.naming.removed(reported(source), ())
-            return self._upstream.unary(method, raw, context)
+            await self.naming.removed(reported(source), ())
+            return await self._upstream.unary(method, raw, context, deadline)
         # By the image's ID: every runtime removes by it (cri-dockerd by nothing else: by a name it
         # answers OK and keeps the image), and each removes every name of the image with it.
         request.image.image = found.image.id
-        response = self._upstream.unary(method, request.SerializeToString(), context)
+        response = await self._upstream.unary(method, request.SerializeToString(), context, deadline)
         names = [*found.image.repo_tags, *found.image.repo_digests]
         log.info("image removed", image=source, id=found.image.id, names=",".join(names) or "-")
-        self.naming.removed(reported(source), names)
+        await self.naming.removed(reported(source), names)
         return response
 
     def _named_status(self, raw: bytes, caller: str | None, verbose: bool) -> bytes:

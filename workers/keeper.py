@@ -2,14 +2,14 @@
 
 The runtime pulls its sandbox image itself inside RunPodSandbox, past the shim: on a node that
 cannot reach the image's own registry every pod would fail with "failed to pull sandbox image".
-So the worker checks, in a thread of its own, that the runtime holds that image — at start-up
+So the worker checks, in a task of its own, that the runtime holds that image — at start-up
 (every generation, so after each reload too), when a RunPodSandbox passes through the shim, when
 a full listing lacks it — and pulls it when it is absent by calling PullImage on the shim's own
 socket, as any client would: the same rules, credentials, `mirrors`, failover and naming as any
 pull (on containerd, and on cri-dockerd through Docker Engine's API, the image then carries the
 caller's name natively, which is exactly the name the runtime looks for; CRI-O cannot rename its
 records, so there it stays under the registry's name and the keeper warns). Nothing here is on a
-call's path: a trigger only wakes the thread.
+call's path: a trigger only wakes the task.
 
 A present image costs one ImageStatus and says nothing; a pulled one is one info line; one that
 cannot be had is a warning with the reason, sent to the master too (`messages.Sandbox`) for
@@ -19,12 +19,14 @@ Which image: `sandbox.py`.
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal, TypeAlias
 
 import grpc
+import grpc.aio
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config
@@ -53,7 +55,7 @@ class Keeper:
         config: Config,
         upstream: Upstream,
         send: Callable[[Message], None],
-        decide: Callable[[Reference], Decision] | None = None,
+        decide: Callable[[Reference], Awaitable[Decision]] | None = None,
     ) -> None:
         """`decide`: the worker's resolver (its cached decision says why a failed pull was not
         rewritten)."""
@@ -61,61 +63,69 @@ class Keeper:
         self._decide = decide
         self._timeout = config.timeout
         self._send = send
-        self._wake = threading.Event()
-        self._stopped = threading.Event()
+        self._wake = asyncio.Event()
+        self._stopped = False
         self.image: str | None = config.sandbox_image  # the name, once known
         self._problem = ""  # what the master was told last
         self._status = unary_call(upstream.channel, f"{V1}.RuntimeService/Status")
         self._version = unary_call(upstream.channel, f"{V1}.RuntimeService/Version")
         self._image_status = unary_call(upstream.channel, f"{V1}.ImageService/ImageStatus")
-        self._shim = grpc.insecure_channel(f"unix://{config.shim}", options=(*MESSAGE_OPTIONS, *QUIET))
+        self._shim = grpc.aio.insecure_channel(f"unix://{config.shim}", options=(*MESSAGE_OPTIONS, *QUIET))
         self._pull = unary_call(self._shim, f"{V1}.ImageService/PullImage")
-        self._thread = threading.Thread(target=self._run, name="sandbox", daemon=True)
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """The first check runs at once, in the keeper's thread."""
-        self._thread.start()
+        """The first check runs at once, in the keeper's task."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sandbox")
 
     def check(self) -> None:
         """Look again soon; never waits."""
         self._wake.set()
 
-    def stop(self) -> None:
-        if not self._stopped.is_set():
-            self._stopped.set()
-            self._wake.set()
-            self._shim.close()
+    async def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            await self._shim.close()
 
-    def _run(self) -> None:
+    async def _sleep(self, seconds: float | None) -> None:
+        """Until a trigger, or `seconds` (None: no bound)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _run(self) -> None:
         failures, pull_at = 0, 0.0
-        while not self._stopped.is_set():
+        while not self._stopped:
             self._wake.clear()
             try:
-                outcome = self._keep(may_pull=time.monotonic() >= pull_at)
+                outcome = await self._keep(may_pull=time.monotonic() >= pull_at)
             except Exception as err:  # a fault of its own must not end the keeping
                 log.error("sandbox image check failed", error=repr(err))
                 outcome = FAILED
             if outcome == SETTLED:
                 failures, pull_at = 0, 0.0
-                self._wake.wait()
+                await self._sleep(None)
                 continue
             if outcome == SILENT:
-                self._wake.wait(sandbox.RETRY_FIRST)
+                await self._sleep(sandbox.RETRY_FIRST)
                 continue
             if outcome == FAILED:
                 failures += 1
                 pull_at = time.monotonic() + sandbox.retry_after(failures)
-            self._wake.wait(max(0.0, pull_at - time.monotonic()))
+            await self._sleep(max(0.0, pull_at - time.monotonic()))
 
-    def _keep(self, may_pull: bool) -> Outcome:
+    async def _keep(self, may_pull: bool) -> Outcome:
         """One check, and a pull when it is absent and `may_pull` (its backoff is over): a trigger
         between two attempts only looks."""
-        name = self._configured or self._learn()  # asked at every check: the runtime may have changed
+        name = self._configured or await self._learn()  # asked at every check: the runtime may have changed
         if name is None:  # the runtime answered without one (said), or did not answer
             return SETTLED if self._problem == sandbox.UNKNOWN else SILENT
         self.image = name
         try:
-            if self._present(name):
+            if await self._present(name):
                 self._tell(name, "")
                 return SETTLED
         except grpc.RpcError as err:  # the runtime is down: the master says so already
@@ -125,13 +135,14 @@ class Keeper:
             return WAITING
         request = cri.PullImageRequest(image=cri.ImageSpec(image=name)).SerializeToString()
         try:
-            pulled = cri.PullImageResponse.FromString(self._pull(request, timeout=self._timeout))
+            pulled = cri.PullImageResponse.FromString(await self._pull(request, timeout=self._timeout))
         except grpc.RpcError as err:
-            if self._stopped.is_set():
+            if self._stopped:
                 return SETTLED
-            self._tell(name, sandbox.unavailable(err.details() or err.code().name, self._decision(name)))
+            why = sandbox.unavailable(err.details() or err.code().name, await self._decision(name))
+            self._tell(name, why)
             return FAILED
-        if not self._present(name):
+        if not await self._present(name):
             problem = f"pulled as {pulled.image_ref}, but the runtime does not hold it under this name"
             self._tell(name, problem)
             return FAILED
@@ -139,11 +150,11 @@ class Keeper:
         self._tell(name, "", said=True)
         return SETTLED
 
-    def _learn(self) -> str | None:
+    async def _learn(self) -> str | None:
         """The runtime's own sandbox image (`sandbox.learn`); None while the runtime does not
         answer, or when it names none (said once)."""
         try:
-            known = ask_runtime(self._status, self._version, None)
+            known = await ask_runtime(self._status, self._version, None)
         except grpc.RpcError as err:
             log.debug("runtime status not answered", code=err.code().name)
             return None
@@ -153,15 +164,15 @@ class Keeper:
             self._send(Sandbox("(unknown)", sandbox.UNKNOWN))
         return known.image if known is not None else None
 
-    def _decision(self, name: str) -> Decision | None:
+    async def _decision(self, name: str) -> Decision | None:
         try:
-            return self._decide(parse(name)) if self._decide is not None else None
+            return await self._decide(parse(name)) if self._decide is not None else None
         except Exception:  # only words for a message: the pull's own will do
             return None
 
-    def _present(self, name: str) -> bool:
+    async def _present(self, name: str) -> bool:
         request = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
-        answer = cri.ImageStatusResponse.FromString(self._image_status(request, timeout=ASK_TIMEOUT))
+        answer = cri.ImageStatusResponse.FromString(await self._image_status(request, timeout=ASK_TIMEOUT))
         return bool(answer.image.id)
 
     def _tell(self, name: str, problem: str, said: bool = False) -> None:
@@ -188,18 +199,18 @@ class Keeper:
                 self.check()
 
 
-Call = Callable[..., bytes]
+Call = Callable[..., Awaitable[bytes]]
 
 
-def ask_runtime(status: Call, version: Call, configured: str | None) -> sandbox.Known | None:
+async def ask_runtime(status: Call, version: Call, configured: str | None) -> sandbox.Known | None:
     """`sandbox.learn` over the runtime's Status (verbose) and Version answers; raises the
     grpc.RpcError of a runtime that does not answer."""
     if configured is not None:
         return sandbox.learn(configured, None, "", "")
     info = cri.StatusResponse.FromString(
-        status(cri.StatusRequest(verbose=True).SerializeToString(), timeout=ASK_TIMEOUT)
+        await status(cri.StatusRequest(verbose=True).SerializeToString(), timeout=ASK_TIMEOUT)
     ).info
     said = cri.VersionResponse.FromString(
-        version(cri.VersionRequest(version="v1").SerializeToString(), timeout=ASK_TIMEOUT)
+        await version(cri.VersionRequest(version="v1").SerializeToString(), timeout=ASK_TIMEOUT)
     )
     return sandbox.learn(None, info, said.runtime_name, said.runtime_version)

@@ -28,21 +28,24 @@ store, for the translation and for what verbose ImageStatus says about where the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+import grpc.aio
 from google.protobuf.message import DecodeError
 
 from image_cri_shim import logs, reference
 from image_cri_shim.protos import containerd_pb2 as ctr
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
+from image_cri_shim.workers.calls import unary_call
 from image_cri_shim.workers.dockerapi import DockerError, DockerImages, familiar
 from image_cri_shim.workers.names import NameStore
 from image_cri_shim.workers.plan import Planner
@@ -70,15 +73,13 @@ def described(mode: str, docker_socket: str | None) -> str:
     }[mode]
 
 
-def runtime_name(channel: grpc.Channel, until: float | None) -> str | None:
+async def runtime_name(channel: grpc.aio.Channel, until: float | None) -> str | None:
     """The runtime's name from CRI Version (`containerd`, `docker`, `cri-o`), None without an answer."""
     for version in ("runtime.v1", "runtime.v1alpha2"):
-        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-            f"/{version}.RuntimeService/Version"
-        )
+        call = unary_call(channel, f"/{version}.RuntimeService/Version")
         try:
             timeout = call_timeout(until, time.monotonic())
-            raw = call(cri.VersionRequest(version="v1").SerializeToString(), timeout=timeout)
+            raw = await call(cri.VersionRequest(version="v1").SerializeToString(), timeout=timeout)
         except OutOfTime:
             return None
         except grpc.RpcError as err:
@@ -89,19 +90,19 @@ def runtime_name(channel: grpc.Channel, until: float | None) -> str | None:
     return None
 
 
-def naming_mode(records: Records, docker: DockerImages | None, until: float | None) -> str | None:
+async def naming_mode(records: Records, docker: DockerImages | None, until: float | None) -> str | None:
     """How names are kept on this runtime: its records through containerd's images API, Docker
     Engine's records (cri-dockerd, Docker's socket answering), or translation; None when the
     runtime cannot be asked now."""
-    served = records.served(until)
+    served = await records.served(until)
     if served is None:
         return None
     if served:
         return CONTAINERD
-    name = runtime_name(records.channel, until)
+    name = await runtime_name(records.channel, until)
     if name is None:
         return None
-    if name == "docker" and docker is not None and docker.version(until) is not None:
+    if name == "docker" and docker is not None and await docker.version(until) is not None:
         return DOCKER
     return TRANSLATION
 
@@ -132,27 +133,45 @@ class Naming:
         self._names = names
         self._plan = planner
         self._mode: str | None = None
-        self._lock = threading.Lock()  # guards _pulls
         # Renaming takes runtime round trips: it holds only its name's gate, so concurrent pulls
         # of different images rename side by side (a name shares its gate with few others).
-        self._gates = tuple(threading.Lock() for _ in range(GATES))
+        self._gates = tuple(asyncio.Lock() for _ in range(GATES))
         self._pulls: dict[str, tuple[int, float]] = {}  # caller -> (pulls in flight, earliest start)
+        # The names file is written with a lock and an fsync: never on the event loop. One
+        # thread, so the changes reach the file in the order they were made.
+        self._files = ThreadPoolExecutor(1, thread_name_prefix="names")
 
-    @contextlib.contextmanager
-    def pulling(self, source: Reference) -> Iterator[Pull]:
+    async def close(self) -> None:
+        self._files.shutdown(wait=True)
+        if self._docker is not None:
+            await self._docker.close()
+
+    async def _save(self, change: Callable[[], None]) -> None:
+        """Apply a change of the name store (it writes the names file) in the files thread."""
+        await asyncio.get_running_loop().run_in_executor(self._files, change)
+
+    async def _record(self, caller: str, target: str) -> None:
+        if self._names.target(caller) != target:
+            await self._save(lambda: self._names.record(caller, target))
+
+    async def _forget(self, callers: list[str]) -> None:
+        if any(self._names.target(c) is not None for c in callers):
+            await self._save(lambda: self._names.forget(callers))
+
+    @contextlib.asynccontextmanager
+    async def pulling(self, source: Reference) -> AsyncIterator[Pull]:
         """Around a rewritten pull. containerd finishes a pull by reading the record it wrote,
         so a rename must not remove that record while another pull of the name is still in
         the runtime: the last of concurrent pulls to come back renames for all of them."""
         pull = Pull(reported(source), time.time())
-        with self._gate(pull.caller), self._lock:
+        async with self._gate(pull.caller):
             users, since = self._pulls.get(pull.caller, (0, pull.since))
             self._pulls[pull.caller] = (users + 1, min(since, pull.since))
         try:
             yield pull
         finally:
-            with self._gate(pull.caller), self._lock:
-                if not pull.done:
-                    self._returned(pull)
+            if not pull.done:
+                self._returned(pull)
 
     def _returned(self, pull: Pull) -> tuple[int, float]:
         """This pull is back from the runtime: (pulls of its name still there, their earliest start)."""
@@ -162,23 +181,23 @@ class Naming:
             self._pulls[pull.caller] = (users - 1, since)
         return users - 1, since
 
-    def _gate(self, caller: str) -> threading.Lock:
+    def _gate(self, caller: str) -> asyncio.Lock:
         return self._gates[hash(caller) % GATES]
 
     @property
     def native(self) -> bool:
-        """Whether the runtime's own records carry the caller's names (asked once per worker)."""
-        return self.native_by(None)
+        """Whether the runtime's own records carry the caller's names, as far as known yet."""
+        return self._mode == CONTAINERD
 
-    def native_by(self, until: float | None) -> bool:
+    async def native_by(self, until: float | None) -> bool:
         """`native`, asked (when not known yet) within what is left before `until`."""
-        return self.mode_by(until) == CONTAINERD
+        return await self.mode_by(until) == CONTAINERD
 
-    def mode_by(self, until: float | None) -> str | None:
+    async def mode_by(self, until: float | None) -> str | None:
         """The naming mode (`naming_mode`), asked once per worker within what is left before
         `until`; None while the runtime cannot be asked."""
         if self._mode is None:
-            mode = naming_mode(self._records, self._docker, until)
+            mode = await naming_mode(self._records, self._docker, until)
             if mode is None:
                 return None
             self._mode = mode
@@ -187,70 +206,68 @@ class Naming:
             )
         return self._mode
 
-    def describe(self, until: float | None) -> str:
+    async def describe(self, until: float | None) -> str:
         """The naming mode for the start-up line."""
-        mode = self.mode_by(until)
+        mode = await self.mode_by(until)
         return "not known yet (the runtime does not answer)" if mode is None else mode
 
     # -- pulls ------------------------------------------------------------------------------------
 
-    def pulled(self, method: str, pull: Pull, target: Reference, until: float) -> None:
+    async def pulled(self, method: str, pull: Pull, target: Reference, until: float) -> None:
         """A rewritten pull (`method`) succeeded: name it as asked, and return once the
         runtime's CRI answers under the new names, or when `until` (the caller's deadline,
         time.monotonic()) comes first: the pull succeeded all the same."""
         caller, name = pull.caller, reported(target)
-        self._names.record(caller, name)
-        mode = self.mode_by(until)
-        with self._gate(caller):  # no other pull of the name starts meanwhile
-            with self._lock:
-                others, since = self._returned(pull)
+        await self._record(caller, name)
+        mode = await self.mode_by(until)
+        async with self._gate(caller):  # no other pull of the name starts meanwhile
+            others, since = self._returned(pull)
             last = None if others else min(since, self._names.owed(caller) or since)  # the last one renames
-            changes = self._rename(mode, caller, name, last, until)
+            changes = await self._rename(mode, caller, name, last, until)
             if last is not None and changes is None:
-                self._names.owe(caller, last)  # the next lookup renames it
-            elif last is not None:
-                self._names.paid(caller)
+                await self._save(lambda: self._names.owe(caller, last))  # the next lookup renames it
+            elif last is not None and self._names.owed(caller) is not None:
+                await self._save(lambda: self._names.paid(caller))
         if changes and mode == CONTAINERD:
-            self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
+            await self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
 
-    def _rename(
+    async def _rename(
         self, mode: str | None, caller: str, name: str, since: float | None, until: float
     ) -> dict[str, bool] | None:
         """Rename the records as the mode says: each name written (True) or removed (False), {}
         for nothing to do, None when it could not be done now (owed)."""
         if mode == CONTAINERD:
-            return self._adopt(caller, name, since, until)
+            return await self._adopt(caller, name, since, until)
         if mode == DOCKER:
-            return self._adopt_docker(caller, name, since, until)
+            return await self._adopt_docker(caller, name, since, until)
         return {} if mode == TRANSLATION else None
 
-    def held_before(self, pull: Pull, target: Reference, until: float) -> None:
+    async def held_before(self, pull: Pull, target: Reference, until: float) -> None:
         """Before a rewritten pull on Docker, whose records carry no times: a pulled name the node
         holds already (preloaded, or pulled past the shim) is recorded as held directly, so the
         renaming after the pull keeps it, as `created_before` does on containerd. Names the shim's
         own pulls made (another pull of the image still running, a renaming owed) are not."""
         docker, name = self._docker, reported(target)
-        if docker is None or self._names.callers(name) - {name} or self.mode_by(until) != DOCKER:
+        if docker is None or self._names.callers(name) - {name} or await self.mode_by(until) != DOCKER:
             return
-        with self._lock:
-            if self._pulls.get(pull.caller, (0, 0.0))[0] > 1:
-                return
+        if self._pulls.get(pull.caller, (0, 0.0))[0] > 1:
+            return
         try:
-            image = docker.inspect(name, until)
+            image = await docker.inspect(name, until)
         except (OutOfTime, DockerError, ValueError, KeyError):
             return
         if image is not None and image.holds(name):
             for held, _ in renames(pull.caller, name, image.digest_of(name)):
                 if image.holds(held):
-                    self._names.record(held, held)
+                    await self._record(held, held)
 
-    def pulled_directly(self, source: Reference) -> None:
+    async def pulled_directly(self, source: Reference) -> None:
         """A pull went as asked: a rewritten name pulled so stays, on every runtime."""
         name = reported(source)
         if self._names.callers(name) - {name}:
-            self._names.record(name, name)
+            await self._record(name, name)
 
-    def found(self, method: str, caller: str, name: str, until: float) -> bool:
+    async def found(self, method: str, caller: str, name: str, until: float) -> bool:
         """The caller's image is on the node under `name` (`look`), seen by an ImageService
         `method`: under another name (preloaded, or pulled by an older shim) it is named as asked.
         A renaming owed since the shim's pull of it is done now, the pulled records removed.
@@ -262,53 +279,53 @@ class Naming:
                 return False
             name = pulled
         elif pulled != name:
-            self._names.record(name, name)  # held before the shim named it: it stays
+            await self._record(name, name)  # held before the shim named it: it stays
             since = None
-        self._names.record(caller, name)
-        mode = self.mode_by(until)
+        await self._record(caller, name)
+        mode = await self.mode_by(until)
         if mode not in (CONTAINERD, DOCKER) or (mode == DOCKER and "@" in caller):
             return False  # Docker makes no digest record on request: translated
-        changes = self._rename(mode, caller, name, since, until)
+        changes = await self._rename(mode, caller, name, since, until)
         if changes is None:
             return False
         if since is not None:
-            self._names.paid(caller)
+            await self._save(lambda: self._names.paid(caller))
         if changes and mode == CONTAINERD:
-            self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
+            await self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
         return bool(changes)
 
-    def pay_owed(self, method: str, until: float) -> None:
+    async def pay_owed(self, method: str, until: float) -> None:
         """Do the renamings still owed, before a full ListImages (`method`) would list the
         pulled names: `found` under the caller's own name does each."""
         for caller in self._names.owing():
-            self.found(method, caller, caller, until)
+            await self.found(method, caller, caller, until)
 
     def _owed(self, caller: str) -> float | None:
         """When the pull whose renaming is owed began; None while another pull of the name is
         in the runtime (it reads the pulled records, and renames when it is back)."""
-        with self._lock:
-            busy = caller in self._pulls
-        return None if busy else self._names.owed(caller)
+        return None if caller in self._pulls else self._names.owed(caller)
 
-    def removed(self, caller: str, names: Iterable[str]) -> None:
+    async def removed(self, caller: str, names: Iterable[str]) -> None:
         """The caller's image was removed (held under `names`): forget every pair of it."""
-        self._names.forget_targets(names)
-        self._names.forget([caller])
+        callers = [caller, *(c for n in names for c in self._names.callers(n))]
+        await self._forget(callers)
 
-    def _adopt(self, caller: str, name: str, since: float | None, until: float) -> dict[str, bool] | None:
+    async def _adopt(
+        self, caller: str, name: str, since: float | None, until: float
+    ) -> dict[str, bool] | None:
         """Copy the records of `name` under `caller`; remove those made since the pulls began
         (`since`; None: remove none), each call within what is left before `until` (`renaming`
         decides which). Returns each name written (True) or removed (False); None when it could
         not be done now."""
         changes: dict[str, bool] = {}
         try:
-            record = self._records.get(name, until)
+            record = await self._records.get(name, until)
             if record is None:
                 return changes
             digest = record.target.digest
             held = {name: record}
             for old, _ in renames(caller, name, digest)[1:]:
-                existing = self._records.get(old, until)
+                existing = await self._records.get(old, until)
                 if existing is not None:
                     held[old] = existing
             before = [n for n, r in held.items() if since is None or created_before(r, since)]
@@ -318,10 +335,10 @@ class Naming:
                 copy.CopyFrom(held[old])
                 copy.name = new
                 copy.ClearField("created_at")
-                self._records.put(copy, until)
+                await self._records.put(copy, until)
                 changes[new] = True
             for old in plan.remove:
-                self._records.delete(old, until)
+                await self._records.delete(old, until)
                 changes[old] = False
         except (OutOfTime, grpc.RpcError) as err:
             if isinstance(err, OutOfTime) or err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -333,7 +350,7 @@ class Naming:
             return None
         return changes
 
-    def _adopt_docker(
+    async def _adopt_docker(
         self, caller: str, name: str, since: float | None, until: float
     ) -> dict[str, bool] | None:
         """`_adopt` on Docker Engine's records: tag the image under the caller's name, remove the
@@ -345,7 +362,7 @@ class Naming:
             return None
         changes: dict[str, bool] = {}
         try:
-            image = docker.inspect(name, until)
+            image = await docker.inspect(name, until)
             if image is None:
                 return changes
             digest = image.digest_of(name)
@@ -353,10 +370,10 @@ class Naming:
             before = held if since is None else [n for n in held if n in self._names.callers(n)]
             plan = renaming(caller, name, digest, held, before, digests=False)
             for _, new in plan.create:
-                docker.tag(image.id, new, until)
+                await docker.tag(image.id, new, until)
                 changes[new] = True
             for old in plan.remove:
-                docker.untag(old, until)
+                await docker.untag(old, until)
                 changes[old] = False
         except (OutOfTime, DockerError, ValueError, KeyError) as err:
             if isinstance(err, OutOfTime):
@@ -365,15 +382,15 @@ class Naming:
                 log.warning("could not name the image as pulled", image=caller, pulled=name, error=str(err))
             return None
         if plan.complete:
-            self._names.forget([caller])  # Docker holds it by the caller's name alone now
+            await self._forget([caller])  # Docker holds it by the caller's name alone now
         return changes
 
-    def _settle(self, status: str, wanted: dict[str, bool], until: float) -> None:
+    async def _settle(self, status: str, wanted: dict[str, bool], until: float) -> None:
         """containerd's CRI learns of record changes from its event stream, a moment later: wait
         (briefly, and never past `until`) until its ImageStatus shows each name present or
         absent as `wanted`, so the caller's next call already sees the image by the name it
         asked for."""
-        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._records.channel.unary_unary(status)
+        call = unary_call(self._records.channel, status)
         deadline = min(time.monotonic() + SETTLE_TIMEOUT, until)
         pending = dict(wanted)
         while pending and time.monotonic() < deadline:
@@ -381,13 +398,13 @@ class Naming:
                 request = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
                 try:
                     timeout = call_timeout(deadline, time.monotonic())
-                    answer = cri.ImageStatusResponse.FromString(call(request, timeout=timeout))
+                    answer = cri.ImageStatusResponse.FromString(await call(request, timeout=timeout))
                 except (OutOfTime, grpc.RpcError):
                     return
                 if bool(answer.image.id) == present:
                     del pending[name]
             if pending:
-                time.sleep(0.01)
+                await asyncio.sleep(0.01)
         if pending:
             log.warning(
                 "the runtime's CRI did not follow the renamed image records in time", names=",".join(pending)
@@ -400,18 +417,20 @@ class Naming:
         """Whether any image was pulled under another name (else no answer needs naming)."""
         return bool(self._names)
 
-    def look(self, source: Reference, ask: Callable[[str], tuple[bool, T]]) -> tuple[str | None, T | None]:
+    async def look(
+        self, source: Reference, ask: Callable[[str], Awaitable[tuple[bool, T]]]
+    ) -> tuple[str | None, T | None]:
         """Ask the runtime under each name the caller's image may be held under (`local_names`)
         until `ask` says it holds it there: (that name, its answer), or (None, the first answer).
         A remembered pulled name the runtime no longer holds is forgotten on the way."""
         caller = reported(source)
         first: T | None = None
         for name in self.local_names(source):
-            held, answer = ask(name)
+            held, answer = await ask(name)
             if held:
                 return name, answer
             if name == self._names.target(caller):
-                self._names.forget([caller])  # pruned: the image is gone
+                await self._forget([caller])  # pruned: the image is gone
             first = answer if first is None else first
         return None, first
 
@@ -474,28 +493,28 @@ class Naming:
                 return json.dumps({"pulledAs": pulled, "registry": reference.parse(pulled).domain})
         return None
 
-    def prune(self, response: cri.ListImagesResponse) -> None:
+    async def prune(self, response: cri.ListImagesResponse) -> None:
         """Forget the pairs of images no longer on the node (listed under neither name)."""
         present = {name for image in response.images for name in (*image.repo_tags, *image.repo_digests)}
         gone = [t for t in self._names.targets() if t not in present and not self._names.callers(t) & present]
         if gone:
-            self._names.forget_targets(gone)
+            await self._save(lambda: self._names.forget_targets(gone))
 
     # -- CreateContainer ------------------------------------------------------------------------------
 
-    def create_container(self, upstream: Upstream, method: str, raw: bytes, context: Context) -> bytes:
+    async def create_container(self, upstream: Upstream, method: str, raw: bytes, context: Context) -> bytes:
         """Without image records the runtime knows only the pulled name: map the caller's to it.
         Only the image field is decoded; everything else goes as it came."""
         if self._names and not self.native:
             try:
                 request = cri.CreateContainerRequest.FromString(raw)
             except DecodeError:
-                return upstream.unary(method, raw, context)  # the runtime says what is wrong
+                return await upstream.unary(method, raw, context)  # the runtime says what is wrong
             pulled = self._mapped(request.config.image.image)
             if pulled is not None:
                 request.config.image.image = pulled
                 raw = request.SerializeToString()
-        return upstream.unary(method, raw, context)
+        return await upstream.unary(method, raw, context)
 
     def _mapped(self, image: str) -> str | None:
         if not image or reference.is_image_id(image):

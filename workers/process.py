@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from image_cri_shim.heartbeat import Heartbeat
@@ -18,7 +19,7 @@ def run(
     heartbeat_every: float | None = None,
 ) -> int:
     """`heartbeat_fd`: the page the master reads; a worker run alone has no reader, so it keeps
-    a page of its own and runs no heartbeat probes."""
+    a page of its own and proves nothing between calls."""
     tune_heap()
     try:
         # Under a master (ready_fd given) the master has logged the config's warnings already.
@@ -28,7 +29,7 @@ def run(
         return err.code
     try:
         every = heartbeat_every if heartbeat_fd is not None else None
-        serve(config, cri_socket, ReadyPipe(ready_fd), Heartbeat(heartbeat_fd), every)
+        asyncio.run(serve(config, cri_socket, ReadyPipe(ready_fd), Heartbeat(heartbeat_fd), every))
     except StartError as err:
         print(f"image-cri-shim: {err}", file=sys.stderr)
         return EX_FAILURE

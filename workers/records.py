@@ -9,8 +9,10 @@ from __future__ import annotations
 import time
 
 import grpc
+import grpc.aio
 
 from image_cri_shim.protos import containerd_pb2 as ctr
+from image_cri_shim.workers.calls import unary_call
 
 IMAGES = "/containerd.services.images.v1.Images/"
 NAMESPACE = (("containerd-namespace", "k8s.io"),)  # containerd's CRI keeps its images there
@@ -34,44 +36,44 @@ def call_timeout(until: float | None, now: float) -> float:
 class Records:
     """containerd's image records, over the runtime channel."""
 
-    def __init__(self, channel: grpc.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
+        self._calls = {m: unary_call(channel, IMAGES + m) for m in ("Get", "Create", "Update", "Delete")}
 
-    def _call(self, method: str, request: bytes, until: float | None) -> bytes:
-        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(IMAGES + method)
+    async def _call(self, method: str, request: bytes, until: float | None) -> bytes:
         timeout = call_timeout(until, time.monotonic())
-        response: bytes = call(request, timeout=timeout, metadata=NAMESPACE)
+        response: bytes = await self._calls[method](request, timeout=timeout, metadata=NAMESPACE)
         return response
 
-    def get(self, name: str, until: float | None = None) -> ctr.Image | None:
+    async def get(self, name: str, until: float | None = None) -> ctr.Image | None:
         try:
-            raw = self._call("Get", ctr.GetImageRequest(name=name).SerializeToString(), until)
+            raw = await self._call("Get", ctr.GetImageRequest(name=name).SerializeToString(), until)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
         return ctr.GetImageResponse.FromString(raw).image
 
-    def put(self, image: ctr.Image, until: float | None = None) -> None:
+    async def put(self, image: ctr.Image, until: float | None = None) -> None:
         """Create the record, or point an existing one of that name where `image` points."""
         try:
-            self._call("Create", ctr.CreateImageRequest(image=image).SerializeToString(), until)
+            await self._call("Create", ctr.CreateImageRequest(image=image).SerializeToString(), until)
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-            self._call("Update", ctr.UpdateImageRequest(image=image).SerializeToString(), until)
+            await self._call("Update", ctr.UpdateImageRequest(image=image).SerializeToString(), until)
 
-    def delete(self, name: str, until: float | None = None) -> None:
+    async def delete(self, name: str, until: float | None = None) -> None:
         try:
-            self._call("Delete", ctr.DeleteImageRequest(name=name).SerializeToString(), until)
+            await self._call("Delete", ctr.DeleteImageRequest(name=name).SerializeToString(), until)
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.NOT_FOUND:
                 raise
 
-    def served(self, until: float | None = None) -> bool | None:
+    async def served(self, until: float | None = None) -> bool | None:
         """Whether the runtime serves the API; None when it cannot be asked now."""
         try:
-            self.get("", until)
+            await self.get("", until)
         except OutOfTime:
             return None
         except grpc.RpcError as err:

@@ -1,21 +1,19 @@
-"""Registry I/O on its own event loop: the resolver, its registry clients, the decision cache.
+"""The worker's registry side: the resolver, its registry clients, the decision cache.
 
-The gRPC server's threads never do registry I/O themselves. A PullImage that needs a fresh
-decision hands the lookup to this loop and waits for the answer; concurrent lookups of one
-image share one probe there, and every registry keeps one pooled HTTP client and one health
-record for the life of the worker.
+Every registry keeps one pooled HTTP client and one health record for the life of the worker,
+and concurrent lookups of one image share one probe (`resolver`). All of it runs on the worker's
+one event loop, beside the calls it decides for.
 
-The loop, the HTTP client and the TLS contexts are set up only after the worker serves
-(`start`): none of it is on the path to serving, which is the path every reload waits for.
+The HTTP client and the TLS contexts are set up only after the worker serves (`start`): none of
+it is on the path to serving, which is the path every reload waits for. A pull that arrives
+before that waits for it.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import contextlib
-import threading
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config
@@ -24,8 +22,6 @@ from image_cri_shim.reference import Reference
 from image_cri_shim.workers.plan import Planner
 
 if TYPE_CHECKING:
-    import asyncio
-
     from image_cri_shim.workers.decisions import Decision
     from image_cri_shim.workers.failures import Verdict
     from image_cri_shim.workers.plan import Candidate
@@ -34,9 +30,6 @@ if TYPE_CHECKING:
 
 log = logs.get("worker")
 
-RESOLVE_TIMEOUT = 60.0  # probes are bounded far below this; it only guards against a stuck loop
-T = TypeVar("T")
-
 
 class Registries:
     def __init__(self, config: Config, metrics: WorkerMetrics = WORKER_OFF) -> None:
@@ -44,23 +37,21 @@ class Registries:
         self._metrics = metrics
         self.planner = Planner(config.registries)  # the worker's one plan cache
         self._clients: dict[str, RegistryClient] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._resolver: concurrent.futures.Future[Resolver] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._run, name="registries", daemon=True)
+        self._resolver: asyncio.Future[Resolver] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _ready(self) -> asyncio.Future[Resolver]:
+        if self._resolver is None:
+            self._resolver = asyncio.get_running_loop().create_future()
+        return self._resolver
 
     def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        import asyncio  # imported here: off the path to serving
-
+        """Set up the clients and the resolver (on the running loop, once the worker serves)."""
         from image_cri_shim.workers.registry import RegistryClient, node_platform
         from image_cri_shim.workers.resolver import Resolver
         from image_cri_shim.workers.transport import PROBE_TIMEOUT, TLSSetupError
 
-        config = self._config
-        loop = self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
+        config, ready = self._config, self._ready()
         try:
             node = node_platform()
             # A probe may use at most half of `timeout`: the pull it decides for needs the rest.
@@ -69,52 +60,42 @@ class Registries:
             clients = self._clients = {
                 r.domain: RegistryClient(r, node, timeout=probe, metrics=metrics) for r in config.registries
             }
-            self._resolver.set_result(
+            ready.set_result(
                 Resolver(self.planner, clients, config.cache, upstream=config.upstream, metrics=metrics)
             )
         except TLSSetupError as err:  # the node's TLS settings: said once, and by every pull
             log.error("registries cannot be asked", error=str(err))
-            self._resolver.set_exception(err)
-            return
-        except BaseException as err:  # surfaces in resolve(), where a pull can report it
-            self._resolver.set_exception(err)
+            ready.set_exception(err)
+        except Exception as err:  # surfaces in resolve(), where a pull can report it
+            ready.set_exception(err)
             raise
-        loop.run_forever()
 
-    def _submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        import asyncio
+    async def resolve(self, ref: Reference) -> Decision:
+        """The decision for `ref` (cached, or made afresh by probing)."""
+        resolver = await self._ready()
+        return await resolver.resolve(ref)
 
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-
-    def resolve(self, ref: Reference) -> Decision:
-        """The decision for `ref` (cached, or made afresh by probing); blocks the calling thread."""
-        resolver = self._resolver.result(RESOLVE_TIMEOUT)
-        return self._submit(resolver.resolve(ref)).result(RESOLVE_TIMEOUT)
-
-    def failover(
+    async def failover(
         self, ref: Reference, failed: Candidate, tried: frozenset[str], verdict: Verdict, within: float
     ) -> Decision:
-        """The next decision after a pull through `failed` failed (`Resolver.failover`); blocks for
-        at most `within` seconds (TimeoutError), what the pull has left. The probes go on, so
-        the pulls that wait for the same failover still get its answer."""
-        resolver = self._resolver.result(RESOLVE_TIMEOUT)
-        future = self._submit(resolver.failover(ref, failed, tried, verdict))
-        return future.result(min(within, RESOLVE_TIMEOUT))
+        """The next decision after a pull through `failed` failed (`Resolver.failover`), within
+        `within` seconds (TimeoutError), what the pull has left. The probes go on, so the pulls
+        that wait for the same failover still get its answer."""
+        resolver = await self._ready()
+        return await asyncio.wait_for(asyncio.shield(resolver.failover(ref, failed, tried, verdict)), within)
 
-    def forget(self, ref: Reference, failed: Candidate) -> None:
-        """Drop the decision through `failed` (`Resolver.forget`); blocks."""
-        resolver = self._resolver.result(RESOLVE_TIMEOUT)
-        self._submit(resolver.forget(ref, failed)).result(RESOLVE_TIMEOUT)
+    async def forget(self, ref: Reference, failed: Candidate) -> None:
+        """Drop the decision through `failed` (`Resolver.forget`)."""
+        resolver = await self._ready()
+        await resolver.forget(ref, failed)
 
     def log_stats_every(self, interval: float) -> None:
-        self._resolver.add_done_callback(lambda _: self._submit(self._log_stats(interval)))
+        task = asyncio.get_running_loop().create_task(self._log_stats(interval))
+        self._tasks.add(task)
 
     async def _log_stats(self, interval: float) -> None:
         """One line per interval, and only when something happened since the last one."""
-        import asyncio
-
-        resolver = self._resolver.result()
+        resolver = await self._ready()
         last = (resolver.hits, resolver.misses)
         while True:
             await asyncio.sleep(interval)
@@ -128,21 +109,9 @@ class Registries:
                 )
                 last = now
 
-    def close(self) -> None:
-        if self._loop is None or not self._resolver.done() or self._resolver.exception() is not None:
-            return
-        loop = self._loop
-
-        async def shutdown() -> None:
-            import asyncio
-
-            for client in self._clients.values():
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for client in self._clients.values():
+            with contextlib.suppress(Exception):
                 await client.aclose()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
-            self._submit(shutdown()).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(5)

@@ -23,7 +23,7 @@ async def sandbox_lines(config: Config, upstream: Upstream) -> list[str]:
     """The lines, for a runtime that answers Version."""
     channel = upstream.channel
     try:
-        known = ask_runtime(
+        known = await ask_runtime(
             unary_call(channel, f"{V1}.RuntimeService/Status"),
             unary_call(channel, f"{V1}.RuntimeService/Version"),
             config.sandbox_image,
@@ -31,7 +31,7 @@ async def sandbox_lines(config: Config, upstream: Upstream) -> list[str]:
         if known is None:
             return [UNKNOWN]
         request = cri.ImageStatusRequest(image=cri.ImageSpec(image=known.image)).SerializeToString()
-        answer = unary_call(channel, f"{V1}.ImageService/ImageStatus")(request, timeout=ASK_TIMEOUT)
+        answer = await unary_call(channel, f"{V1}.ImageService/ImageStatus")(request, timeout=ASK_TIMEOUT)
     except grpc.RpcError as err:
         return [f"the runtime did not answer: {err.details() or err.code().name}"]
     present = bool(cri.ImageStatusResponse.FromString(answer).image.id)

@@ -8,9 +8,10 @@ Known methods are registered per service, so grpc matches them in its core; a me
 table does not know (a newer CRI) reaches a generic handler and is forwarded as a
 bidirectional stream, which carries any cardinality on the wire.
 
-The server is grpc's synchronous one with a thread pool: per call it costs fewer thread
-hand-offs than grpc.aio, and the hop through the shim is the price every kubelet call pays.
-Registry I/O, which only a cold PullImage needs, runs on its own event loop (`registries`).
+The server is grpc.aio's: the CRI server, the channel to the runtime, the registry client and
+the naming I/O are one asyncio program on one thread, and nothing on it blocks (the names file
+is written from a thread of its own). At rest it costs what grpc.aio's own machinery costs: no
+thread pool, no completion queue polled on a timer.
 
 The socket is bound on a temporary path next to the shim path and renamed over it once the
 server runs, so the shim path always resolves to a listening socket, also while a new worker
@@ -19,17 +20,17 @@ replaces an old one (docs/behaviour.md, "During a reload").
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from typing import TypeAlias
 
 import grpc
+import grpc.aio
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config
@@ -39,10 +40,10 @@ from image_cri_shim.messages import Message, RuntimeUp, Serving, encode
 from image_cri_shim.metrics import WorkerMetrics, active
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.startup import owner_only
-from image_cri_shim.workers import liveness
-from image_cri_shim.workers.calls import QUIET
-from image_cri_shim.workers.images import Context, ImageService
+from image_cri_shim.workers.calls import QUIET, unary_call
+from image_cri_shim.workers.images import Context, Handler, ImageService
 from image_cri_shim.workers.keeper import Keeper
+from image_cri_shim.workers.liveness import Pulse
 from image_cri_shim.workers.names import NameStore
 from image_cri_shim.workers.registries import Registries
 from image_cri_shim.workers.upstream import SERVED_MESSAGE_OPTIONS, Upstream
@@ -61,17 +62,13 @@ RUNTIME_METHODS = (
 )  # fmt: skip
 RUNTIME_STREAMING = ("GetContainerEvents",)  # server streaming
 SERVICES = tuple(f"/{v}.{s}/" for v in VERSIONS for s in ("ImageService", "RuntimeService"))
-Handler: TypeAlias = "grpc.RpcMethodHandler[bytes, bytes]"
-# Every call in flight holds a thread (a PullImage may take minutes); threads start only as
-# calls need them, so the bound is a ceiling, not a cost.
-THREADS = 256
-# Calls in flight, running or waiting for a thread; one more is refused at once with
-# RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!"), which bounds what waiting calls hold.
-CALLS = 4 * THREADS
-# grpc's core keeps calls that arrived before the Python server took them (it takes them one by
-# one, on a thread that competes for the GIL with every busy call thread). Past 1,000 such calls
-# by default it cancels new ones at random (all of them past 3,000): the caller reads a bare
-# CANCELLED. Raised above CALLS, a burst waits to reach the bound above and is answered there.
+MethodHandler: TypeAlias = "grpc.RpcMethodHandler[bytes, bytes]"
+# Calls in flight (a PullImage may take minutes); one more is refused at once with
+# RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!"), which bounds what they hold.
+CALLS = 1024
+# grpc's core keeps calls that arrived before the server took them (it takes them one by one).
+# Past 1,000 such calls by default it cancels new ones at random (all of them past 3,000): the
+# caller reads a bare CANCELLED. Raised above CALLS, a burst is answered by the bound above.
 PENDING = 4 * CALLS
 ACCEPTING = 0x10000  # __SO_ACCEPTCON: a listening socket in /proc/net/unix
 # Clients reconnect this often. A server that stops cancels calls that reach it in the
@@ -102,7 +99,7 @@ SERVER_OPTIONS = (
 
 
 def register(
-    server: grpc.Server, upstream: Upstream, images: ImageService, keeper: Keeper | None = None
+    server: grpc.aio.Server, upstream: Upstream, images: ImageService, keeper: Keeper | None = None
 ) -> None:
     """Every known method of both CRI versions, per service; a generic handler for the rest.
     `keeper` hears of each RunPodSandbox and ListImages (it looks at the sandbox image then)."""
@@ -127,35 +124,34 @@ def register(
     server.add_generic_rpc_handlers((Unknown(upstream),))
 
 
-def _unary(upstream: Upstream, path: str) -> Handler:
-    return grpc.unary_unary_rpc_method_handler(
-        lambda request, context: upstream.unary(path, request, context)
-    )
+def _unary(upstream: Upstream, path: str) -> MethodHandler:
+    async def forward(request: bytes, context: Context) -> bytes:
+        return await upstream.unary(path, request, context)
+
+    return grpc.unary_unary_rpc_method_handler(forward)
 
 
-def _listing(
-    list_images: Callable[[bytes, Context], bytes], keeper: Keeper
-) -> Callable[[bytes, Context], bytes]:
-    def listing(request: bytes, context: Context) -> bytes:
-        answer = list_images(request, context)
+def _listing(list_images: Handler, keeper: Keeper) -> Handler:
+    async def listing(request: bytes, context: Context) -> bytes:
+        answer = await list_images(request, context)
         keeper.on_listing(request, answer)
         return answer
 
     return listing
 
 
-def _sandbox(upstream: Upstream, path: str, keeper: Keeper) -> Handler:
-    def run_pod_sandbox(request: bytes, context: Context) -> bytes:
-        keeper.check()  # wakes its thread; the call goes on at once
-        return upstream.unary(path, request, context)
+def _sandbox(upstream: Upstream, path: str, keeper: Keeper) -> MethodHandler:
+    async def run_pod_sandbox(request: bytes, context: Context) -> bytes:
+        keeper.check()  # wakes its task; the call goes on at once
+        return await upstream.unary(path, request, context)
 
     return grpc.unary_unary_rpc_method_handler(run_pod_sandbox)
 
 
-def _unary_stream(upstream: Upstream, path: str) -> Handler:
-    return grpc.unary_stream_rpc_method_handler(
-        lambda request, context: upstream.unary_stream(path, request, context)
-    )
+def _unary_stream(upstream: Upstream, path: str) -> MethodHandler:
+    # grpc.aio streams answers from a handler it sees is an async generator function (a
+    # partial of one is seen through).
+    return grpc.unary_stream_rpc_method_handler(functools.partial(upstream.unary_stream, path))
 
 
 class Unknown(grpc.GenericRpcHandler):
@@ -164,16 +160,11 @@ class Unknown(grpc.GenericRpcHandler):
     def __init__(self, upstream: Upstream) -> None:
         self._upstream = upstream
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> MethodHandler | None:
         method: str = handler_call_details.method
         if not method.startswith(SERVICES):
             return None
-        upstream = self._upstream
-
-        def forward(requests: Iterator[bytes], context: Context) -> Iterator[bytes]:
-            return upstream.stream_stream(method, requests, context)
-
-        return grpc.stream_stream_rpc_method_handler(forward)
+        return grpc.stream_stream_rpc_method_handler(functools.partial(self._upstream.stream_stream, method))
 
 
 class StartError(Exception):
@@ -186,7 +177,7 @@ class Listener:
     inode: int
 
 
-def bind(server: grpc.Server, shim: str) -> str:
+def bind(server: grpc.aio.Server, shim: str) -> str:
     """Bind on a temporary path next to `shim`, mode 0600 until `publish`; returns that path."""
     directory = os.path.dirname(shim)
     try:
@@ -238,23 +229,29 @@ def clients(bound: str) -> int | None:
     )
 
 
-def linger(bound: str, stop: Stop) -> None:
+async def linger(bound: str, now: asyncio.Event) -> None:
     """Past the hand-over, wait (up to LINGER) until no client is connected any more."""
     deadline = time.monotonic() + LINGER
     while (left := clients(bound)) and time.monotonic() < deadline:
-        if stop.now.wait(0.1):
+        if await woken(now, 0.1):
             return
     if left:
         log.warning("clients still connected after the hand-over", connections=left)
 
 
-def runtime_version(upstream: Upstream, timeout: float = 2.0) -> str | None:
+async def woken(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for `event` at most `seconds`; whether it is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+    return event.is_set()
+
+
+async def runtime_version(upstream: Upstream, timeout: float = 2.0) -> str | None:
     """`name version` of the runtime if it answers Version (v1, then v1alpha2), else None."""
     for version in VERSIONS:
-        call: grpc.UnaryUnaryMultiCallable[bytes, bytes]
-        call = upstream.channel.unary_unary(f"/{version}.RuntimeService/Version")
+        call = unary_call(upstream.channel, f"/{version}.RuntimeService/Version")
         try:
-            raw = call(cri.VersionRequest(version="v1").SerializeToString(), timeout=timeout)
+            raw = await call(cri.VersionRequest(version="v1").SerializeToString(), timeout=timeout)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.UNIMPLEMENTED:
                 continue
@@ -266,17 +263,38 @@ def runtime_version(upstream: Upstream, timeout: float = 2.0) -> str | None:
     return None
 
 
-def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, every: float | None) -> None:
+class Signals:
+    """SIGTERM and SIGINT (`Stop`) as events of the loop: `requested`, and `now` (drain at once)."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.now = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._stop = Stop(wake=lambda _signum: self._wake(loop))
+
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon_threadsafe(self._mirror)
+
+    def _mirror(self) -> None:
+        if self._stop.requested.is_set():
+            self.requested.set()
+        if self._stop.now.is_set():
+            self.now.set()
+
+
+async def serve(
+    config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, every: float | None
+) -> None:
     """Serve on the shim socket until SIGTERM/SIGINT, then hand over, drain, and return.
     `beat`: the heartbeat page, proven at least every `every` seconds (`liveness`; None: no
-    probes, when no master reads the page)."""
-    stop = Stop()
+    proof between calls, when no master reads the page)."""
+    signals = Signals()
     metrics = WorkerMetrics(active(config.metrics_address))
     upstream = Upstream(cri_socket, config.timeout, metrics, beat)
     registries = Registries(config, metrics)
     images = ImageService(
         upstream,
-        upstream.waits.around(registries.resolve),  # type: ignore[arg-type]
+        registries.resolve,
         registries.planner,
         NameStore(config.state_dir),
         config.upstream,
@@ -284,72 +302,72 @@ def serve(config: Config, cri_socket: str, ready: ReadyPipe, beat: Heartbeat, ev
         decisions=registries,
         docker_socket=config.docker_socket,
     )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="call"),
-        options=SERVER_OPTIONS,
-        maximum_concurrent_rpcs=CALLS,
-    )
+    server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=CALLS)
     keeper = Keeper(config, upstream, ready.send, registries.resolve)
     register(server, upstream, images, keeper)
-    liveness.register(server, beat)
-    prover = liveness.Prover(config.shim, beat, upstream.waits, THREADS, every) if every else None
+    pulse = Pulse(beat, every) if every else None
     listener: Listener | None = None
+    waiting: asyncio.Task[None] | None = None
     try:
         temp = bind(server, config.shim)
-        server.start()
+        await server.start()
         listener = publish(temp, config.shim)
-        runtime = runtime_version(upstream)
+        runtime = await runtime_version(upstream)
         beat.stamp()
+        naming = await images.naming.describe(time.monotonic() + 2.0) if runtime else "not known yet"
         log.info(
             "serving",
             socket=config.shim,
             cri=upstream.target,
             runtime=runtime or "unavailable",
-            naming=images.naming.describe(time.monotonic() + 2.0) if runtime else "not known yet",
+            naming=naming,
             registries=",".join(r.domain for r in config.registries),
         )
         ready.send(Serving(config.shim, upstream.target, runtime))
-        if prover is not None:
-            prover.start()
+        if pulse is not None:
+            pulse.start()
         registries.start()
         keeper.start()  # the pipe stays open for what it has to say
         if runtime is None:
             log.warning("container runtime does not answer yet", cri=upstream.target)
-            threading.Thread(target=wait_for_runtime, args=(upstream, ready, stop), daemon=True).start()
+            waiting = asyncio.get_running_loop().create_task(wait_for_runtime(upstream, ready, signals))
         if not config.cache.disable_stats and config.cache.stats_log_interval > 0:
             registries.log_stats_every(config.cache.stats_log_interval)
         trim_heap()
-        stop.wait()
-        keeper.stop()
-        if prover is not None:
-            prover.stop()  # the shim socket is, or is about to be, a newer worker's
+        await signals.requested.wait()
+        await keeper.stop()
+        if pulse is not None:
+            pulse.stop()  # the shim socket is, or is about to be, a newer worker's
         started = time.monotonic()
-        if not stop.now.is_set():
+        if not signals.now.is_set():
             log.info("handing clients over", within=f"{HANDOVER:g}s")
             # Every client connection reaches its age and gets a graceful GOAWAY while this server
             # still serves: clients reconnect (to the socket's new owner) without a single call
             # arriving at a server that has begun to stop.
-            stop.now.wait(HANDOVER)
-            linger(temp, stop)
+            await woken(signals.now, HANDOVER)
+            await linger(temp, signals.now)
         log.info("draining", grace=f"{config.timeout:g}s")
-        server.stop(grace=config.timeout).wait()
+        await server.stop(grace=config.timeout)
         log.info("drained", took=f"{time.monotonic() - started:.1f}s")
     finally:
-        keeper.stop()
-        if prover is not None:
-            prover.stop()
+        if waiting is not None:
+            waiting.cancel()
+        await keeper.stop()
+        if pulse is not None:
+            pulse.stop()
         ready.close()
         if listener is not None:
             unpublish(listener)
-        server.stop(grace=None)
-        upstream.close()
-        registries.close()
+        await server.stop(grace=None)
+        await upstream.close()
+        await registries.close()
+        await images.naming.close()
 
 
-def wait_for_runtime(upstream: Upstream, ready: ReadyPipe, stop: Stop) -> None:
+async def wait_for_runtime(upstream: Upstream, ready: ReadyPipe, signals: Signals) -> None:
     """Tell the master when the runtime first answers (its READY=1 waits for that)."""
-    while (runtime := runtime_version(upstream)) is None:
-        if stop.requested.wait(1.0):
+    while (runtime := await runtime_version(upstream)) is None:
+        if await woken(signals.requested, 1.0):
             return
     log.info("container runtime answers", runtime=runtime)
     ready.send(RuntimeUp(runtime))

@@ -10,16 +10,17 @@ by the configured `timeout` (docs/behaviour.md, "Errors the shim returns", "Dead
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
+import grpc.aio
 
 from image_cri_shim.heartbeat import RUNTIME_FAILED, RUNTIME_OK, SERVED, Heartbeat
 from image_cri_shim.lifecycle import HeapTrimmer
 from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.workers.calls import QUIET, unary_call
-from image_cri_shim.workers.liveness import Waits
+from image_cri_shim.workers.deadline import Deadline
 
 MAX_MESSAGE = 16 << 20  # answers: a ListImages of a node with many images
 # Requests: every CRI request is made from one pod, and the API server stores no object over
@@ -62,7 +63,26 @@ _NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
 # Metadata a server sees that belongs to the transport, not to the caller.
 _TRANSPORT_KEYS = frozenset({"user-agent", ":authority", "grpc-accept-encoding", "grpc-timeout"})
 
-Context = grpc.ServicerContext
+Context: TypeAlias = "grpc.aio.ServicerContext[bytes, bytes]"
+
+
+class Waits:
+    """How many calls wait on the runtime right now; `on_idle` runs when they fall to none."""
+
+    def __init__(self, on_idle: Callable[[], None] | None = None) -> None:
+        self._count = 0
+        self._on_idle = on_idle
+
+    def __enter__(self) -> None:
+        self._count += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        self._count -= 1
+        if self._on_idle is not None and not self._count:
+            self._on_idle()
+
+    def __len__(self) -> int:
+        return self._count
 
 
 class Upstream:
@@ -81,7 +101,7 @@ class Upstream:
         # After calls that moved much, the heap holds what their messages took.
         self._trimmer = HeapTrimmer()
         self.waits = Waits(on_idle=self._trimmer.idle)
-        self.channel = grpc.insecure_channel(
+        self.channel = grpc.aio.insecure_channel(
             self.target,
             options=(
                 *MESSAGE_OPTIONS,
@@ -90,40 +110,41 @@ class Upstream:
                 *RECONNECT_OPTIONS,
             ),
         )
-        self._unary: dict[str, grpc.UnaryUnaryMultiCallable[bytes, bytes]] = {}
-        self._unary_stream: dict[str, grpc.UnaryStreamMultiCallable[bytes, bytes]] = {}
-        self._stream_stream: dict[str, grpc.StreamStreamMultiCallable[bytes, bytes]] = {}
+        self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
 
-    def deadline(self, context: Context, started: float | None = None) -> float:
-        """The caller's remaining time, capped by what is left of `timeout` since the call began
-        (a PullImage spends part of it asking registries)."""
-        budget = self.timeout if started is None else max(0.0, self.timeout - (time.monotonic() - started))
-        remaining = context.time_remaining()
-        return budget if remaining is None else min(remaining, budget)
+    def deadline(self, context: Context) -> Deadline:
+        """The deadline of a call arriving now: the caller's, capped by `timeout`."""
+        return Deadline.of(context.time_remaining(), self.timeout, time.monotonic())
 
     @staticmethod
     def metadata(context: Context) -> tuple[tuple[str, str | bytes], ...]:
         return tuple((k, v) for k, v in (context.invocation_metadata() or ()) if k not in _TRANSPORT_KEYS)
 
-    def unary(self, method: str, request: bytes, context: Context, started: float | None = None) -> bytes:
-        """Forward one call; `started`: when the caller's call began, if the shim spent time on it."""
+    async def unary(
+        self, method: str, request: bytes, context: Context, deadline: Deadline | None = None
+    ) -> bytes:
+        """Forward one call within `deadline` (made now when the shim spent no time on it yet)."""
         try:
-            return self.call(method, request, context, started)
+            return await self.call(method, request, context, deadline)
         except grpc.RpcError as err:
-            self.abort(context, err)
+            await self.abort(context, err)
 
-    def call(self, method: str, request: bytes, context: Context, started: float | None = None) -> bytes:
+    async def call(
+        self, method: str, request: bytes, context: Context, deadline: Deadline | None = None
+    ) -> bytes:
         """`unary`, but a failed call raises its grpc.RpcError (for a caller that may try again)."""
         call = self._unary.get(method)
         if call is None:
             call = self._unary[method] = unary_call(self.channel, method)
         begin = time.monotonic()
+        if deadline is None:
+            deadline = Deadline.of(context.time_remaining(), self.timeout, begin)
         self.beat.stamp(SERVED, begin)
         self._trimmer.moved(len(request))
         try:
             with self.waits:
-                response: bytes = call(
-                    request, timeout=self.deadline(context, started), metadata=self.metadata(context)
+                response: bytes = await call(
+                    request, timeout=deadline.left(begin), metadata=self.metadata(context)
                 )
                 self._trimmer.moved(len(response))
         except grpc.RpcError as err:
@@ -138,38 +159,41 @@ class Upstream:
         """Record whether the runtime answered this call (its own error counts as an answer)."""
         self.beat.stamp(RUNTIME_FAILED if code in _NO_ANSWER else RUNTIME_OK)
 
-    def unary_stream(self, method: str, request: bytes, context: Context) -> Iterator[bytes]:
-        call = self._unary_stream.get(method)
-        if call is None:
-            call = self._unary_stream[method] = self.channel.unary_stream(method)
-        responses = call(request, timeout=self.deadline(context), metadata=self.metadata(context))
-        yield from self._relay(responses, context)
+    async def unary_stream(self, method: str, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = self.channel.unary_stream(method)
+        responses = call(request, timeout=self.deadline(context).left(), metadata=self.metadata(context))
+        async for response in self._relay(responses, context):
+            yield response
 
-    def stream_stream(self, method: str, requests: Iterator[bytes], context: Context) -> Iterator[bytes]:
-        call = self._stream_stream.get(method)
-        if call is None:
-            call = self._stream_stream[method] = self.channel.stream_stream(method)
-        responses = call(requests, timeout=self.deadline(context), metadata=self.metadata(context))
-        yield from self._relay(responses, context)
+    async def stream_stream(
+        self, method: str, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[bytes]:
+        call: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = self.channel.stream_stream(method)
+        responses = call(requests, timeout=self.deadline(context).left(), metadata=self.metadata(context))
+        async for response in self._relay(responses, context):
+            yield response
 
-    def _relay(self, responses: Any, context: Context) -> Iterator[bytes]:
-        """Yield an upstream stream; a caller that goes away cancels it upstream."""
+    async def _relay(self, responses: Any, context: Context) -> AsyncIterator[bytes]:
+        """Relay an upstream stream; a caller that goes away cancels it upstream."""
         self.beat.stamp(SERVED)
-        context.add_callback(responses.cancel)
         try:
             with self.waits:
-                yield from responses
+                async for response in responses:
+                    yield response
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.CANCELLED:
                 self.answered(err.code())
-            self.abort(context, err)
+            await self.abort(context, err)
+        finally:
+            responses.cancel()
 
-    def abort(self, context: Context, err: grpc.RpcError) -> NoReturn:
+    async def abort(self, context: Context, err: grpc.RpcError) -> NoReturn:
         code: grpc.StatusCode = err.code()
         trailing = err.trailing_metadata()
         if trailing:
-            context.set_trailing_metadata(tuple((m.key, m.value) for m in trailing))
-        context.abort(code, self.explain(code, err.details() or ""))
+            pairs: tuple[tuple[str, str | bytes], ...] = tuple(trailing)  # type: ignore[arg-type]
+            context.set_trailing_metadata(pairs)
+        await context.abort(code, self.explain(code, err.details() or ""))
 
     def explain(self, code: grpc.StatusCode, details: str) -> str:
         """A failure of the shim's own channel names the runtime; the runtime's answers pass as
@@ -189,5 +213,5 @@ class Upstream:
             return f"answer of the {runtime} is over {MAX_MESSAGE >> 20} MiB: {details}"
         return details
 
-    def close(self) -> None:
-        self.channel.close()
+    async def close(self) -> None:
+        await self.channel.close()

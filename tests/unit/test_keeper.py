@@ -3,6 +3,7 @@ what it says, to the log and the master, and what it leaves for its loop."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,21 +44,21 @@ class Runtime:
         self.pulls = 0
         self.info: dict[str, str] = ANSWERS["containerd 1.6.20~ds1"]["info"]
 
-    def status(self, request: bytes, timeout: float) -> bytes:
+    async def status(self, request: bytes, timeout: float) -> bytes:
         if self.down:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
         return cri.StatusResponse(info=self.info).SerializeToString()
 
-    def version(self, request: bytes, timeout: float) -> bytes:
+    async def version(self, request: bytes, timeout: float) -> bytes:
         return cri.VersionResponse(runtime_name="containerd", runtime_version="1.6.20").SerializeToString()
 
-    def image_status(self, request: bytes, timeout: float) -> bytes:
+    async def image_status(self, request: bytes, timeout: float) -> bytes:
         assert cri.ImageStatusRequest.FromString(request).image.image == PAUSE
         return cri.ImageStatusResponse(
             image=cri.Image(id="sha256:" + "a" * 64) if self.held else None
         ).SerializeToString()
 
-    def pull(self, request: bytes, timeout: float) -> bytes:
+    async def pull(self, request: bytes, timeout: float) -> bytes:
         assert cri.PullImageRequest.FromString(request).image.image == PAUSE
         self.pulls += 1
         if self.pull_error is not None:
@@ -71,6 +72,7 @@ def world() -> Iterator[tuple[kp.Keeper, Runtime, list[Message]]]:
     config = parse(
         "shim: /nonexistent/shim.sock\ncri: /nonexistent/cri.sock\naddress: http://hub:5000\n", "/c.yaml"
     )
+    asyncio.set_event_loop(asyncio.new_event_loop())
     upstream = Upstream("/nonexistent/cri.sock", 60.0)
     told: list[Message] = []
     keeper = kp.Keeper(config, upstream, told.append)
@@ -84,8 +86,16 @@ def world() -> Iterator[tuple[kp.Keeper, Runtime, list[Message]]]:
     for name, call in calls.items():
         setattr(keeper, name, call)
     yield keeper, runtime, told
-    keeper.stop()
-    upstream.close()
+    loop = asyncio.get_event_loop()
+    loop.run_until_complete(keeper.stop())
+    loop.run_until_complete(upstream.close())
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+def keep(keeper: kp.Keeper, may_pull: bool) -> kp.Outcome:
+    """One check, on the loop the keeper's channels were made for."""
+    return asyncio.get_event_loop().run_until_complete(keeper._keep(may_pull=may_pull))
 
 
 def test_a_present_image_costs_one_look_and_says_nothing(
@@ -93,42 +103,45 @@ def test_a_present_image_costs_one_look_and_says_nothing(
 ) -> None:
     keeper, runtime, told = world
     runtime.held = True
-    assert keeper._keep(may_pull=True) == kp.SETTLED
+    assert keep(keeper, True) == kp.SETTLED
     assert (runtime.pulls, told, keeper.image) == (0, [], PAUSE)
 
 
 def test_an_absent_image_is_pulled_and_a_failure_is_told_once_until_it_changes(world: Any) -> None:
     keeper, runtime, told = world
     runtime.pull_error = "no such host"
-    assert keeper._keep(may_pull=True) == kp.FAILED
-    assert keeper._keep(may_pull=True) == kp.FAILED
+    assert keep(keeper, True) == kp.FAILED
+    assert keep(keeper, True) == kp.FAILED
     assert told == [Sandbox(PAUSE, "no such host")], "the same reason is told once"
-    assert keeper._keep(may_pull=False) == kp.WAITING and runtime.pulls == 2, "between pulls it only looks"
+    assert keep(keeper, False) == kp.WAITING and runtime.pulls == 2, "between pulls it only looks"
     runtime.pull_error = None
-    assert keeper._keep(may_pull=True) == kp.SETTLED
+    assert keep(keeper, True) == kp.SETTLED
     assert told[-1] == Sandbox(PAUSE) and runtime.pulls == 3
 
 
 def test_a_runtime_that_does_not_answer_is_looked_at_again_without_a_pull(world: Any) -> None:
     keeper, runtime, told = world
     runtime.down = True
-    assert keeper._keep(may_pull=True) == kp.SILENT
+    assert keep(keeper, True) == kp.SILENT
     assert (runtime.pulls, told) == (0, [])
 
 
 def test_a_runtime_that_names_no_sandbox_image_is_told_once(world: Any) -> None:
     keeper, runtime, told = world
     runtime.info = {}
-    assert keeper._keep(may_pull=True) == kp.SETTLED
-    assert keeper._keep(may_pull=True) == kp.SETTLED
+    assert keep(keeper, True) == kp.SETTLED
+    assert keep(keeper, True) == kp.SETTLED
     assert told == [Sandbox("(unknown)", UNKNOWN)] and runtime.pulls == 0
 
 
 def test_a_pull_the_runtime_does_not_hold_under_its_name_is_a_problem(world: Any) -> None:
-    keeper, runtime, told = world
-    runtime.pull = lambda request, timeout: cri.PullImageResponse(image_ref="sha256:b").SerializeToString()
-    keeper._pull = runtime.pull
-    assert keeper._keep(may_pull=True) == kp.FAILED
+    keeper, _, told = world
+
+    async def pull(request: bytes, timeout: float) -> bytes:
+        return cri.PullImageResponse(image_ref="sha256:b").SerializeToString()
+
+    keeper._pull = pull
+    assert keep(keeper, True) == kp.FAILED
     assert told == [Sandbox(PAUSE, "pulled as sha256:b, but the runtime does not hold it under this name")]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -143,11 +144,11 @@ def test_look_asks_the_likely_names_in_order_and_prunes_what_is_gone(
     naming._mode = "containerd" if native else "translation"
     calls: list[str] = []
 
-    def ask(name: str) -> tuple[bool, str]:
+    async def ask(name: str) -> tuple[bool, str]:
         calls.append(name)
         return name in held, f"answer for {name}"
 
-    name, answer = naming.look(reference.parse(CALLER), ask)
+    name, answer = asyncio.run(naming.look(reference.parse(CALLER), ask))
     assert (name, calls) == (found, asked)
     assert answer == f"answer for {found or asked[0]}", "found: its answer; else the first one"
     assert {c: naming._names.target(c) for c in pairs if naming._names.target(c)} == kept

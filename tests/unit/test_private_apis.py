@@ -3,9 +3,11 @@ that removes or changes one, before a node does (pyproject.toml bounds each depe
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
+import grpc.aio
 import httpx
 
 from image_cri_shim.supervisor.samples import open_samples
@@ -14,10 +16,12 @@ from image_cri_shim.workers.transport import set_body
 
 
 def test_grpc_accepts_a_registered_method(tmp_path: Path) -> None:
-    # A channel connects lazily: creating the call needs no server.
-    with grpc.insecure_channel(f"unix://{tmp_path}/none.sock") as channel:
-        call = unary_call(channel, "/runtime.v1.ImageService/ImageStatus")
-        assert callable(call)
+    async def made() -> bool:
+        # A channel connects lazily: creating the call needs no server.
+        async with grpc.aio.insecure_channel(f"unix://{tmp_path}/none.sock") as channel:
+            return callable(unary_call(channel, "/runtime.v1.ImageService/ImageStatus"))
+
+    assert asyncio.run(made())
 
 
 def test_httpx_takes_a_body_read_elsewhere() -> None:

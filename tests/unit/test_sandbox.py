@@ -7,6 +7,7 @@ source builds it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -125,18 +126,19 @@ def test_a_long_name_s_length_takes_two_bytes() -> None:
 def test_ask_runtime_reads_the_runtime_s_answers() -> None:
     answer = ANSWERS["containerd 2.1.9+unknown"]
 
-    def status(request: bytes, timeout: float) -> bytes:
+    async def status(request: bytes, timeout: float) -> bytes:
         assert cri.StatusRequest.FromString(request).verbose
         return cri.StatusResponse(info=answer["info"]).SerializeToString()
 
-    def version(request: bytes, timeout: float) -> bytes:
+    async def version(request: bytes, timeout: float) -> bytes:
         return cri.VersionResponse(
             runtime_name="containerd", runtime_version="2.1.9+unknown"
         ).SerializeToString()
 
-    known = ask_runtime(status, version, None)
+    known = asyncio.run(ask_runtime(status, version, None))
     assert known is not None and known.image == "registry.k8s.io/pause:3.10"
-    assert ask_runtime(status, version, "hub/pause:1") == sandbox.Known("hub/pause:1", "config sandboxImage")
+    configured = asyncio.run(ask_runtime(status, version, "hub/pause:1"))
+    assert configured == sandbox.Known("hub/pause:1", "config sandboxImage")
 
 
 def test_pulls_that_fail_are_tried_again_ever_less_often() -> None:
