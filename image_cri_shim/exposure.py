@@ -1,6 +1,6 @@
 """Pure: whether a place the service reads from or writes to is open to other users, and how to
 say so in one line (the start-up checks of `startup.exposures` and `--dry-run`; the worker's
-state directory, `workers/names.py`).
+state directory, `workers/naming/store.py`).
 
 The service runs as root. A directory another user owns or may write to can hold files that
 user planted (a `names.json` that remaps images, a symbolic link where root creates a file), or

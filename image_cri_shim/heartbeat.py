@@ -6,8 +6,8 @@ master reads them when one of its timers is due. Nothing is sent, so a busy work
 master nothing and an idle one wakes it only at its own deadlines.
 
 - `served`: a call reached a handler of the worker's gRPC server (every forwarded call stamps
-  it), or the worker's own probe call over its socket was answered, or every call thread of the
-  worker is waiting on the runtime or a registry (saturated, not wedged: see `workers/liveness`).
+  it), or, between calls, a timer of the worker's event loop ran: the loop that serves every
+  call still turns (`workers/serve/liveness.py`).
 - `runtime_ok` / `runtime_failed`: the last time the runtime answered a call (any status it
   sent itself) and the last time it could not be reached or did not answer in time.
 """

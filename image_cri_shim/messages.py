@@ -34,7 +34,7 @@ class RuntimeUp:
 
 @dataclass(frozen=True)
 class Sandbox:
-    """What the worker knows of the runtime's sandbox image (`workers/keeper.py`): `problem` is
+    """What the worker knows of the runtime's sandbox image (`workers/serve/keeper.py`): `problem` is
     why it cannot be had (the master puts it in STATUS= and /healthz), empty once it is on the node."""
 
     image: str

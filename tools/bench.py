@@ -350,10 +350,10 @@ def failover(stack: Bench, resources: ExitStack) -> Figure:
 
 
 def warm_decision(stack: Bench) -> Figure:
-    from image_cri_shim.workers.plan import Planner
-    from image_cri_shim.workers.registries import Registries
-    from image_cri_shim.workers.registry import RegistryClient, node_platform
-    from image_cri_shim.workers.resolver import Resolver
+    from image_cri_shim.workers.lookup.client import RegistryClient, node_platform
+    from image_cri_shim.workers.lookup.plan import Planner
+    from image_cri_shim.workers.lookup.registries import Registries
+    from image_cri_shim.workers.lookup.resolver import Resolver
 
     cfg = shim_config.parse(f"address: {stack.registry.url}\n", "bench.yaml")
     ref = reference.parse("bench:1")

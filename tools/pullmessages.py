@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from image_cri_shim.workers.failures import Cause
+from image_cri_shim.workers.pull.failures import Cause
 from tests.harness import CertAuthority, CertsDir, Containerd, CriClient, ImageBuilder, RegistryFactory
 from tests.harness.containerd import ROOT_PACKAGES, SMALL_DISK
 from tests.harness.crio import crio_pair

@@ -16,17 +16,17 @@ from image_cri_shim import logs
 from image_cri_shim.config import Config, ConfigError, Registry, load
 from image_cri_shim.reference import ReferenceError, is_image_id, parse
 from image_cri_shim.startup import exposures, resolve_cri
-from image_cri_shim.workers.decisions import Answer, Decision, Probe, outcome, refusal
-from image_cri_shim.workers.dockerapi import DockerImages
-from image_cri_shim.workers.naming import described, naming_mode
-from image_cri_shim.workers.plan import Candidate, Excluded, Planner, explain
-from image_cri_shim.workers.records import Records
-from image_cri_shim.workers.registry import RegistryClient, node_platform
-from image_cri_shim.workers.resolver import Resolver
+from image_cri_shim.workers.lookup.client import RegistryClient, node_platform
+from image_cri_shim.workers.lookup.decisions import Answer, Decision, Probe, outcome, refusal
+from image_cri_shim.workers.lookup.plan import Candidate, Excluded, Planner, explain
+from image_cri_shim.workers.lookup.resolver import Resolver
+from image_cri_shim.workers.lookup.transport import TLSSetupError
+from image_cri_shim.workers.naming.policy import described, naming_mode
+from image_cri_shim.workers.runtime.dockerapi import DockerImages
+from image_cri_shim.workers.runtime.records import Records
+from image_cri_shim.workers.runtime.upstream import Upstream
 from image_cri_shim.workers.sandboxcheck import sandbox_lines
-from image_cri_shim.workers.server import runtime_version
-from image_cri_shim.workers.transport import TLSSetupError
-from image_cri_shim.workers.upstream import Upstream
+from image_cri_shim.workers.serve.server import runtime_version
 
 
 def _load(path: str) -> Config | None:

@@ -8,7 +8,7 @@ import sys
 from image_cri_shim.heartbeat import Heartbeat
 from image_cri_shim.lifecycle import tune_heap
 from image_cri_shim.startup import EX_FAILURE, EX_OK, StartupError, prepare
-from image_cri_shim.workers.server import ReadyPipe, StartError, serve
+from image_cri_shim.workers.serve.server import ReadyPipe, StartError, serve
 
 
 def run(

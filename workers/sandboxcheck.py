@@ -9,14 +9,14 @@ import grpc
 from image_cri_shim.config import Config
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import parse
-from image_cri_shim.workers.calls import unary_call
-from image_cri_shim.workers.decisions import outcome, refusal
-from image_cri_shim.workers.keeper import ASK_TIMEOUT, V1, ask_runtime
-from image_cri_shim.workers.plan import Planner
-from image_cri_shim.workers.registry import RegistryClient, node_platform
-from image_cri_shim.workers.resolver import Resolver
-from image_cri_shim.workers.sandbox import UNKNOWN
-from image_cri_shim.workers.upstream import Upstream
+from image_cri_shim.workers.lookup.client import RegistryClient, node_platform
+from image_cri_shim.workers.lookup.decisions import outcome, refusal
+from image_cri_shim.workers.lookup.plan import Planner
+from image_cri_shim.workers.lookup.resolver import Resolver
+from image_cri_shim.workers.runtime.calls import unary_call
+from image_cri_shim.workers.runtime.sandbox import UNKNOWN
+from image_cri_shim.workers.runtime.upstream import Upstream
+from image_cri_shim.workers.serve.keeper import ASK_TIMEOUT, V1, ask_runtime
 
 
 async def sandbox_lines(config: Config, upstream: Upstream) -> list[str]:

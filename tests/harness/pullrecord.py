@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from image_cri_shim.workers.failures import Cause
+from image_cri_shim.workers.pull.failures import Cause
 
 #: What each runtime version answered to each fault, written by `python -m tools.pullmessages`.
 FILE = Path(__file__).resolve().parents[1] / "pull-messages.json"

@@ -22,11 +22,11 @@ import pytest
 
 from image_cri_shim import config, reference
 from image_cri_shim.metrics import WorkerMetrics
-from image_cri_shim.workers.decisions import Answer
-from image_cri_shim.workers.failures import Cause, Verdict
-from image_cri_shim.workers.plan import Candidate, Planner
-from image_cri_shim.workers.registry import Platform, RegistryClient
-from image_cri_shim.workers.resolver import Resolver
+from image_cri_shim.workers.lookup.client import Platform, RegistryClient
+from image_cri_shim.workers.lookup.decisions import Answer
+from image_cri_shim.workers.lookup.plan import Candidate, Planner
+from image_cri_shim.workers.lookup.resolver import Resolver
+from image_cri_shim.workers.pull.failures import Cause, Verdict
 from tests.harness import Blackhole, Containerd
 from tests.harness.clock import Clock
 from tests.harness.containerd import SMALL_DISK, SUITES

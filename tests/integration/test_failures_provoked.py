@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from image_cri_shim.workers.failures import Cause, classify
+from image_cri_shim.workers.pull.failures import Cause, classify
 from tests.harness import Containerd, CriClientFactory, ImageBuilder, RegistryFactory
 from tests.harness.containerd import SUITES
 from tests.harness.crio import Crio, crio_binary, crio_pair

@@ -26,7 +26,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2 as v1
 
-from image_cri_shim.workers.server import HANDSHAKE_TIMEOUT
+from image_cri_shim.workers.serve.server import HANDSHAKE_TIMEOUT
 from tests.harness import Containerd, ManagedProcess, wait_for
 from tests.harness.cri import VERSIONS, Method, methods
 from tests.harness.evidence import record

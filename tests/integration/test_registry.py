@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from image_cri_shim import config, reference
-from image_cri_shim.workers.decisions import Answer, Probe
-from image_cri_shim.workers.registry import Platform, RegistryClient
+from image_cri_shim.workers.lookup.client import Platform, RegistryClient
+from image_cri_shim.workers.lookup.decisions import Answer, Probe
 from tests.harness.clock import Clock
 from tests.harness.processes import ShimFactory, wait_for
 from tests.harness.tinyregistry import MANIFEST, TinyRegistry

@@ -23,12 +23,12 @@ import grpc
 import pytest
 
 from image_cri_shim import config, reference
-from image_cri_shim.workers import health
-from image_cri_shim.workers import transport as wire
-from image_cri_shim.workers.decisions import Answer, Decision, Probe
-from image_cri_shim.workers.plan import Planner
-from image_cri_shim.workers.registry import Platform, RegistryClient
-from image_cri_shim.workers.resolver import Resolver
+from image_cri_shim.workers.lookup import health
+from image_cri_shim.workers.lookup import transport as wire
+from image_cri_shim.workers.lookup.client import Platform, RegistryClient
+from image_cri_shim.workers.lookup.decisions import Answer, Decision, Probe
+from image_cri_shim.workers.lookup.plan import Planner
+from image_cri_shim.workers.lookup.resolver import Resolver
 from tests.harness import Blackhole, CertAuthority, free_port
 from tests.harness.clock import Clock
 from tests.harness.evidence import record

@@ -17,7 +17,7 @@ from pathlib import Path
 from image_cri_shim.changes import changed_keys
 from image_cri_shim.config import load, parse
 from image_cri_shim.supervisor.control import control_path
-from image_cri_shim.workers.server import clients
+from image_cri_shim.workers.serve.server import clients
 from tests.harness import Containerd, RegistryFactory
 from tests.harness.processes import wait_for
 from tests.harness.service import Service, base_config

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 
 from image_cri_shim import config, reference
-from image_cri_shim.workers.decisions import Answer
-from image_cri_shim.workers.plan import Planner
-from image_cri_shim.workers.registry import Platform, RegistryClient
-from image_cri_shim.workers.resolver import Resolver
+from image_cri_shim.workers.lookup.client import Platform, RegistryClient
+from image_cri_shim.workers.lookup.decisions import Answer
+from image_cri_shim.workers.lookup.plan import Planner
+from image_cri_shim.workers.lookup.resolver import Resolver
 from tests.harness.clock import Clock
 from tests.harness.tinyregistry import MANIFEST, OCI_INDEX, TinyRegistry
 

@@ -24,10 +24,10 @@ import yaml
 
 from image_cri_shim import reference
 from image_cri_shim.config import parse
-from image_cri_shim.workers.decisions import Answer, Decision, Probe
 from image_cri_shim.workers.diagnose import registry_lines
-from image_cri_shim.workers.plan import explain, plan
-from image_cri_shim.workers.server import CONNECTION_AGE
+from image_cri_shim.workers.lookup.decisions import Answer, Decision, Probe
+from image_cri_shim.workers.lookup.plan import explain, plan
+from image_cri_shim.workers.serve.server import CONNECTION_AGE
 from tests.harness import (
     Blackhole,
     Containerd,

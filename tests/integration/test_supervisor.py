@@ -470,7 +470,7 @@ def test_a_client_starved_through_the_hand_over_loses_no_call(
     """A client that gets no CPU while a reload hands over (SIGSTOP stands in for a starved node)
     still holds its connection to the old worker, with the GOAWAY unread. The old worker keeps
     serving until that connection is gone, so the client's next call is answered."""
-    from image_cri_shim.workers.server import HANDOVER
+    from image_cri_shim.workers.serve.server import HANDOVER
 
     service = service_factory(base_config(containerd, registry_factory()))
     done = service.directory / "client-done"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from image_cri_shim.workers.failures import Cause, classify
+from image_cri_shim.workers.pull.failures import Cause, classify
 from tests.harness.criowords import crio_words
 from tests.harness.pullrecord import load
 

@@ -1,11 +1,11 @@
-"""What a decision is and means (`workers/decisions.py`): pure tables, no sockets."""
+"""What a decision is and means (`workers/lookup/decisions.py`): pure tables, no sockets."""
 
 from __future__ import annotations
 
 import pytest
 
 from image_cri_shim import config, reference
-from image_cri_shim.workers.decisions import (
+from image_cri_shim.workers.lookup.decisions import (
     Answer,
     Decision,
     Outcome,
@@ -20,8 +20,8 @@ from image_cri_shim.workers.decisions import (
     past,
     shown,
 )
-from image_cri_shim.workers.failures import Cause, Verdict
-from image_cri_shim.workers.plan import plan
+from image_cri_shim.workers.lookup.plan import plan
+from image_cri_shim.workers.pull.failures import Cause, Verdict
 
 CONFIG = config.parse(
     "registries:\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from image_cri_shim.workers.failures import Cause, Verdict, classify
+from image_cri_shim.workers.pull.failures import Cause, Verdict, classify
 from tests.harness.pullrecord import FAULTS, load
 
 NOT_RETRYABLE = frozenset(

@@ -1,12 +1,12 @@
 """When the worker gives memory back: after calls that moved much, once none is in flight
-(image_cri_shim/lifecycle.py HeapTrimmer, workers/upstream.py Waits)."""
+(image_cri_shim/lifecycle.py HeapTrimmer, workers/runtime/upstream.py Waits)."""
 
 from __future__ import annotations
 
 import time
 
 from image_cri_shim.lifecycle import HeapTrimmer
-from image_cri_shim.workers.upstream import Waits
+from image_cri_shim.workers.runtime.upstream import Waits
 
 
 def test_waits_say_when_they_fall_to_none() -> None:

@@ -15,9 +15,9 @@ import pytest
 from image_cri_shim.config import parse
 from image_cri_shim.messages import Message, Sandbox
 from image_cri_shim.protos import cri_pb2 as cri
-from image_cri_shim.workers import keeper as kp
-from image_cri_shim.workers.sandbox import UNKNOWN
-from image_cri_shim.workers.upstream import Upstream
+from image_cri_shim.workers.runtime.sandbox import UNKNOWN
+from image_cri_shim.workers.runtime.upstream import Upstream
+from image_cri_shim.workers.serve import keeper as kp
 
 ANSWERS = json.loads((Path(__file__).parent.parent / "sandbox-status.json").read_text())
 PAUSE = "registry.k8s.io/pause:3.6"

@@ -1,5 +1,5 @@
 """The names file and its lock as another user could have left them: a FIFO, a symbolic link,
-a huge file, a directory anyone may write (workers/names.py). Files in a temporary directory;
+a huge file, a directory anyone may write (workers/naming/store.py). Files in a temporary directory;
 no sockets, no processes."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import threading
 from pathlib import Path
 
-from image_cri_shim.workers.names import FILE, LOCK, MAX_BYTES, NameStore
+from image_cri_shim.workers.naming.store import FILE, LOCK, MAX_BYTES, NameStore
 
 PAIR = {"names": {"docker.io/library/nginx:latest": "evil.example/x:1"}}
 

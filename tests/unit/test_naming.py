@@ -11,12 +11,12 @@ import pytest
 from image_cri_shim import config, reference
 from image_cri_shim.protos import containerd_pb2 as ctr
 from image_cri_shim.protos import cri_pb2 as cri
-from image_cri_shim.workers.names import NameStore
-from image_cri_shim.workers.naming import Naming, created_before, translate
-from image_cri_shim.workers.plan import Planner
-from image_cri_shim.workers.records import RECORD_TIMEOUT, OutOfTime, call_timeout
-from image_cri_shim.workers.renaming import renames
-from image_cri_shim.workers.upstream import Upstream
+from image_cri_shim.workers.lookup.plan import Planner
+from image_cri_shim.workers.naming.policy import Naming, created_before, translate
+from image_cri_shim.workers.naming.renaming import renames
+from image_cri_shim.workers.naming.store import NameStore
+from image_cri_shim.workers.runtime.records import RECORD_TIMEOUT, OutOfTime, call_timeout
+from image_cri_shim.workers.runtime.upstream import Upstream
 
 D = "sha256:" + "ab" * 32
 CALLER = "registry.k8s.io/e2e-test-images/busybox:1.29-2"

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from image_cri_shim import config, reference
 from image_cri_shim.metrics import WorkerMetrics
-from image_cri_shim.workers.decisions import Answer, Decision, Probe, outcome, refusal
-from image_cri_shim.workers.plan import Excluded, Planner, explain, plan
-from image_cri_shim.workers.resolver import Resolver
+from image_cri_shim.workers.lookup.decisions import Answer, Decision, Probe, outcome, refusal
+from image_cri_shim.workers.lookup.plan import Excluded, Planner, explain, plan
+from image_cri_shim.workers.lookup.resolver import Resolver
 
 
 def load(text: str) -> config.Config:

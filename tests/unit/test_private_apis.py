@@ -11,8 +11,8 @@ import grpc.aio
 import httpx
 
 from image_cri_shim.supervisor.samples import open_samples
-from image_cri_shim.workers.calls import unary_call
-from image_cri_shim.workers.transport import set_body
+from image_cri_shim.workers.lookup.transport import set_body
+from image_cri_shim.workers.runtime.calls import unary_call
 
 
 def test_grpc_accepts_a_registered_method(tmp_path: Path) -> None:

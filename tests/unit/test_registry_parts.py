@@ -10,8 +10,8 @@ import time
 import pytest
 
 from image_cri_shim import config, logs
-from image_cri_shim.workers import transport as wire
-from image_cri_shim.workers.auth import (
+from image_cri_shim.workers.lookup import transport as wire
+from image_cri_shim.workers.lookup.auth import (
     Auth,
     RealmRefused,
     TokenRequest,
@@ -20,9 +20,9 @@ from image_cri_shim.workers.auth import (
     read_token,
     realm_refusal,
 )
-from image_cri_shim.workers.decisions import Answer, Probe
-from image_cri_shim.workers.health import BACKOFF_MAX, Health, backoff
-from image_cri_shim.workers.registry import Platform, classify, listed
+from image_cri_shim.workers.lookup.client import Platform, classify, listed
+from image_cri_shim.workers.lookup.decisions import Answer, Probe
+from image_cri_shim.workers.lookup.health import BACKOFF_MAX, Health, backoff
 from tests.harness.clock import Clock
 
 

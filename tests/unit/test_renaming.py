@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from image_cri_shim.workers.dockerapi import DockerImage, familiar
-from image_cri_shim.workers.renaming import Renaming, foreign_ref, renaming
+from image_cri_shim.workers.naming.renaming import Renaming, foreign_ref, renaming
+from image_cri_shim.workers.runtime.dockerapi import DockerImage, familiar
 
 D = "sha256:" + "cd" * 32
 CALLER = "docker.io/library/nginx:1.27"

@@ -15,10 +15,10 @@ import pytest
 
 from image_cri_shim import config, reference
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers.decisions import Answer, Decision, Probe, outcome
-from image_cri_shim.workers.failures import Cause, Verdict
-from image_cri_shim.workers.plan import Planner
-from image_cri_shim.workers.resolver import Resolver
+from image_cri_shim.workers.lookup.decisions import Answer, Decision, Probe, outcome
+from image_cri_shim.workers.lookup.plan import Planner
+from image_cri_shim.workers.lookup.resolver import Resolver
+from image_cri_shim.workers.pull.failures import Cause, Verdict
 from tests.harness.clock import Clock
 
 F, N, U, S = Answer.FOUND, Answer.NOT_FOUND, Answer.UNREACHABLE, Answer.SKIPPED

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from image_cri_shim.protos import cri_pb2 as cri
-from image_cri_shim.workers import sandbox
-from image_cri_shim.workers.keeper import ask_runtime
+from image_cri_shim.workers.runtime import sandbox
+from image_cri_shim.workers.serve.keeper import ask_runtime
 
 ANSWERS: dict[str, dict[str, Any]] = json.loads(
     (Path(__file__).parent.parent / "sandbox-status.json").read_text()
@@ -148,8 +148,8 @@ def test_pulls_that_fail_are_tried_again_ever_less_often() -> None:
 def test_a_failed_pull_says_what_the_configured_registries_answered_when_none_holds_it() -> None:
     from image_cri_shim.config import parse as parse_config
     from image_cri_shim.reference import parse
-    from image_cri_shim.workers.decisions import Answer, Probe, choose
-    from image_cri_shim.workers.plan import plan
+    from image_cri_shim.workers.lookup.decisions import Answer, Probe, choose
+    from image_cri_shim.workers.lookup.plan import plan
 
     registries = parse_config("address: http://hub:5000\n", "/c.yaml").registries
     source = parse(PAUSE)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from image_cri_shim.workers.upstream import Upstream
+from image_cri_shim.workers.runtime.upstream import Upstream
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 SOCKET = "/run/containerd/containerd.sock"

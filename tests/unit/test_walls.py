@@ -39,9 +39,9 @@ IMPURE_BY_DESIGN: dict[str, str] = {}
 #: (pyproject.toml bounds those libraries; tests/unit/test_private_apis.py fails on a release
 #: that drops one).
 PRIVATE_USES = {
-    "_registered_method": f"{WORKER}.calls",  # grpc: a unary call registered with its channel
+    "_registered_method": f"{WORKER}.runtime.calls",  # grpc: a unary call registered with its channel
     "mmap_dict": f"{MASTER}.samples",  # prometheus-client: reading a child's sample file
-    "_content": f"{WORKER}.transport",  # httpx: a response body read elsewhere
+    "_content": f"{WORKER}.lookup.transport",  # httpx: a response body read elsewhere
 }
 
 MODULE, FUNCTION, TYPING = "module", "function", "typing"
@@ -191,7 +191,7 @@ def cycles(edges: Iterable[Import]) -> list[list[str]]:
 
 
 def pure_modules() -> list[str]:
-    """The modules docs/architecture.md's table calls pure (`| `workers/plan.py` | pure: ...`)."""
+    """The modules docs/architecture.md's table calls pure (`| `workers/lookup/plan.py` | pure: ...`)."""
     text = (ROOT / "docs" / "architecture.md").read_text()
     paths = re.findall(r"^\| `([\w/]+\.py)` \| pure\b", text, re.MULTILINE)
     return [module_name(ROOT / path) for path in paths]
@@ -298,7 +298,7 @@ def edges() -> list[Import]:
 
 def test_every_product_folder_is_read(edges: list[Import]) -> None:
     sources = {e.source for e in edges}
-    for name in (COMPOSITION_ROOT, MASTER + ".arbiter", WORKER + ".server", SYNCER + ".process"):
+    for name in (COMPOSITION_ROOT, MASTER + ".arbiter", WORKER + ".serve.server", SYNCER + ".process"):
         assert name in sources
 
 
@@ -328,7 +328,7 @@ def test_no_import_cycles(edges: list[Import]) -> None:
 
 def test_pure_modules_load_no_io(edges: list[Import]) -> None:
     pure = pure_modules()
-    assert f"{WORKER}.plan" in pure and f"{SYNCER}.merge" in pure, pure
+    assert f"{WORKER}.lookup.plan" in pure and f"{SYNCER}.merge" in pure, pure
     assert pure_violations(edges, pure) == []
     for module, why in IMPURE_BY_DESIGN.items():
         assert module in pure, f"{module} is no longer called pure: drop it from IMPURE_BY_DESIGN"
@@ -361,7 +361,7 @@ SHARED = f"{PACKAGE}.logs"
         ),
         ({f"{MASTER}.notify": "def f():\n    import kubernetes.client\n"}, master_violations),
         ({f"{MASTER}.arbiter": "from image_cri_shim.workers import server\n"}, master_violations),
-        ({f"{WORKER}.images": "from image_cri_shim.syncer.merge import merge\n"}, children_violations),
+        ({f"{WORKER}.serve.images": "from image_cri_shim.syncer.merge import merge\n"}, children_violations),
         ({f"{SYNCER}.apply": "from ..workers import plan\n"}, children_violations),
         ({f"{SYNCER}.kube": "import grpc\n"}, library_violations),
         ({SHARED: "from kubernetes import client\n"}, library_violations),
@@ -378,7 +378,7 @@ def test_what_the_rules_allow() -> None:
     allowed = edges_of(
         {
             COMPOSITION_ROOT: "def worker():\n    import grpc\n    from .workers import process\n",
-            f"{WORKER}.server": "import grpc\nfrom image_cri_shim import logs\n",
+            f"{WORKER}.serve.server": "import grpc\nfrom image_cri_shim import logs\n",
             f"{SYNCER}.kube": "from kubernetes import client\n",
             f"{MASTER}.arbiter": "from image_cri_shim.config import load\n",
             f"{WORKER}.__main__": "from image_cri_shim.cli import main\n",
@@ -391,8 +391,8 @@ def test_what_the_rules_allow() -> None:
 def test_a_module_level_chain_to_grpc_reaches_the_master() -> None:
     modules = {
         f"{MASTER}.main": "from image_cri_shim import heartbeat\n",
-        f"{PACKAGE}.heartbeat": "from image_cri_shim.workers import calls\n",
-        f"{WORKER}.calls": "import grpc\n",
+        f"{PACKAGE}.heartbeat": "from image_cri_shim.workers.runtime import calls\n",
+        f"{WORKER}.runtime.calls": "import grpc\n",
         COMPOSITION_ROOT: "def serve():\n    import image_cri_shim.supervisor.main\n",
     }
     assert f"{MASTER}.main loads grpc" in master_load_violations(edges_of(modules))
@@ -411,14 +411,18 @@ def test_a_cycle_is_found_and_type_checking_imports_are_not_one() -> None:
 
 
 def test_a_pure_module_that_reaches_a_socket_is_found() -> None:
-    plan = f"{WORKER}.plan"
-    modules = {plan: "from image_cri_shim.workers import registry\n", f"{WORKER}.registry": "import httpx\n"}
+    plan = f"{WORKER}.lookup.plan"
+    modules = {
+        plan: "from image_cri_shim.workers.lookup import client\n",
+        f"{WORKER}.lookup.client": "import httpx\n",
+    }
     assert pure_violations(edges_of(modules), [plan]) == [f"{plan} (pure) loads httpx"]
 
 
 def test_a_second_use_of_a_private_name_is_found() -> None:
     modules = {
-        f"{WORKER}.calls": "channel.unary_unary(m, _registered_method=True)\n",
-        f"{WORKER}.upstream": "channel.unary_unary(m, _registered_method=True)\n",
+        f"{WORKER}.runtime.calls": "channel.unary_unary(m, _registered_method=True)\n",
+        f"{WORKER}.runtime.upstream": "channel.unary_unary(m, _registered_method=True)\n",
     }
-    assert private_uses(modules)["_registered_method"] == {f"{WORKER}.calls", f"{WORKER}.upstream"}
+    expected = {f"{WORKER}.runtime.calls", f"{WORKER}.runtime.upstream"}
+    assert private_uses(modules)["_registered_method"] == expected

@@ -26,11 +26,11 @@ from image_cri_shim import logs
 from image_cri_shim.config import Registry
 from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers import transport as wire
-from image_cri_shim.workers.auth import Auth, RealmRefused, TokenRequest
-from image_cri_shim.workers.decisions import Answer, Probe
-from image_cri_shim.workers.health import Health
-from image_cri_shim.workers.transport import PROBE_TIMEOUT, Throttled, TooLarge, Unreachable, describe
+from image_cri_shim.workers.lookup import transport as wire
+from image_cri_shim.workers.lookup.auth import Auth, RealmRefused, TokenRequest
+from image_cri_shim.workers.lookup.decisions import Answer, Probe
+from image_cri_shim.workers.lookup.health import Health
+from image_cri_shim.workers.lookup.transport import PROBE_TIMEOUT, Throttled, TooLarge, Unreachable, describe
 
 log = logs.get("registry")
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from image_cri_shim import reference
-from image_cri_shim.workers.decisions import Decision
+from image_cri_shim.workers.lookup.decisions import Decision
 
 UNKNOWN = "the runtime does not name its sandbox image in its Status: set sandboxImage"
 

@@ -21,10 +21,10 @@ import grpc.aio
 from image_cri_shim import logs
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.deadline import MARGIN, Deadline
-from image_cri_shim.workers.decisions import Decision, Outcome, Probe
-from image_cri_shim.workers.failures import Verdict, classify
-from image_cri_shim.workers.plan import Candidate
-from image_cri_shim.workers.upstream import Upstream
+from image_cri_shim.workers.lookup.decisions import Decision, Outcome, Probe
+from image_cri_shim.workers.lookup.plan import Candidate
+from image_cri_shim.workers.pull.failures import Verdict, classify
+from image_cri_shim.workers.runtime.upstream import Upstream
 
 log = logs.get("failover")
 

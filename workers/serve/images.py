@@ -28,13 +28,13 @@ from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.deadline import Deadline
-from image_cri_shim.workers.decisions import Decision, Outcome, as_asked, outcome, refusal
-from image_cri_shim.workers.failover import Decisions, Puller
-from image_cri_shim.workers.names import NameStore
-from image_cri_shim.workers.naming import Naming
-from image_cri_shim.workers.plan import Candidate, Planner, registry_for
-from image_cri_shim.workers.renaming import foreign_ref, reported
-from image_cri_shim.workers.upstream import Upstream
+from image_cri_shim.workers.lookup.decisions import Decision, Outcome, as_asked, outcome, refusal
+from image_cri_shim.workers.lookup.plan import Candidate, Planner, registry_for
+from image_cri_shim.workers.naming.policy import Naming
+from image_cri_shim.workers.naming.renaming import foreign_ref, reported
+from image_cri_shim.workers.naming.store import NameStore
+from image_cri_shim.workers.pull.failover import Decisions, Puller
+from image_cri_shim.workers.runtime.upstream import Upstream
 
 log = logs.get("images")
 

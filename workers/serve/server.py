@@ -40,13 +40,13 @@ from image_cri_shim.messages import Message, RuntimeUp, Serving, encode
 from image_cri_shim.metrics import WorkerMetrics, active
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.startup import owner_only
-from image_cri_shim.workers.calls import QUIET, unary_call
-from image_cri_shim.workers.images import Context, Handler, ImageService
-from image_cri_shim.workers.keeper import Keeper
-from image_cri_shim.workers.liveness import Pulse
-from image_cri_shim.workers.names import NameStore
-from image_cri_shim.workers.registries import Registries
-from image_cri_shim.workers.upstream import SERVED_MESSAGE_OPTIONS, Upstream
+from image_cri_shim.workers.lookup.registries import Registries
+from image_cri_shim.workers.naming.store import NameStore
+from image_cri_shim.workers.runtime.calls import QUIET, unary_call
+from image_cri_shim.workers.runtime.upstream import SERVED_MESSAGE_OPTIONS, Upstream
+from image_cri_shim.workers.serve.images import Context, Handler, ImageService
+from image_cri_shim.workers.serve.keeper import Keeper
+from image_cri_shim.workers.serve.liveness import Pulse
 
 log = logs.get("worker")
 

@@ -45,13 +45,13 @@ from image_cri_shim import logs, reference
 from image_cri_shim.protos import containerd_pb2 as ctr
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers.calls import unary_call
-from image_cri_shim.workers.dockerapi import DockerError, DockerImages, familiar
-from image_cri_shim.workers.names import NameStore
-from image_cri_shim.workers.plan import Planner
-from image_cri_shim.workers.records import OutOfTime, Records, call_timeout
-from image_cri_shim.workers.renaming import renames, renaming, reported, repository
-from image_cri_shim.workers.upstream import Context, Upstream
+from image_cri_shim.workers.lookup.plan import Planner
+from image_cri_shim.workers.naming.renaming import renames, renaming, reported, repository
+from image_cri_shim.workers.naming.store import NameStore
+from image_cri_shim.workers.runtime.calls import unary_call
+from image_cri_shim.workers.runtime.dockerapi import DockerError, DockerImages, familiar
+from image_cri_shim.workers.runtime.records import OutOfTime, Records, call_timeout
+from image_cri_shim.workers.runtime.upstream import Context, Upstream
 
 log = logs.get("naming")
 

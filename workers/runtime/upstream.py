@@ -19,8 +19,8 @@ import grpc.aio
 from image_cri_shim.heartbeat import RUNTIME_FAILED, RUNTIME_OK, SERVED, Heartbeat
 from image_cri_shim.lifecycle import HeapTrimmer
 from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
-from image_cri_shim.workers.calls import QUIET, unary_call
 from image_cri_shim.workers.deadline import Deadline
+from image_cri_shim.workers.runtime.calls import QUIET, unary_call
 
 MAX_MESSAGE = 16 << 20  # answers: a ListImages of a node with many images
 # Requests: every CRI request is made from one pod, and the API server stores no object over

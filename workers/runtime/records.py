@@ -12,7 +12,7 @@ import grpc
 import grpc.aio
 
 from image_cri_shim.protos import containerd_pb2 as ctr
-from image_cri_shim.workers.calls import unary_call
+from image_cri_shim.workers.runtime.calls import unary_call
 
 IMAGES = "/containerd.services.images.v1.Images/"
 NAMESPACE = (("containerd-namespace", "k8s.io"),)  # containerd's CRI keeps its images there

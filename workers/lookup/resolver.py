@@ -20,7 +20,7 @@ from image_cri_shim import logs
 from image_cri_shim.config import CacheConfig
 from image_cri_shim.metrics import WORKER_OFF, Counter, WorkerMetrics
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers.decisions import (
+from image_cri_shim.workers.lookup.decisions import (
     Answer,
     Decision,
     Outcome,
@@ -33,8 +33,8 @@ from image_cri_shim.workers.decisions import (
     past,
     shown,
 )
-from image_cri_shim.workers.failures import Verdict
-from image_cri_shim.workers.plan import Candidate, Planner
+from image_cri_shim.workers.lookup.plan import Candidate, Planner
+from image_cri_shim.workers.pull.failures import Verdict
 
 log = logs.get("resolver")
 

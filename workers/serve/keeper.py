@@ -33,10 +33,10 @@ from image_cri_shim.config import Config
 from image_cri_shim.messages import Message, Sandbox
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference, parse
-from image_cri_shim.workers import sandbox
-from image_cri_shim.workers.calls import QUIET, unary_call
-from image_cri_shim.workers.decisions import Decision
-from image_cri_shim.workers.upstream import MESSAGE_OPTIONS, Upstream
+from image_cri_shim.workers.lookup.decisions import Decision
+from image_cri_shim.workers.runtime import sandbox
+from image_cri_shim.workers.runtime.calls import QUIET, unary_call
+from image_cri_shim.workers.runtime.upstream import MESSAGE_OPTIONS, Upstream
 
 log = logs.get("sandbox")
 

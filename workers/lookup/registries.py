@@ -19,14 +19,14 @@ from image_cri_shim import logs
 from image_cri_shim.config import Config
 from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers.plan import Planner
+from image_cri_shim.workers.lookup.plan import Planner
 
 if TYPE_CHECKING:
-    from image_cri_shim.workers.decisions import Decision
-    from image_cri_shim.workers.failures import Verdict
-    from image_cri_shim.workers.plan import Candidate
-    from image_cri_shim.workers.registry import RegistryClient
-    from image_cri_shim.workers.resolver import Resolver
+    from image_cri_shim.workers.lookup.client import RegistryClient
+    from image_cri_shim.workers.lookup.decisions import Decision
+    from image_cri_shim.workers.lookup.plan import Candidate
+    from image_cri_shim.workers.lookup.resolver import Resolver
+    from image_cri_shim.workers.pull.failures import Verdict
 
 log = logs.get("worker")
 
@@ -47,9 +47,9 @@ class Registries:
 
     def start(self) -> None:
         """Set up the clients and the resolver (on the running loop, once the worker serves)."""
-        from image_cri_shim.workers.registry import RegistryClient, node_platform
-        from image_cri_shim.workers.resolver import Resolver
-        from image_cri_shim.workers.transport import PROBE_TIMEOUT, TLSSetupError
+        from image_cri_shim.workers.lookup.client import RegistryClient, node_platform
+        from image_cri_shim.workers.lookup.resolver import Resolver
+        from image_cri_shim.workers.lookup.transport import PROBE_TIMEOUT, TLSSetupError
 
         config, ready = self._config, self._ready()
         try:

@@ -15,8 +15,8 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from image_cri_shim.workers.records import call_timeout
-from image_cri_shim.workers.renaming import repository
+from image_cri_shim.workers.naming.renaming import repository
+from image_cri_shim.workers.runtime.records import call_timeout
 
 
 class DockerError(Exception):

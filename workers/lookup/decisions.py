@@ -14,8 +14,8 @@ from typing import Literal
 
 from image_cri_shim.config import Registry
 from image_cri_shim.reference import Reference
-from image_cri_shim.workers.failures import Cause, Verdict
-from image_cri_shim.workers.plan import Candidate, registry_for
+from image_cri_shim.workers.lookup.plan import Candidate, registry_for
+from image_cri_shim.workers.pull.failures import Cause, Verdict
 
 
 class Answer(enum.Enum):
