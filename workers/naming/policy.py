@@ -107,6 +107,15 @@ async def naming_mode(records: Records, docker: DockerImages | None, until: floa
     return TRANSLATION
 
 
+def copy(record: ctr.Image, name: str) -> ctr.Image:
+    """`record` under another name, as new (containerd sets its times)."""
+    renamed = ctr.Image()
+    renamed.CopyFrom(record)
+    renamed.name = name
+    renamed.ClearField("created_at")
+    return renamed
+
+
 def created_before(image: ctr.Image, since: float) -> bool:
     """Whether the record existed before the pull began: the node held that name already."""
     created = image.created_at.seconds + image.created_at.nanos / 1e9
@@ -323,23 +332,19 @@ class Naming:
             if record is None:
                 return changes
             digest = record.target.digest
-            held = {name: record}
-            for old, _ in renames(caller, name, digest)[1:]:
-                existing = await self._records.get(old, until)
-                if existing is not None:
-                    held[old] = existing
+            others = [old for old, _ in renames(caller, name, digest)[1:]]
+            found = await asyncio.gather(*(self._records.get(old, until) for old in others))
+            held = {name: record, **{old: r for old, r in zip(others, found, strict=True) if r is not None}}
             before = [n for n, r in held.items() if since is None or created_before(r, since)]
             plan = renaming(caller, name, digest, held, before)
-            for old, new in plan.create:
-                copy = ctr.Image()
-                copy.CopyFrom(held[old])
-                copy.name = new
-                copy.ClearField("created_at")
-                await self._records.put(copy, until)
-                changes[new] = True
-            for old in plan.remove:
-                await self._records.delete(old, until)
-                changes[old] = False
+            # Every new name is written before any pulled one goes, so the image is never left
+            # without a record (containerd would collect its content); each step's records at once.
+            await asyncio.gather(
+                *(self._records.put(copy(held[old], new), until) for old, new in plan.create)
+            )
+            changes.update({new: True for _, new in plan.create})
+            await asyncio.gather(*(self._records.delete(old, until) for old in plan.remove))
+            changes.update({old: False for old in plan.remove})
         except (OutOfTime, grpc.RpcError) as err:
             if isinstance(err, OutOfTime) or err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 log.info("no time left to name the image as asked, left for later", image=caller, pulled=name)
@@ -393,18 +398,23 @@ class Naming:
         call = unary_call(self._records.channel, status)
         deadline = min(time.monotonic() + SETTLE_TIMEOUT, until)
         pending = dict(wanted)
+
+        async def shown(name: str) -> bool:
+            request = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
+            timeout = call_timeout(deadline, time.monotonic())
+            answer = cri.ImageStatusResponse.FromString(await call(request, timeout=timeout))
+            return bool(answer.image.id) == pending[name]
+
         while pending and time.monotonic() < deadline:
-            for name, present in list(pending.items()):
-                request = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
-                try:
-                    timeout = call_timeout(deadline, time.monotonic())
-                    answer = cri.ImageStatusResponse.FromString(await call(request, timeout=timeout))
-                except (OutOfTime, grpc.RpcError):
-                    return
-                if bool(answer.image.id) == present:
+            try:
+                done = await asyncio.gather(*(shown(name) for name in pending))
+            except (OutOfTime, grpc.RpcError):
+                return
+            for name, settled in zip(list(pending), done, strict=True):
+                if settled:
                     del pending[name]
             if pending:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.005)
         if pending:
             log.warning(
                 "the runtime's CRI did not follow the renamed image records in time", names=",".join(pending)
