@@ -206,7 +206,7 @@ class Machine(Reloads):
         if self.debounce_at is not None and now >= self.debounce_at:
             self.debounce_at = None
             self.out.append(ReadFile("file"))
-        if now >= self.poll_at:
+        if now >= self.poll_at - self.config.reload_interval / 2:  # rides on an earlier wake-up too
             self.poll_at = now + self.config.reload_interval
             self.out.append(ReadFile("poll"))
         if self.worker_restart_at is not None and now >= self.worker_restart_at:
@@ -308,11 +308,16 @@ class Machine(Reloads):
         if reading is not None and self.worker is not None and self.now - reading.served > HEARTBEAT_STALE:
             self.replace_wedged(self.worker, self.now - reading.served)
             reading = None
-        if self.watchdog is not None and self.now >= self.watchdog_at:
-            self.watchdog_at = self.now + self.watchdog
+        # A ping rides on any wake-up in the second half of its period (the heartbeat's come
+        # every few seconds), so at rest the watchdog costs the loop no wake-up of its own;
+        # `watchdog_at` only bounds it.
+        if self.watchdog is not None and self.now >= self.watchdog_at - self.watchdog / 2:
             if reading is not None and reading.served > self.last_ping:
                 self.out.append(Notify("watchdog"))
                 self.last_ping = self.now
+                self.watchdog_at = self.now + self.watchdog
+            elif self.now >= self.watchdog_at:
+                self.watchdog_at = self.now + self.watchdog  # no proof: systemd's watchdog sees it
         down = reading is not None and reading.runtime_down
         if down != self.runtime_down:
             self.runtime_down = down

@@ -297,6 +297,29 @@ def test_watchdog_is_pinged_only_when_the_worker_served_since_the_last_ping() ->
     assert d.notified() == ["watchdog"]
 
 
+@pytest.mark.parametrize("phase", [0.0, 0.37, 1.9, 3.3])
+def test_at_rest_the_loop_wakes_for_the_heartbeat_and_the_pings_ride_on_it(phase: float) -> None:
+    d = Driver(watchdog=15.0)  # WatchdogSec=30
+    d.serve(1)
+    start, every, late = d.now, 4.0, 0.002  # the worker's loop proves itself every 4 s between calls
+
+    def served(at: float) -> float:
+        return start + phase + every * ((at - start - phase) // every)
+
+    wakes, gaps, last_ping = 0, [], start
+    at = d.machine.deadline(Reading(served(start), 0, 0)) + late
+    while at < start + 600:
+        d.tick(at, served=served(at))
+        wakes += 1
+        if d.notified() == ["watchdog"]:
+            gaps.append(at - last_ping)
+            last_ping = at
+        at = d.machine.deadline(Reading(served(at), 0, 0)) + late
+    assert not d.of(ev.Kill)
+    assert wakes <= 10 * 10, f"{wakes} wake-ups in 10 minutes"
+    assert gaps and max(gaps) <= 15.0 + late, "a ping at least every watchdog period"
+
+
 def test_without_a_watchdog_idle_workers_prove_every_four_seconds_and_the_deadline_is_the_heartbeat() -> None:
     d = Driver(watchdog=None)
     d.serve(1)
