@@ -124,7 +124,14 @@ class Bench:
 
     def start_service(self, directory: Path) -> Service:
         """`image-cri-shim -f CONFIG` with a notify socket and a kubeconfig for the stand-in API server."""
-        config = {"cri": self.containerd.address, "address": self.registry.url, "reloadInterval": "60s"}
+        # The node holds its sandbox image, as a node that has run a pod does: the keeper looks once.
+        sandbox = f"{self.registry.host}/library/bench:1"
+        config = {
+            "cri": self.containerd.address,
+            "address": self.registry.url,
+            "reloadInterval": "60s",
+            "sandboxImage": sandbox,
+        }
         return start_service(directory, config, api=self.api)
 
 

@@ -9,6 +9,7 @@ by the configured `timeout` (docs/behaviour.md, "Errors the shim returns", "Dead
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn, TypeAlias
@@ -150,6 +151,14 @@ class Upstream:
         except grpc.RpcError as err:
             self._seconds.labels(method[1:], err.code().name).observe(time.monotonic() - begin)
             self.answered(err.code())
+            raise
+        except asyncio.CancelledError:
+            # The caller's deadline passed (grpc.aio cancels its handler then, often before this
+            # call's own timeout fires) or the caller went away: past the deadline, the runtime
+            # did not answer in time.
+            if deadline.left() <= 0:
+                self._seconds.labels(method[1:], "DEADLINE_EXCEEDED").observe(time.monotonic() - begin)
+                self.answered(grpc.StatusCode.DEADLINE_EXCEEDED)
             raise
         self._seconds.labels(method[1:], "OK").observe(time.monotonic() - begin)
         self.beat.stamp(RUNTIME_OK)
