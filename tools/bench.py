@@ -45,7 +45,7 @@ from tests.harness.service import Service, cpu_ticks, start_service, wakeups
 from tests.harness.tcpproxy import TcpProxy
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-ALL_FIGURES = frozenset({"1", "2", "3", "3b", "4", "4b", "5", "6", "7", "8", "9", "10", "11"})
+ALL_FIGURES = frozenset({"1", "1b", "2", "3", "3b", "4", "4b", "5", "6", "7", "8", "9", "10", "11"})
 # `BENCH_FIGURES=1,2,6,11`: only these figures, printed and not written to docs/
 FIGURES = frozenset(os.environ.get("BENCH_FIGURES", ",".join(ALL_FIGURES)).split(",")) & ALL_FIGURES
 # The reloads (6) leave the file unlike the ConfigMap; the ConfigMap figure (7) makes them equal
@@ -174,6 +174,55 @@ def latency(stack: Bench) -> tuple[list[Figure], dict[str, list[float]]]:
         )
     ]
     return figures, samples
+
+
+def against_the_floor(stack: Bench) -> list[Figure]:
+    """The shim beside the two bare byte proxies on the same containerd: what grpc's servers cost
+    a hop by themselves, and what the shim adds to the better of them."""
+    image = f"{stack.registry.host}/library/bench:1"
+    with bare_proxies(stack) as bares:
+        sides = {"shim": (stack.shim, "bench:1", str(stack.service.socket))}
+        for mode, (_pid, client) in bares.items():
+            sides[mode] = (client, image, str(stack.work / f"bare-{mode}.sock"))
+        samples: dict[str, list[float]] = {side: [] for side in sides}
+        for client, name, _ in sides.values():
+            for _ in range(200):
+                client.status(name)
+        for _ in range(SCALE["latency_calls"] // 200):
+            for side, (client, name, _) in sides.items():
+                for _ in range(200):
+                    started = time.perf_counter()
+                    client.status(name)
+                    samples[side].append(time.perf_counter() - started)
+        rates: dict[str, list[float]] = {side: [] for side in sides}
+        for _ in range(1 if QUICK else 2):
+            for side, (_, name, socket) in sides.items():
+                rates[side].append(calls_per_second(socket, name, 8))
+    p50 = {side: pct(values, 0.5) for side, values in samples.items()}
+    rate = {side: statistics.median(values) for side, values in rates.items()}
+    floor = min(("sync", "aio"), key=lambda side: p50[side])
+    fastest = max(("sync", "aio"), key=lambda side: rate[side])
+    slower, share = p50["shim"] / p50[floor], rate["shim"] / rate[fastest]
+    return [
+        Figure(
+            "1b",
+            "ImageStatus p50, sequential: shim vs the better bare proxy (grpcio sync / grpc.aio)",
+            f"{p50['shim'] * 1e6:.0f} µs vs {p50[floor] * 1e6:.0f} µs ({p50['sync'] * 1e6:.0f} /"
+            f" {p50['aio'] * 1e6:.0f}): x{slower:.2f}",
+            "≤ 1.1",
+            "≤ 1.05",
+            slower <= 1.1,
+        ),
+        Figure(
+            "2b",
+            "ImageStatus throughput, 8 clients: shim vs the better bare proxy (grpcio sync / grpc.aio)",
+            f"{rate['shim']:.0f} vs {rate[fastest]:.0f} calls/s ({rate['sync']:.0f} / {rate['aio']:.0f}):"
+            f" x{share:.2f}",
+            "≥ 0.9",
+            "≥ 1.0",
+            share >= 0.9,
+        ),
+    ]
 
 
 def _status_loop(socket: str, image: str, seconds: float, ready: Any, out: Any) -> None:
@@ -857,6 +906,7 @@ def workdir() -> Iterator[Path]:
 def measure(stack: Bench, resources: ExitStack) -> tuple[list[Figure], dict[str, list[float]]]:
     """The figures `BENCH_FIGURES` names (all without it), in the order of the table."""
     steps: list[tuple[str, Callable[[], Figure | list[Figure]]]] = [
+        ("1b", lambda: against_the_floor(stack)),
         ("2", lambda: throughput(stack, 8)),
         ("2", lambda: throughput(stack, 32)),
         *(("3", functools.partial(concurrent_pulls, stack, count)) for count in CONCURRENT_PULLS),
