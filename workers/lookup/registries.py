@@ -46,22 +46,20 @@ class Registries:
         return self._resolver
 
     def start(self) -> None:
-        """Set up the clients and the resolver (on the running loop, once the worker serves)."""
-        from image_cri_shim.workers.lookup.client import RegistryClient, node_platform
-        from image_cri_shim.workers.lookup.resolver import Resolver
-        from image_cri_shim.workers.lookup.transport import PROBE_TIMEOUT, TLSSetupError
+        """Set up the clients and the resolver, once the worker serves. Loading the TLS
+        settings (CA bundles, client certificates) reads files: it runs in a thread, off the loop."""
+        task = asyncio.get_running_loop().create_task(self._set_up(self._ready()))
+        self._tasks.add(task)
 
-        config, ready = self._config, self._ready()
+    async def _set_up(self, ready: asyncio.Future[Resolver]) -> None:
+        from image_cri_shim.workers.lookup.resolver import Resolver
+        from image_cri_shim.workers.lookup.transport import TLSSetupError
+
+        config = self._config
         try:
-            node = node_platform()
-            # A probe may use at most half of `timeout`: the pull it decides for needs the rest.
-            probe = min(PROBE_TIMEOUT, config.timeout / 2)
-            metrics = self._metrics
-            clients = self._clients = {
-                r.domain: RegistryClient(r, node, timeout=probe, metrics=metrics) for r in config.registries
-            }
+            clients = self._clients = await asyncio.to_thread(self._clients_of, config)
             ready.set_result(
-                Resolver(self.planner, clients, config.cache, upstream=config.upstream, metrics=metrics)
+                Resolver(self.planner, clients, config.cache, upstream=config.upstream, metrics=self._metrics)
             )
         except TLSSetupError as err:  # the node's TLS settings: said once, and by every pull
             log.error("registries cannot be asked", error=str(err))
@@ -69,6 +67,17 @@ class Registries:
         except Exception as err:  # surfaces in resolve(), where a pull can report it
             ready.set_exception(err)
             raise
+
+    def _clients_of(self, config: Config) -> dict[str, RegistryClient]:
+        from image_cri_shim.workers.lookup.client import RegistryClient, node_platform
+        from image_cri_shim.workers.lookup.transport import PROBE_TIMEOUT
+
+        node = node_platform()
+        # A probe may use at most half of `timeout`: the pull it decides for needs the rest.
+        probe = min(PROBE_TIMEOUT, config.timeout / 2)
+        return {
+            r.domain: RegistryClient(r, node, timeout=probe, metrics=self._metrics) for r in config.registries
+        }
 
     async def resolve(self, ref: Reference) -> Decision:
         """The decision for `ref` (cached, or made afresh by probing)."""
