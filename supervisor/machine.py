@@ -205,7 +205,7 @@ class Machine(Reloads):
             return
         if self.debounce_at is not None and now >= self.debounce_at:
             self.debounce_at = None
-            self.out.append(ReadFile("file"))
+            self.out.append(ReadFile("poll" if self.poll_saw_change else "file"))
         if now >= self.poll_at - self.config.reload_interval / 2:  # rides on an earlier wake-up too
             self.poll_at = now + self.config.reload_interval
             self.out.append(ReadFile("poll"))

@@ -49,6 +49,7 @@ class Reloads:
         self.loaded = config.source or None  # the file content last examined: what was applied
         self.file_missing = False
         self.debounce_at: float | None = None
+        self.poll_saw_change = False  # the debounced read confirms what a poll saw
         # `--reload` clients wait as (reloads started when they asked, token): each is answered
         # by the end of the first reload that started after it asked.
         self.waiters: list[tuple[int, int]] = []
@@ -103,7 +104,15 @@ class Reloads:
         self.file_missing = False
         data = event.data
         if data is None or data == self.loaded:
+            self.poll_saw_change = False
             return
+        if event.trigger == "poll" and not self.poll_saw_change:
+            # A change the watch missed, maybe caught mid-write (an editor truncates, then
+            # writes): read again after the debounce, as after a file event.
+            self.poll_saw_change = True
+            self.debounce_at = self.debounce_at or self.now + DEBOUNCE
+            return
+        self.poll_saw_change = False
         if self.pending is None and self.same_settings(data):
             self.loaded = data
             self.say("info", "config file rewritten with the same settings: the running worker stays")

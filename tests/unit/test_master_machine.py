@@ -155,8 +155,20 @@ def test_the_poll_notices_a_change_the_watch_missed() -> None:
     d.tick(d.now + 1.0, served=d.now)
     assert not d.of(ev.SpawnWorker)
     d.tick(d.now + d.machine.config.reload_interval)
+    assert not d.of(ev.SpawnWorker), "what the poll saw is read again after the debounce"
+    d.tick(d.now + DEBOUNCE)
     assert d.of(ev.SpawnWorker) == [ev.SpawnWorker(2, 4.0)]
     assert "config file changed (poll): reloading" in d.said()
+
+
+def test_a_poll_that_catches_the_file_mid_write_waits_for_the_whole_of_it() -> None:
+    d = serving()
+    d.file = b""  # truncated by an editor that writes in place
+    d.tick(d.now + d.machine.config.reload_interval)
+    d.file = OTHER  # the write completes
+    d.tick(d.now + DEBOUNCE)
+    assert d.of(ev.SpawnWorker) == [ev.SpawnWorker(2, 4.0)]
+    assert not [line for line in d.said() if "failed" in line]
 
 
 def test_a_reload_swaps_once_the_new_worker_serves() -> None:

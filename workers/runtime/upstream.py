@@ -10,8 +10,11 @@ by the configured `timeout` (docs/behaviour.md, "Errors the shim returns", "Dead
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
@@ -23,6 +26,8 @@ from image_cri_shim.metrics import WORKER_OFF, WorkerMetrics
 from image_cri_shim.workers.deadline import Deadline
 from image_cri_shim.workers.runtime.calls import QUIET, unary_call
 
+# Open streams of methods the shim does not know, each waiting in a thread of its own.
+STREAM_THREADS = 256
 MAX_MESSAGE = 16 << 20  # answers: a ListImages of a node with many images
 # Requests: every CRI request is made from one pod, and the API server stores no object over
 # 1.5 MiB; a client's request over this is refused (RESOURCE_EXHAUSTED) before it is held.
@@ -112,6 +117,8 @@ class Upstream:
             ),
         )
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self._stream_channel: grpc.Channel | None = None
+        self._stream_threads: ThreadPoolExecutor | None = None
 
     def deadline(self, context: Context) -> Deadline:
         """The deadline of a call arriving now: the caller's, capped by `timeout`."""
@@ -171,19 +178,6 @@ class Upstream:
     async def unary_stream(self, method: str, request: bytes, context: Context) -> AsyncIterator[bytes]:
         call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = self.channel.unary_stream(method)
         responses = call(request, timeout=self.deadline(context).left(), metadata=self.metadata(context))
-        async for response in self._relay(responses, context):
-            yield response
-
-    async def stream_stream(
-        self, method: str, requests: AsyncIterator[bytes], context: Context
-    ) -> AsyncIterator[bytes]:
-        call: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = self.channel.stream_stream(method)
-        responses = call(requests, timeout=self.deadline(context).left(), metadata=self.metadata(context))
-        async for response in self._relay(responses, context):
-            yield response
-
-    async def _relay(self, responses: Any, context: Context) -> AsyncIterator[bytes]:
-        """Relay an upstream stream; a caller that goes away cancels it upstream."""
         self.beat.stamp(SERVED)
         try:
             with self.waits:
@@ -194,15 +188,66 @@ class Upstream:
                 self.answered(err.code())
             await self.abort(context, err)
         finally:
+            responses.cancel()  # a caller that goes away cancels it upstream
+
+    async def stream_stream(
+        self, method: str, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[bytes]:
+        """A method the shim does not know, as a bidirectional stream. Over grpc's synchronous
+        client, in a thread: grpc.aio's client, still writing when a Go server (containerd)
+        answers at once and resets the stream, reports INTERNAL "Internal error from Core" in
+        place of the runtime's status. Only a CRI newer than the shim takes this path."""
+        channel, threads = self._streams()
+        call: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(method)
+        outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        responses = call(
+            iter(outgoing.get, None), timeout=self.deadline(context).left(), metadata=self.metadata(context)
+        )
+        loop = asyncio.get_running_loop()
+
+        async def feed() -> None:
+            try:
+                async for request in requests:
+                    outgoing.put(request)
+            finally:
+                outgoing.put(None)
+
+        sending = loop.create_task(feed())
+        self.beat.stamp(SERVED)
+        try:
+            with self.waits:
+                while (response := await loop.run_in_executor(threads, next, responses, None)) is not None:
+                    yield response
+        except grpc.RpcError as err:
+            await _stopped(sending)
+            if err.code() != grpc.StatusCode.CANCELLED:
+                self.answered(err.code())
+            await self.abort(context, err)
+        finally:
+            await _stopped(sending)
             responses.cancel()
+
+    def _streams(self) -> tuple[grpc.Channel, ThreadPoolExecutor]:
+        """The synchronous channel for unknown methods and the threads that wait on their
+        answers (one per open stream), made when one is first called."""
+        if self._stream_channel is None:
+            options = (*MESSAGE_OPTIONS, *QUIET, ("grpc.enable_retries", 0), *RECONNECT_OPTIONS)
+            self._stream_channel = grpc.insecure_channel(self.target, options=options)
+            self._stream_threads = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix="stream")
+        assert self._stream_threads is not None
+        return self._stream_channel, self._stream_threads
 
     async def abort(self, context: Context, err: grpc.RpcError) -> NoReturn:
         code: grpc.StatusCode = err.code()
+        self._trailing(context, err)
+        await context.abort(code, self.explain(code, err.details() or ""))
+
+    @staticmethod
+    def _trailing(context: Context, err: grpc.RpcError) -> None:
         trailing = err.trailing_metadata()
         if trailing:
             pairs: tuple[tuple[str, str | bytes], ...] = tuple(trailing)  # type: ignore[arg-type]
             context.set_trailing_metadata(pairs)
-        await context.abort(code, self.explain(code, err.details() or ""))
 
     def explain(self, code: grpc.StatusCode, details: str) -> str:
         """A failure of the shim's own channel names the runtime; the runtime's answers pass as
@@ -224,3 +269,15 @@ class Upstream:
 
     async def close(self) -> None:
         await self.channel.close()
+        if self._stream_channel is not None:
+            self._stream_channel.close()
+        if self._stream_threads is not None:
+            self._stream_threads.shutdown(wait=False, cancel_futures=True)
+
+
+async def _stopped(task: asyncio.Task[None] | None) -> None:
+    """Cancel `task` and wait until it has."""
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
