@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from image_cri_shim import config, reference
+from image_cri_shim.atomic import write_atomic
 from image_cri_shim.protos import containerd_pb2 as ctr
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.workers.lookup.plan import Planner
+from image_cri_shim.workers.naming import store as store_module
 from image_cri_shim.workers.naming.policy import Naming, created_before, translate
 from image_cri_shim.workers.naming.renaming import renames
 from image_cri_shim.workers.naming.store import NameStore
@@ -73,6 +75,30 @@ def test_an_owed_renaming_is_kept_under_the_state_dir_until_paid_or_forgotten(tm
     third = NameStore(str(tmp_path / "state"))
     assert third.owed("docker.io/library/a:1") is None and third.owed("docker.io/library/b:1") is None
     assert third.target("docker.io/library/a:1") == "m.io/library/a:1", "paying keeps the pair"
+
+
+def test_changes_made_together_are_written_once_and_each_builds_on_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = store(tmp_path, {})
+    writes: list[bytes] = []
+
+    def counted(path: str, data: bytes) -> None:
+        writes.append(data)
+        write_atomic(path, data)
+
+    monkeypatch.setattr(store_module, "write_atomic", counted)
+    a, b = "docker.io/library/a:1", "docker.io/library/b:1"
+    names.changed(
+        [
+            lambda: names.record(a, "m.io/library/a:1"),
+            lambda: names.owe(a, 10.5),  # needs the pair just recorded
+            lambda: names.record(b, "m.io/library/b:1"),
+        ]
+    )
+    assert len(writes) == 1
+    again = NameStore(str(tmp_path / "state"))
+    assert again.target(b) == "m.io/library/b:1" and again.owed(a) == 10.5
 
 
 def test_translation_replaces_rewritten_names(tmp_path: Path) -> None:

@@ -147,8 +147,11 @@ class Naming:
         self._gates = tuple(asyncio.Lock() for _ in range(GATES))
         self._pulls: dict[str, tuple[int, float]] = {}  # caller -> (pulls in flight, earliest start)
         # The names file is written with a lock and an fsync: never on the event loop. One
-        # thread, so the changes reach the file in the order they were made.
+        # thread, so the changes reach the file in the order they were made; the changes made
+        # while it writes are written together by its next write.
         self._files = ThreadPoolExecutor(1, thread_name_prefix="names")
+        self._queued: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
+        self._writing: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
         self._files.shutdown(wait=True)
@@ -156,8 +159,29 @@ class Naming:
             await self._docker.close()
 
     async def _save(self, change: Callable[[], None]) -> None:
-        """Apply a change of the name store (it writes the names file) in the files thread."""
-        await asyncio.get_running_loop().run_in_executor(self._files, change)
+        """Apply a change of the name store (it writes the names file) in the files thread,
+        with the others queued meanwhile."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._queued.append((change, done))
+        if self._writing is None or self._writing.done():
+            self._writing = loop.create_task(self._write_queued())
+        await done
+
+    async def _write_queued(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queued:
+            batch, self._queued = self._queued, []
+            try:
+                await loop.run_in_executor(self._files, self._names.changed, [c for c, _ in batch])
+            except Exception as err:  # a fault of the store's own: each change's caller hears it
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(err)
+                continue
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
     async def _record(self, caller: str, target: str) -> None:
         if self._names.target(caller) != target:

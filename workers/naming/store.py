@@ -26,7 +26,7 @@ import fcntl
 import json
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from image_cri_shim import logs
 from image_cri_shim.atomic import write_atomic
@@ -50,6 +50,7 @@ class NameStore:
         self._callers: dict[str, set[str]] = {}  # target -> callers
         self._owed: dict[str, float] = {}  # caller -> when the pull whose renaming is owed began
         self._writable = True
+        self._batch: list[Callable[[State], State]] | None = None  # changes held for one write
         try:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
         except OSError as err:
@@ -106,6 +107,18 @@ class NameStore:
     def forget_targets(self, targets: Iterable[str]) -> None:
         self.forget([c for t in targets for c in self.callers(t)])
 
+    def changed(self, changes: Iterable[Callable[[], None]]) -> None:
+        """Make several changes (calls of the methods above) with one write of the file: pulls
+        that end together cost one lock, one rename and one fsync between them."""
+        self._batch = []
+        try:
+            for change in changes:
+                change()
+        finally:
+            applied, self._batch = self._batch, None
+        if applied:
+            self._save(applied)
+
     # -- persistence ----------------------------------------------------------------------------
 
     def _replace(self, state: State) -> None:
@@ -152,17 +165,30 @@ class NameStore:
                 merged.pop(caller, None)
             return merged, owed
 
-        if self._writable:
-            try:
-                with self._locked():
-                    merged = apply(self._read())
-                    document = {"names": merged[0], **({"owed": merged[1]} if merged[1] else {})}
-                    write_atomic(self._path, json.dumps(document, indent=1, sort_keys=True).encode() + b"\n")
-                self._replace(merged)
-                return
-            except OSError as err:
-                log.warning("could not save names", path=self._path, error=err.strerror or err)
-        self._replace(apply((self._targets, self._owed)))
+        if self._batch is not None:  # the file is written once the batch is made (`changed`)
+            self._batch.append(apply)
+            self._replace(apply((self._targets, self._owed)))
+            return
+        if not self._save([apply]):
+            self._replace(apply((self._targets, self._owed)))
+
+    def _save(self, applied: list[Callable[[State], State]]) -> bool:
+        """Apply `applied` to the file's content, under its lock, and write it once; whether the
+        file could be written (the names are kept in memory either way)."""
+        if not self._writable:
+            return False
+        try:
+            with self._locked():
+                merged = self._read()
+                for apply in applied:
+                    merged = apply(merged)
+                document = {"names": merged[0], **({"owed": merged[1]} if merged[1] else {})}
+                write_atomic(self._path, json.dumps(document, indent=1, sort_keys=True).encode() + b"\n")
+        except OSError as err:
+            log.warning("could not save names", path=self._path, error=err.strerror or err)
+            return False
+        self._replace(merged)
+        return True
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
