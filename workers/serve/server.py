@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -374,22 +373,20 @@ async def wait_for_runtime(upstream: Upstream, ready: ReadyPipe, signals: Signal
 
 
 class ReadyPipe:
-    """Readiness reports to the master on an inherited pipe (absent when run alone): `messages`."""
+    """Readiness reports to the master on an inherited pipe (absent when run alone): `messages`.
+    Written from the worker's loop only."""
 
     def __init__(self, fd: int | None) -> None:
         self._pipe = os.fdopen(fd, "w") if fd is not None else None
-        self._lock = threading.Lock()
 
     def send(self, message: Message) -> None:
-        with self._lock:
-            if self._pipe is not None:
-                with contextlib.suppress(OSError):
-                    self._pipe.write(encode(message))
-                    self._pipe.flush()
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                self._pipe.write(encode(message))
+                self._pipe.flush()
 
     def close(self) -> None:
-        with self._lock:
-            if self._pipe is not None:
-                with contextlib.suppress(OSError):
-                    self._pipe.close()
-                self._pipe = None
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                self._pipe.close()
+            self._pipe = None
