@@ -222,10 +222,6 @@ class Naming:
         """Whether the runtime's own records carry the caller's names, as far as known yet."""
         return self._mode == CONTAINERD
 
-    async def native_by(self, until: float | None) -> bool:
-        """`native`, asked (when not known yet) within what is left before `until`."""
-        return await self.mode_by(until) == CONTAINERD
-
     async def mode_by(self, until: float | None) -> str | None:
         """The naming mode (`naming_mode`), asked once per worker within what is left before
         `until`; None while the runtime cannot be asked."""

@@ -52,6 +52,14 @@ RECONNECT_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 
+# Every channel to the runtime, grpc.aio's and the synchronous one for unknown streams.
+CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
+    *MESSAGE_OPTIONS,
+    *QUIET,
+    ("grpc.enable_retries", 0),
+    *RECONNECT_OPTIONS,
+)
+
 # How grpc itself words an UNAVAILABLE of the shim's own channel, which no runtime's own status
 # reads like (containerd's begin with what it was doing, "failed to pull and unpack image ...:",
 # even when they end in a connection refused): the runtime could not be reached (not started,
@@ -107,22 +115,14 @@ class Upstream:
         # After calls that moved much, the heap holds what their messages took.
         self._trimmer = HeapTrimmer()
         self.waits = Waits(on_idle=self._trimmer.idle)
-        self.channel = grpc.aio.insecure_channel(
-            self.target,
-            options=(
-                *MESSAGE_OPTIONS,
-                *QUIET,
-                ("grpc.enable_retries", 0),
-                *RECONNECT_OPTIONS,
-            ),
-        )
+        self.channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._stream_channel: grpc.Channel | None = None
         self._stream_threads: ThreadPoolExecutor | None = None
 
-    def deadline(self, context: Context) -> Deadline:
+    def deadline(self, context: Context, now: float | None = None) -> Deadline:
         """The deadline of a call arriving now: the caller's, capped by `timeout`."""
-        return Deadline.of(context.time_remaining(), self.timeout, time.monotonic())
+        return Deadline.of(context.time_remaining(), self.timeout, time.monotonic() if now is None else now)
 
     @staticmethod
     def metadata(context: Context) -> tuple[tuple[str, str | bytes], ...]:
@@ -146,7 +146,7 @@ class Upstream:
             call = self._unary[method] = unary_call(self.channel, method)
         begin = time.monotonic()
         if deadline is None:
-            deadline = Deadline.of(context.time_remaining(), self.timeout, begin)
+            deadline = self.deadline(context, begin)
         self.beat.stamp(SERVED, begin)
         self._trimmer.moved(len(request))
         try:
@@ -231,8 +231,7 @@ class Upstream:
         """The synchronous channel for unknown methods and the threads that wait on their
         answers (one per open stream), made when one is first called."""
         if self._stream_channel is None:
-            options = (*MESSAGE_OPTIONS, *QUIET, ("grpc.enable_retries", 0), *RECONNECT_OPTIONS)
-            self._stream_channel = grpc.insecure_channel(self.target, options=options)
+            self._stream_channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
             self._stream_threads = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix="stream")
         assert self._stream_threads is not None
         return self._stream_channel, self._stream_threads
