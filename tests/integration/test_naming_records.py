@@ -7,6 +7,7 @@ images API calls on cue; the pull itself goes through untouched.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -16,8 +17,10 @@ from tests.harness import Containerd
 from tests.harness.containerd import SUITES
 from tests.harness.cri import CriClient
 from tests.harness.node import Shim, Stack, entry, repo
+from tests.harness.processes import wait_for
 from tests.harness.registry import Registry
 from tests.harness.runtimeproxy import RuntimeProxy
+from tests.harness.tcpproxy import Gate, TcpProxy
 from tests.harness.worker import tags
 
 
@@ -121,3 +124,41 @@ def test_a_renaming_owed_while_the_images_api_was_out_of_reach_is_done_on_the_ne
     assert sorted(tags(client, f"{name}:1")) == expected, again.log()
     assert sorted(tags(direct, caller)) == expected, "containerd's own records say so"
     assert client.pulled_as(f"{name}:1") == pulled
+
+
+def test_pulled_records_wait_for_the_pulls_around_them_and_answers_name_the_caller_meanwhile(
+    stack: Stack,
+) -> None:
+    """While a pull of another image is still running, an answered pull's pulled records stay
+    (each removal is a write concurrent pulls would queue behind), at most about a second; through
+    the shim the image has the caller's name alone all along, and afterwards containerd's own
+    records say so too."""
+    fast, slow_registry = stack.registries(), stack.registries()
+    quick, long = repo(), repo()
+    stack.images(fast, quick, "1")
+    stack.images(slow_registry, long, "1")
+    held = Gate(count=1000, timeout=4.0)  # the slow registry's blobs each wait 4 s
+    slow = TcpProxy(slow_registry.port, gate=held)
+    try:
+        shim = stack.start([entry(fast, 600), entry(f"http://{slow.host}", 500)])
+        client, direct = stack.cri(shim.socket), stack.direct()
+        running = threading.Thread(target=lambda: client.pull(f"{long}:1", timeout=60))
+        running.start()
+        wait_for(lambda: held.arrived > 0, 10, "the long pull waits for its blobs")
+        client.pull(f"{quick}:1")
+        answered = time.monotonic()
+        caller, pulled = f"docker.io/{quick}:1", f"{fast.host}/{quick}:1"
+        assert direct.status(pulled) is not None, "the pulled record waits for the running pull"
+        assert tags(client, f"{quick}:1") == [caller]
+        listed = [sorted(i.repo_tags) for i in client.list() if {caller, pulled} & set(i.repo_tags)]
+        assert listed == [[caller]], "the pulled name is never listed"
+        wait_for(lambda: direct.status(pulled) is None, 10, "the pulled record removed")
+        waited = time.monotonic() - answered
+        assert running.is_alive(), "removed while the other pull still runs: it waits at most about 1 s"
+        assert waited < 3.0, f"{waited:.2f} s"
+        assert tags(direct, caller) == [caller], "containerd's own records say so"
+        running.join(60)
+        assert tags(client, f"{long}:1") == [f"docker.io/{long}:1"]
+        assert direct.status(f"{slow.host}/{long}:1") is None
+    finally:
+        slow.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from image_cri_shim.workers.naming.renaming import Renaming, foreign_ref, renaming
+from image_cri_shim.workers.naming.renaming import Renaming, foreign_ref, renaming, reported_name
 from image_cri_shim.workers.runtime.dockerapi import DockerImage, familiar
 
 D = "sha256:" + "cd" * 32
@@ -77,3 +77,18 @@ def test_docker_spells_docker_io_names_familiar_and_keeps_others() -> None:
     assert image.holds(CALLER) and image.holds(PULLED) and image.holds(CALLER_DIGEST)
     assert not image.holds("docker.io/library/nginx:1.28")
     assert image.digest_of(PULLED) == D and image.digest_of("quay.io/x/y:1") == ""
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("nginx:1.27", CALLER),
+        (f"nginx@{D}", CALLER_DIGEST),
+        (D, None),  # an image ID
+        ("cd" * 32, None),  # a bare one, as kubelet's image GC sends it
+        ("", None),
+        ("UPPER/Case:1", None),  # unparsable
+    ],
+)
+def test_the_name_a_runtime_reports_for_an_image(image: str, expected: str | None) -> None:
+    assert reported_name(image) == expected

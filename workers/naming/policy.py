@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ from image_cri_shim.protos import containerd_pb2 as ctr
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.lookup.plan import Planner
-from image_cri_shim.workers.naming.renaming import renames, renaming, reported, repository
+from image_cri_shim.workers.naming.removals import Removals
+from image_cri_shim.workers.naming.renaming import renames, renaming, reported, reported_name, repository
 from image_cri_shim.workers.naming.store import NameStore
 from image_cri_shim.workers.runtime.calls import unary_call
 from image_cri_shim.workers.runtime.dockerapi import DockerError, DockerImages, familiar
@@ -55,7 +57,6 @@ from image_cri_shim.workers.runtime.upstream import Context, Upstream
 
 log = logs.get("naming")
 
-GATES = 64
 T = TypeVar("T")
 SETTLE_TIMEOUT = 5.0  # containerd's CRI follows record changes within milliseconds
 INFO_KEY = "image-cri-shim"
@@ -143,17 +144,21 @@ class Naming:
         self._plan = planner
         self._mode: str | None = None
         # Renaming takes runtime round trips: it holds only its name's gate, so concurrent pulls
-        # of different images rename side by side (a name shares its gate with few others).
-        self._gates = tuple(asyncio.Lock() for _ in range(GATES))
+        # of different images rename side by side. A gate lives while someone holds or awaits it.
+        self._gates: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._pulls: dict[str, tuple[int, float]] = {}  # caller -> (pulls in flight, earliest start)
+        self._active: dict[str, int] = {}  # caller -> pulls not answered yet (in the runtime, renaming)
         # The names file is written with a lock and an fsync: never on the event loop. One
         # thread, so the changes reach the file in the order they were made; the changes made
         # while it writes are written together by its next write.
         self._files = ThreadPoolExecutor(1, thread_name_prefix="names")
         self._queued: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
         self._writing: asyncio.Task[None] | None = None
+        self._removals = Removals(self._remove_pulled, lambda: self._active)
+        self._status = "/runtime.v1.ImageService/ImageStatus"  # as the last renaming's caller asked
 
     async def close(self) -> None:
+        await self._removals.close()
         self._files.shutdown(wait=True)
         if self._docker is not None:
             await self._docker.close()
@@ -161,12 +166,16 @@ class Naming:
     async def _save(self, change: Callable[[], None]) -> None:
         """Apply a change of the name store (it writes the names file) in the files thread,
         with the others queued meanwhile."""
+        await self._queue(change)
+
+    def _queue(self, change: Callable[[], None]) -> asyncio.Future[None]:
+        """`_save` without waiting: the future is done once the change is written."""
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
+        done: asyncio.Future[None] = loop.create_future()
         self._queued.append((change, done))
         if self._writing is None or self._writing.done():
             self._writing = loop.create_task(self._write_queued())
-        await done
+        return done
 
     async def _write_queued(self) -> None:
         loop = asyncio.get_running_loop()
@@ -200,11 +209,16 @@ class Naming:
         async with self._gate(pull.caller):
             users, since = self._pulls.get(pull.caller, (0, pull.since))
             self._pulls[pull.caller] = (users + 1, min(since, pull.since))
+        self._active[pull.caller] = self._active.get(pull.caller, 0) + 1
         try:
             yield pull
         finally:
             if not pull.done:
                 self._returned(pull)
+            left = self._active.pop(pull.caller) - 1
+            if left:
+                self._active[pull.caller] = left
+            self._removals.wake()
 
     def _returned(self, pull: Pull) -> tuple[int, float]:
         """This pull is back from the runtime: (pulls of its name still there, their earliest start)."""
@@ -215,7 +229,10 @@ class Naming:
         return users - 1, since
 
     def _gate(self, caller: str) -> asyncio.Lock:
-        return self._gates[hash(caller) % GATES]
+        gate = self._gates.get(caller)
+        if gate is None:
+            gate = self._gates[caller] = asyncio.Lock()
+        return gate
 
     @property
     def native(self) -> bool:
@@ -247,6 +264,7 @@ class Naming:
         runtime's CRI answers under the new names, or when `until` (the caller's deadline,
         time.monotonic()) comes first: the pull succeeded all the same."""
         caller, name = pull.caller, reported(target)
+        self._status = method.rsplit("/", 1)[0] + "/ImageStatus"
         await self._record(caller, name)
         mode = await self.mode_by(until)
         async with self._gate(caller):  # no other pull of the name starts meanwhile
@@ -255,10 +273,12 @@ class Naming:
             changes = await self._rename(mode, caller, name, last, until)
             if last is not None and changes is None:
                 await self._save(lambda: self._names.owe(caller, last))  # the next lookup renames it
-            elif last is not None and self._names.owed(caller) is not None:
+            elif (
+                last is not None and self._names.owed(caller) is not None and not self._removals.holds(caller)
+            ):
                 await self._save(lambda: self._names.paid(caller))
         if changes and mode == CONTAINERD:
-            await self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
+            await self._settle(self._status, changes, until)
 
     async def _rename(
         self, mode: str | None, caller: str, name: str, since: float | None, until: float
@@ -314,13 +334,14 @@ class Naming:
         mode = await self.mode_by(until)
         if mode not in (CONTAINERD, DOCKER) or (mode == DOCKER and "@" in caller):
             return False  # Docker makes no digest record on request: translated
+        self._status = method.rsplit("/", 1)[0] + "/ImageStatus"
         changes = await self._rename(mode, caller, name, since, until)
         if changes is None:
             return False
-        if since is not None:
+        if since is not None and not self._removals.holds(caller):
             await self._save(lambda: self._names.paid(caller))
         if changes and mode == CONTAINERD:
-            await self._settle(method.rsplit("/", 1)[0] + "/ImageStatus", changes, until)
+            await self._settle(self._status, changes, until)
         return bool(changes)
 
     async def pay_owed(self, method: str, until: float) -> None:
@@ -344,8 +365,9 @@ class Naming:
     ) -> dict[str, bool] | None:
         """Copy the records of `name` under `caller`; remove those made since the pulls began
         (`since`; None: remove none), each call within what is left before `until` (`renaming`
-        decides which). Returns each name written (True) or removed (False); None when it could
-        not be done now."""
+        decides which). While pulls of other images are not answered yet the removals wait for
+        them (`removals`), owed until done. Returns each name written (True) or removed (False); None
+        when it could not be done now."""
         changes: dict[str, bool] = {}
         try:
             record = await self._records.get(name, until)
@@ -363,8 +385,13 @@ class Naming:
                 *(self._records.put(copy(held[old], new), until) for old, new in plan.create)
             )
             changes.update({new: True for _, new in plan.create})
-            await asyncio.gather(*(self._records.delete(old, until) for old in plan.remove))
-            changes.update({old: False for old in plan.remove})
+            if plan.remove and since is not None and any(c != caller for c in self._active):
+                # Other images' pulls are not answered yet: these removals wait for them (`removals`).
+                self._queue(lambda: self._names.owe(caller, since)).add_done_callback(_unsaved)
+                self._removals.add(caller, plan.remove)
+            else:
+                await asyncio.gather(*(self._records.delete(old, until) for old in plan.remove))
+                changes.update({old: False for old in plan.remove})
         except (OutOfTime, grpc.RpcError) as err:
             if isinstance(err, OutOfTime) or err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 log.info("no time left to name the image as asked, left for later", image=caller, pulled=name)
@@ -409,6 +436,43 @@ class Naming:
         if plan.complete:
             await self._forget([caller])  # Docker holds it by the caller's name alone now
         return changes
+
+    async def _remove_pulled(self, batch: dict[str, list[str]]) -> None:
+        """Remove the queued pulled records of each caller in `batch` (`removals`), wait until
+        the CRI no longer shows them, and the renamings are owed no more. A caller whose image
+        is being pulled again is left alone: that pull renames it as it ends."""
+        until = time.monotonic() + SETTLE_TIMEOUT
+
+        async def remove(caller: str, names: list[str]) -> bool:
+            async with self._gate(caller):
+                if caller in self._active:
+                    return False
+                await asyncio.gather(*(self._records.delete(name, until) for name in names))
+                return True
+
+        results = await asyncio.gather(*(remove(c, n) for c, n in batch.items()), return_exceptions=True)
+        done = []
+        for (caller, names), result in zip(batch.items(), results, strict=True):
+            if result is True:
+                done.append(caller)
+            elif isinstance(result, BaseException):
+                error = result.details() if isinstance(result, grpc.RpcError) else "no time left"
+                log.warning(
+                    "could not remove the pulled image records, left for later",
+                    image=caller,
+                    pulled=",".join(names),
+                    error=error,
+                )
+        gone = {name: False for caller in done for name in batch[caller]}
+        if gone:
+            await self._settle(self._status, gone, until)
+
+        def paid() -> None:
+            for caller in done:
+                self._names.paid(caller)
+
+        if done:
+            await self._save(paid)
 
     async def _settle(self, status: str, wanted: dict[str, bool], until: float) -> None:
         """containerd's CRI learns of record changes from its event stream, a moment later: wait
@@ -501,8 +565,8 @@ class Naming:
 
     def image(self, image: cri.Image) -> bool:
         """Without image records: the caller's names instead of the rewritten ones. With them the
-        runtime's answer is already true."""
-        if not self._names or self.native:
+        runtime's answer is already true, once the pulled records are removed (`removals`)."""
+        if not self._names or (self.native and not self._removals.pending):
             return False
         tags, digests = translate(image.repo_tags, image.repo_digests, self._names)
         if self._mode == DOCKER:  # in Docker's own spelling of the names it holds
@@ -547,14 +611,15 @@ class Naming:
         return await upstream.unary(method, raw, context)
 
     def _mapped(self, image: str) -> str | None:
-        if not image or reference.is_image_id(image):
-            return None
-        try:
-            caller = reported(reference.parse(image))
-        except reference.ReferenceError:
-            return None
-        pulled = self._names.target(caller)
+        caller = reported_name(image)
+        pulled = self._names.target(caller) if caller is not None else None
         return pulled if pulled != caller else None
+
+
+def _unsaved(done: asyncio.Future[None]) -> None:
+    """A change of the name store that nobody waited for could not be written."""
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("could not write the names file", error=str(done.exception()))
 
 
 def spelled(names: Iterable[str]) -> list[str]:

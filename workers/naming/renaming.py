@@ -76,13 +76,19 @@ def renaming(
     return Renaming(tuple(create), tuple(remove), tuple(kept))
 
 
+def reported_name(image: str) -> str | None:
+    """How a runtime reports the image named `image` (`reported`); None for an image ID, an empty
+    or an unparsable name."""
+    if not image or reference.is_image_id(image):
+        return None
+    try:
+        return reported(reference.parse(image))
+    except reference.ReferenceError:
+        return None
+
+
 def foreign_ref(image_ref: str, caller: str) -> bool:
     """Whether a PullImage `image_ref` names another repository than the caller's (a rewritten
     pull's registry): the caller must get the image's ID instead. An ID is never foreign."""
-    if not image_ref or reference.is_image_id(image_ref):
-        return False
-    try:
-        named = reported(reference.parse(image_ref))
-    except reference.ReferenceError:
-        return False
-    return repository(named) != repository(caller)
+    named = reported_name(image_ref)
+    return named is not None and repository(named) != repository(caller)

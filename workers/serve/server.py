@@ -358,9 +358,9 @@ async def serve(
         if listener is not None:
             unpublish(listener)
         await server.stop(grace=None)
+        await images.naming.close()  # removes the pulled records still queued, over the channel
         await upstream.close()
         await registries.close()
-        await images.naming.close()
 
 
 async def wait_for_runtime(upstream: Upstream, ready: ReadyPipe, signals: Signals) -> None:

@@ -1,0 +1,97 @@
+"""When the pulled records of an answered pull are removed (`removals`): the rule as a table, and
+the queue carrying it out with a stand-in for the runtime's records."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from image_cri_shim.workers.naming.removals import Removals, due, wait_for
+
+A, B, C = "docker.io/library/a:1", "docker.io/library/b:1", "docker.io/library/c:1"
+
+
+@pytest.mark.parametrize(
+    ("queued", "pulling", "now", "expected"),
+    [
+        # no pull waits for its answer: everything goes now
+        ({A: 10.0, B: 10.9}, (), 11.0, [A, B]),
+        # pulls of other images still run: only what waited `within` (1 s) goes
+        ({A: 10.0, B: 10.5}, (C,), 11.0, [A]),
+        ({A: 10.0, B: 10.5}, (C,), 10.9, []),
+        # ...never the records of an image being pulled again (that pull renames it as it ends)
+        ({A: 10.0, B: 10.0}, (A, C), 12.0, [B]),
+        ({}, (C,), 12.0, []),
+    ],
+    ids=["idle", "waited-long-enough", "not-yet", "pulled-again", "nothing"],
+)
+def test_what_is_removed_now(
+    queued: dict[str, float], pulling: tuple[str, ...], now: float, expected: list[str]
+) -> None:
+    assert due(queued, pulling, now, within=1.0) == expected
+
+
+def test_how_long_the_queue_may_wait() -> None:
+    assert wait_for({A: 10.0, B: 10.4}, 10.5, within=1.0) == pytest.approx(0.5)
+    assert wait_for({A: 10.0}, 12.0, within=1.0) == 0.0
+    assert wait_for({}, 12.0, within=1.0) == 0.0
+
+
+class Runtime:
+    """The records removed, batch by batch; `pulling`: callers whose pull is not answered."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, list[str]]] = []
+        self.pulling: set[str] = set()
+
+    async def remove(self, batch: dict[str, list[str]]) -> None:
+        await asyncio.sleep(0)
+        self.batches.append(batch)
+
+
+def test_removals_wait_for_the_pulls_around_them() -> None:
+    async def scenario() -> None:
+        runtime = Runtime()
+        removals = Removals(runtime.remove, lambda: runtime.pulling, within=5.0)
+        runtime.pulling.add(C)
+        removals.add(A, ["mirror/a:1", "mirror/a@sha256:1"])
+        removals.add(A, ["mirror/a:1"])  # queued twice: removed once
+        removals.add(B, ["mirror/b:1"])
+        await asyncio.sleep(0.05)
+        assert runtime.batches == [], "C's pull is not answered yet"
+        assert removals.pending and removals.holds(A) and not removals.holds(C)
+        runtime.pulling.clear()
+        removals.wake()
+        await asyncio.sleep(0.05)
+        assert runtime.batches == [{A: ["mirror/a:1", "mirror/a@sha256:1"], B: ["mirror/b:1"]}]
+        assert not removals.pending
+        await removals.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_removal_waits_no_longer_than_within_while_pulls_go_on() -> None:
+    async def scenario() -> None:
+        runtime = Runtime()
+        removals = Removals(runtime.remove, lambda: runtime.pulling, within=0.1)
+        runtime.pulling.add(C)
+        removals.add(A, ["mirror/a:1"])
+        await asyncio.sleep(0.3)
+        assert runtime.batches == [{A: ["mirror/a:1"]}]
+        await removals.close()
+
+    asyncio.run(scenario())
+
+
+def test_closing_removes_what_is_queued_at_once() -> None:
+    async def scenario() -> None:
+        runtime = Runtime()
+        removals = Removals(runtime.remove, lambda: runtime.pulling, within=60.0)
+        runtime.pulling.add(C)
+        removals.add(A, ["mirror/a:1"])
+        await asyncio.wait_for(removals.close(), 1.0)
+        assert runtime.batches == [{A: ["mirror/a:1"]}]
+        assert not removals.pending
+
+    asyncio.run(scenario())
