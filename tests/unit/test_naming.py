@@ -221,3 +221,26 @@ def test_create_container_image_is_mapped_without_image_records(tmp_path: Path) 
     assert back.config.image.annotations == {"a": "b"} and back.config.labels == {"l": "1"}
     assert naming._mapped("sha256:" + "0" * 64) is None, "image IDs go as they came"
     assert naming._mapped("docker.io/library/unknown:1") is None
+
+
+def test_an_image_status_answer_under_the_callers_own_name_is_the_shims_only_on_settled_records(
+    tmp_path: Path,
+) -> None:
+    """ImageStatus may pass containerd's answer as it is only when nothing of the shim's goes into
+    it: records renamed (no translation), no renaming owed or removal waiting, no verbose `info`."""
+    naming = translating(tmp_path, {CALLER: PULLED})
+    assert not naming.answers_as_held(verbose=False), "translated: the runtime holds the pulled name"
+    naming._mode = "containerd"
+    assert naming.answers_as_held(verbose=False)
+    assert not naming.answers_as_held(verbose=True), "verbose adds where the image came from"
+    naming._names.owe(CALLER, 1000.0)
+    assert not naming.answers_as_held(verbose=False), "a renaming owed is done on the lookup"
+    naming._names.paid(CALLER)
+    assert naming.answers_as_held(verbose=False)
+
+    async def queued() -> bool:
+        naming._active[PULLED] = 1  # another image's pull is not answered yet: the removal waits
+        naming._removals.add(CALLER, [PULLED])
+        return naming.answers_as_held(verbose=False)
+
+    assert not asyncio.run(queued()), "pulled records waiting for removal are translated away"

@@ -546,6 +546,12 @@ class Naming:
         renamed = self.native or self._mode == DOCKER  # the caller's name is the runtime's own
         return [caller, mapped] if renamed else [mapped, caller]
 
+    def answers_as_held(self, verbose: bool) -> bool:
+        """Whether containerd's ImageStatus answer, for an image it holds under the name the
+        caller sent, is the shim's answer too: containerd reads names by the grammar the shim
+        does, and nothing is owed, waits for removal or goes into `info`."""
+        return not verbose and self.native and not self._removals.pending and not self._names.owing()
+
     def status(self, response: cri.ImageStatusResponse, caller: str | None, verbose: bool) -> bool:
         """Name an ImageStatus answer; True if it changed."""
         changed = self.image(response.image)

@@ -152,7 +152,7 @@ class Upstream:
         try:
             with self.waits:
                 response: bytes = await call(
-                    request, timeout=deadline.left(begin), metadata=self.metadata(context)
+                    request, timeout=deadline.left(begin), metadata=self.metadata(context) or None
                 )
                 self._trimmer.moved(len(response))
         except grpc.RpcError as err:

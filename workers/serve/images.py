@@ -240,8 +240,19 @@ class ImageService:
         if source is None:
             forwarded = await self._upstream.unary(method, raw, context, deadline)
             return self._named_status(forwarded, None, request.verbose)
+        asked: bytes | None = None  # the runtime's answer to the request as it came
+        if self.naming.answers_as_held(request.verbose):
+            # kubelet's every check of an image it holds: the request and the answer as they are
+            asked = await self._upstream.unary(method, raw, context, deadline)
+            if cri.ImageStatusResponse.FromString(asked).image.id:
+                return asked
+        caller = reported(source)
 
         async def ask(name: str) -> tuple[bool, bytes]:
+            nonlocal asked
+            if asked is not None and name == caller:  # the runtime said just now: not under it
+                answer, asked = asked, None
+                return False, answer
             request.image.image = name
             answer = await self._upstream.unary(method, request.SerializeToString(), context, deadline)
             return bool(cri.ImageStatusResponse.FromString(answer).image.id), answer
@@ -249,7 +260,6 @@ class ImageService:
         name, answer = await self.naming.look(source, ask)
         if name is None:
             return answer or b""
-        caller = reported(source)
         if await self.naming.found(method, caller, name, deadline.answer_by):
             _, answer = await ask(caller)  # the runtime holds it under the caller's name now
         return self._named_status(answer or b"", caller, request.verbose)
