@@ -33,9 +33,12 @@ def test_what_is_removed_now(
 
 
 def test_how_long_the_queue_may_wait() -> None:
-    assert wait_for({A: 10.0, B: 10.4}, 10.5, within=1.0) == pytest.approx(0.5)
-    assert wait_for({A: 10.0}, 12.0, within=1.0) == 0.0
-    assert wait_for({}, 12.0, within=1.0) == 0.0
+    assert wait_for({A: 10.0, B: 10.4}, (C,), 10.5, within=1.0) == pytest.approx(0.5)
+    assert wait_for({A: 10.0}, (C,), 12.0, within=1.0) == 0.0
+    # an image pulled again waits for that pull's end, however long: no timer
+    assert wait_for({A: 10.0, B: 10.4}, (A,), 10.5, within=1.0) == pytest.approx(0.9)
+    assert wait_for({A: 10.0}, (A,), 12.0, within=1.0) is None
+    assert wait_for({}, (C,), 12.0, within=1.0) is None
 
 
 class Runtime:
@@ -78,6 +81,30 @@ def test_a_removal_waits_no_longer_than_within_while_pulls_go_on() -> None:
         runtime.pulling.add(C)
         removals.add(A, ["mirror/a:1"])
         await asyncio.sleep(0.3)
+        assert runtime.batches == [{A: ["mirror/a:1"]}]
+        await removals.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_removal_behind_a_pull_of_its_own_image_sleeps_until_that_pull_ends() -> None:
+    async def scenario() -> None:
+        runtime = Runtime()
+        woken = 0
+
+        def pulling() -> set[str]:
+            nonlocal woken
+            woken += 1
+            return runtime.pulling
+
+        removals = Removals(runtime.remove, pulling, within=0.01)
+        runtime.pulling.update({A, C})
+        removals.add(A, ["mirror/a:1"])
+        await asyncio.sleep(0.2)
+        assert runtime.batches == [] and woken <= 3, f"the queue looked {woken} times"
+        runtime.pulling.discard(A)
+        removals.wake()
+        await asyncio.sleep(0.05)
         assert runtime.batches == [{A: ["mirror/a:1"]}]
         await removals.close()
 

@@ -44,9 +44,13 @@ def due(
     return [caller for caller, at in queued.items() if now - at >= within and caller not in pulling]
 
 
-def wait_for(queued: Mapping[str, float], now: float, within: float = WITHIN) -> float:
-    """Seconds until the oldest queued removal is due whatever the pulls do."""
-    return max(0.0, min(queued.values()) + within - now) if queued else 0.0
+def wait_for(
+    queued: Mapping[str, float], pulling: Collection[str], now: float, within: float = WITHIN
+) -> float | None:
+    """Seconds until the oldest queued removal falls due whatever the pulls do; None when only
+    the end of a pull can make one due (an image being pulled again waits for that pull)."""
+    waiting = [at for caller, at in queued.items() if caller not in pulling]
+    return max(0.0, min(waiting) + within - now) if waiting else None
 
 
 class Removals:
@@ -90,12 +94,12 @@ class Removals:
     async def _run(self) -> None:
         while self._queued:
             now = time.monotonic()
-            queued = {c: q.at for c, q in self._queued.items()}
-            ready = list(queued) if self._closing else due(queued, self._pulling(), now, self._within)
+            queued, pulling = {c: q.at for c, q in self._queued.items()}, self._pulling()
+            ready = list(queued) if self._closing else due(queued, pulling, now, self._within)
             if not ready:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_for(queued, now, self._within))
+                    await asyncio.wait_for(self._wake.wait(), wait_for(queued, pulling, now, self._within))
                 continue
             batch = {c: self._queued.pop(c).names for c in ready}
             self._removing.update(batch)
