@@ -111,6 +111,27 @@ def test_a_removal_behind_a_pull_of_its_own_image_sleeps_until_that_pull_ends() 
     asyncio.run(scenario())
 
 
+def test_a_failed_removal_is_logged_and_the_queue_goes_on() -> None:
+    async def scenario() -> None:
+        runtime = Runtime()
+        failures = [OSError("names file: read-only file system")]
+
+        async def remove(batch: dict[str, list[str]]) -> None:
+            if failures:
+                raise failures.pop()
+            await runtime.remove(batch)
+
+        removals = Removals(remove, lambda: runtime.pulling, within=60.0)
+        removals.add(A, ["mirror/a:1"])
+        await asyncio.sleep(0.05)
+        assert not removals.pending, "the failed batch is not retried here: it stays owed"
+        removals.add(B, ["mirror/b:1"])
+        await asyncio.wait_for(removals.close(), 1.0)
+        assert runtime.batches == [{B: ["mirror/b:1"]}]
+
+    asyncio.run(scenario())
+
+
 def test_closing_removes_what_is_queued_at_once() -> None:
     async def scenario() -> None:
         runtime = Runtime()

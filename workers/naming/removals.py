@@ -20,6 +20,10 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
+from image_cri_shim import logs
+
+log = logs.get("naming")
+
 # The longest a removal waits for the pulls around it (a node pulling without pause still has
 # its pulled names removed within about this).
 WITHIN = 1.0
@@ -105,6 +109,8 @@ class Removals:
             self._removing.update(batch)
             try:
                 await self._remove(batch)
+            except Exception as err:  # a fault of its own ends no queue: what it missed stays owed
+                log.warning("could not remove the pulled image records, left for later", error=repr(err))
             finally:
                 self._removing.difference_update(batch)
 
