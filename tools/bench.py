@@ -284,6 +284,7 @@ def concurrent_pulls(stack: Bench, count: int) -> Figure:
         "shim": (stack.service.socket, [f"{n.removeprefix('library/')}:1" for n in names]),
     }
     walls: dict[str, list[float]] = {"direct": [], "shim": []}
+    renamed: list[float] = []  # after the shim's last answer, until containerd's records say so
     for _ in range(SCALE["pull_rounds"]):
         for side, (socket, images) in sides.items():
             clients = [CriClient(socket) for _ in images]
@@ -293,6 +294,11 @@ def concurrent_pulls(stack: Bench, count: int) -> Figure:
                 for result in results:
                     result.get(timeout=120)
                 walls[side].append(time.monotonic() - started)
+            if side == "shim":
+                answered = time.monotonic()
+                for name in names:
+                    wait_for(functools.partial(stack.direct.status, f"docker.io/{name}:1"), 30, name)
+                renamed.append(time.monotonic() - answered)
             # Both names, so that no round starts with the other side's content in the store.
             for image in [*sides["direct"][1], *(f"docker.io/{n}:1" for n in names)]:
                 stack.direct.remove(image)
@@ -302,7 +308,8 @@ def concurrent_pulls(stack: Bench, count: int) -> Figure:
     return Figure(
         "3",
         f"{count} PullImage at once, wall time (direct → shim)",
-        f"{ms(statistics.median(walls['direct']))} → {ms(statistics.median(walls['shim']))}: x{ratio:.2f}",
+        f"{ms(statistics.median(walls['direct']))} → {ms(statistics.median(walls['shim']))}: x{ratio:.2f}"
+        f" (containerd's records renamed {ms(statistics.median(renamed))} after the last answer)",
         "≤ 1.2",
         "≤ 1.05",
         ratio <= 1.2,

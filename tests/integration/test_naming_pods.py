@@ -5,6 +5,7 @@ every registry stopped. Both CRI versions where the runtime serves them."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +26,13 @@ from tests.harness import (
 from tests.harness.containerd import ROOT_PACKAGES, SUITES
 from tests.harness.cri import VERSIONS, CriClient, CriVersion
 from tests.harness.images import PushedImage, push
-from tests.harness.node import Stack, entry
+from tests.harness.node import Stack, entry, repo
 from tests.harness.pods import PodNetwork, busybox_layout, container_config, remove_pods, sandbox_config
+from tests.harness.processes import wait_for
 from tests.harness.registry import Registry
 from tests.harness.rootfs import debian_root
 from tests.harness.service import start_service
+from tests.harness.tcpproxy import Gate, TcpProxy
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -242,6 +245,48 @@ def test_concurrent_pulls_of_one_name_all_succeed_and_leave_the_callers_name(
     assert len(set(results)) == 1 and len(results) == 8
     assert_named_as_asked(client, names, results[0])
     client.remove(names.caller)
+
+
+def test_a_pull_answered_while_another_runs_runs_its_pod_by_the_callers_name_at_once(
+    node: PodNode, stack: Stack
+) -> None:
+    """While another image's pull runs, an answered pull's records are renamed after it (about a
+    second at most); meanwhile the shim names the image as asked and CreateContainer through it
+    by the caller's name runs the container (by the image's ID, as kubelet sends it anyway)."""
+    mirror, slow_registry = stack.registries(), stack.registries()
+    names, long = push_busybox(node, mirror), repo()
+    stack.images(slow_registry, long, "1")
+    held = Gate(count=1000, timeout=4.0)  # the slow registry's blobs each wait 4 s
+    slow = TcpProxy(slow_registry.port, gate=held)
+    try:
+        shim = stack.start_on(
+            node.containerd.address, [entry(f"http://{slow.host}", 500)], address=entry(mirror)
+        )
+        client, direct = stack.cri(shim.socket), stack.direct()
+        sandbox = sandbox_config(client, "pod-waiting")
+        pod = str(
+            client.runtime.RunPodSandbox(
+                client.pb.RunPodSandboxRequest(config=sandbox), timeout=60
+            ).pod_sandbox_id
+        )
+        running = threading.Thread(target=lambda: client.pull(f"{long}:1", timeout=60))
+        running.start()
+        wait_for(lambda: held.arrived > 0, 10, "the long pull waits for its blobs")
+        image_id = client.pull(names.caller)
+        assert direct.status(names.caller) is None, "containerd's records are renamed after the other pull"
+        assert_named_as_asked(client, names, image_id, renamed=False)
+        container = run_container(client, pod, sandbox, names, "waiting")
+        assert running.is_alive(), "all of it while the other pull still ran"
+        wait_for(lambda: direct.status(names.caller) is not None, 10, "containerd's records renamed")
+        assert direct.status(names.pushed.reference) is None
+        assert container_image(client, container)[0] == names.caller
+        running.join(60)
+        pb = client.pb
+        client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+        client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+        client.remove(names.caller)
+    finally:
+        slow.stop()
 
 
 @pytest.fixture(scope="module")

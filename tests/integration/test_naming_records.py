@@ -126,13 +126,13 @@ def test_a_renaming_owed_while_the_images_api_was_out_of_reach_is_done_on_the_ne
     assert client.pulled_as(f"{name}:1") == pulled
 
 
-def test_pulled_records_wait_for_the_pulls_around_them_and_answers_name_the_caller_meanwhile(
+def test_a_renaming_waits_for_the_pulls_around_it_and_answers_name_the_caller_meanwhile(
     stack: Stack,
 ) -> None:
-    """While a pull of another image is still running, an answered pull's pulled records stay
-    (each removal is a write concurrent pulls would queue behind), at most about a second; through
-    the shim the image has the caller's name alone all along, and afterwards containerd's own
-    records say so too."""
+    """While a pull of another image is still running, an answered pull's records are renamed
+    after it (each record written or removed is a write concurrent pulls would queue behind), at
+    most about a second later; through the shim the image has the caller's name alone all along,
+    and afterwards containerd's own records say so too."""
     fast, slow_registry = stack.registries(), stack.registries()
     quick, long = repo(), repo()
     stack.images(fast, quick, "1")
@@ -148,13 +148,14 @@ def test_pulled_records_wait_for_the_pulls_around_them_and_answers_name_the_call
         client.pull(f"{quick}:1")
         answered = time.monotonic()
         caller, pulled = f"docker.io/{quick}:1", f"{fast.host}/{quick}:1"
-        assert direct.status(pulled) is not None, "the pulled record waits for the running pull"
+        assert direct.status(pulled) is not None, "the renaming waits for the running pull"
+        assert direct.status(caller) is None
         assert tags(client, f"{quick}:1") == [caller]
         listed = [sorted(i.repo_tags) for i in client.list() if {caller, pulled} & set(i.repo_tags)]
         assert listed == [[caller]], "the pulled name is never listed"
-        wait_for(lambda: direct.status(pulled) is None, 10, "the pulled record removed")
+        wait_for(lambda: direct.status(pulled) is None, 10, "the records renamed")
         waited = time.monotonic() - answered
-        assert running.is_alive(), "removed while the other pull still runs: it waits at most about 1 s"
+        assert running.is_alive(), "renamed while the other pull still runs: it waits at most about 1 s"
         assert waited < 3.0, f"{waited:.2f} s"
         assert tags(direct, caller) == [caller], "containerd's own records say so"
         running.join(60)

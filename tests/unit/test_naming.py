@@ -239,8 +239,8 @@ def test_an_image_status_answer_under_the_callers_own_name_is_the_shims_only_on_
     assert naming.answers_as_held(verbose=False)
 
     async def queued() -> bool:
-        naming._active[PULLED] = 1  # another image's pull is not answered yet: the removal waits
-        naming._removals.add(CALLER, [PULLED])
+        naming._active[PULLED] = 1  # another image's pull is not answered yet: the renaming waits
+        naming._deferred.add(CALLER, PULLED, 1000.0)
         return naming.answers_as_held(verbose=False)
 
-    assert not asyncio.run(queued()), "pulled records waiting for removal are translated away"
+    assert not asyncio.run(queued()), "an image whose renaming waits is translated"

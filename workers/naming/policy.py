@@ -47,7 +47,7 @@ from image_cri_shim.protos import containerd_pb2 as ctr
 from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.lookup.plan import Planner
-from image_cri_shim.workers.naming.removals import Removals
+from image_cri_shim.workers.naming.deferred import Deferred, Queued
 from image_cri_shim.workers.naming.renaming import renames, renaming, reported, reported_name, repository
 from image_cri_shim.workers.naming.store import NameStore
 from image_cri_shim.workers.runtime.calls import unary_call
@@ -154,11 +154,11 @@ class Naming:
         self._files = ThreadPoolExecutor(1, thread_name_prefix="names")
         self._queued: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
         self._writing: asyncio.Task[None] | None = None
-        self._removals = Removals(self._remove_pulled, lambda: self._active)
+        self._deferred = Deferred(self._rename_deferred, lambda: self._active)
         self._status = "/runtime.v1.ImageService/ImageStatus"  # as the last renaming's caller asked
 
     async def close(self) -> None:
-        await self._removals.close()
+        await self._deferred.close()
         self._files.shutdown(wait=True)
         if self._docker is not None:
             await self._docker.close()
@@ -218,7 +218,7 @@ class Naming:
             left = self._active.pop(pull.caller) - 1
             if left:
                 self._active[pull.caller] = left
-            self._removals.wake()
+            self._deferred.wake()
 
     def _returned(self, pull: Pull) -> tuple[int, float]:
         """This pull is back from the runtime: (pulls of its name still there, their earliest start)."""
@@ -262,7 +262,8 @@ class Naming:
     async def pulled(self, method: str, pull: Pull, target: Reference, until: float) -> None:
         """A rewritten pull (`method`) succeeded: name it as asked, and return once the
         runtime's CRI answers under the new names, or when `until` (the caller's deadline,
-        time.monotonic()) comes first: the pull succeeded all the same."""
+        time.monotonic()) comes first: the pull succeeded all the same. While pulls of other
+        images are not answered yet, containerd's records are renamed after them (`deferred`)."""
         caller, name = pull.caller, reported(target)
         self._status = method.rsplit("/", 1)[0] + "/ImageStatus"
         await self._record(caller, name)
@@ -270,15 +271,23 @@ class Naming:
         async with self._gate(caller):  # no other pull of the name starts meanwhile
             others, since = self._returned(pull)
             last = None if others else min(since, self._names.owed(caller) or since)  # the last one renames
+            if last is not None and mode == CONTAINERD and any(c != caller for c in self._active):
+                self._defer(caller, name, last)
+                return
             changes = await self._rename(mode, caller, name, last, until)
             if last is not None and changes is None:
                 await self._save(lambda: self._names.owe(caller, last))  # the next lookup renames it
             elif (
-                last is not None and self._names.owed(caller) is not None and not self._removals.holds(caller)
+                last is not None and self._names.owed(caller) is not None and not self._deferred.holds(caller)
             ):
                 await self._save(lambda: self._names.paid(caller))
         if changes and mode == CONTAINERD:
             await self._settle(self._status, changes, until)
+
+    def _defer(self, caller: str, name: str, since: float) -> None:
+        """Rename after the pulls of other images are answered (`deferred`), owed until then."""
+        self._queue(lambda: self._names.owe(caller, since)).add_done_callback(_unsaved)
+        self._deferred.add(caller, name, since)
 
     async def _rename(
         self, mode: str | None, caller: str, name: str, since: float | None, until: float
@@ -321,6 +330,8 @@ class Naming:
         `method`: under another name (preloaded, or pulled by an older shim) it is named as asked.
         A renaming owed since the shim's pull of it is done now, the pulled records removed.
         True when the runtime holds it under the caller's name only now (ask it again so)."""
+        if self._deferred.holds(caller):
+            return False  # renamed by its queue in a moment; answers are translated meanwhile
         since = self._owed(caller)  # the shim's own pull made the records since then
         pulled = self._names.target(caller)
         if name == caller:  # named already; the pulled records may be left from a partial renaming
@@ -338,7 +349,7 @@ class Naming:
         changes = await self._rename(mode, caller, name, since, until)
         if changes is None:
             return False
-        if since is not None and not self._removals.holds(caller):
+        if since is not None:
             await self._save(lambda: self._names.paid(caller))
         if changes and mode == CONTAINERD:
             await self._settle(self._status, changes, until)
@@ -365,9 +376,8 @@ class Naming:
     ) -> dict[str, bool] | None:
         """Copy the records of `name` under `caller`; remove those made since the pulls began
         (`since`; None: remove none), each call within what is left before `until` (`renaming`
-        decides which). While pulls of other images are not answered yet the removals wait for
-        them (`removals`), owed until done. Returns each name written (True) or removed (False); None
-        when it could not be done now."""
+        decides which). Returns each name written (True) or removed (False); None when it could
+        not be done now."""
         changes: dict[str, bool] = {}
         try:
             record = await self._records.get(name, until)
@@ -385,13 +395,8 @@ class Naming:
                 *(self._records.put(copy(held[old], new), until) for old, new in plan.create)
             )
             changes.update({new: True for _, new in plan.create})
-            if plan.remove and since is not None and any(c != caller for c in self._active):
-                # Other images' pulls are not answered yet: these removals wait for them (`removals`).
-                self._queue(lambda: self._names.owe(caller, since)).add_done_callback(_unsaved)
-                self._removals.add(caller, plan.remove)
-            else:
-                await asyncio.gather(*(self._records.delete(old, until) for old in plan.remove))
-                changes.update({old: False for old in plan.remove})
+            await asyncio.gather(*(self._records.delete(old, until) for old in plan.remove))
+            changes.update({old: False for old in plan.remove})
         except (OutOfTime, grpc.RpcError) as err:
             if isinstance(err, OutOfTime) or err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 log.info("no time left to name the image as asked, left for later", image=caller, pulled=name)
@@ -437,35 +442,23 @@ class Naming:
             await self._forget([caller])  # Docker holds it by the caller's name alone now
         return changes
 
-    async def _remove_pulled(self, batch: dict[str, list[str]]) -> None:
-        """Remove the queued pulled records of each caller in `batch` (`removals`), wait until
-        the CRI no longer shows them, and the renamings are owed no more. A caller whose image
-        is being pulled again is left alone: that pull renames it as it ends."""
+    async def _rename_deferred(self, batch: dict[str, Queued]) -> None:
+        """Rename the records of each caller in `batch` (`deferred`) together, wait until the CRI
+        shows them so, and the renamings are owed no more. A caller whose image is being pulled
+        again is left alone: that pull renames it as it ends."""
         until = time.monotonic() + SETTLE_TIMEOUT
 
-        async def remove(caller: str, names: list[str]) -> bool:
+        async def rename(caller: str, queued: Queued) -> dict[str, bool] | None:
             async with self._gate(caller):
                 if caller in self._active:
-                    return False
-                await asyncio.gather(*(self._records.delete(name, until) for name in names))
-                return True
+                    return None
+                return await self._adopt(caller, queued.pulled, queued.since, until)
 
-        results = await asyncio.gather(*(remove(c, n) for c, n in batch.items()), return_exceptions=True)
-        done = []
-        for (caller, names), result in zip(batch.items(), results, strict=True):
-            if result is True:
-                done.append(caller)
-            elif isinstance(result, BaseException):
-                error = result.details() if isinstance(result, grpc.RpcError) else "no time left"
-                log.warning(
-                    "could not remove the pulled image records, left for later",
-                    image=caller,
-                    pulled=",".join(names),
-                    error=error,
-                )
-        gone = {name: False for caller in done for name in batch[caller]}
-        if gone:
-            await self._settle(self._status, gone, until)
+        results = await asyncio.gather(*(rename(c, q) for c, q in batch.items()))
+        done = [caller for caller, changes in zip(batch, results, strict=True) if changes is not None]
+        changed = {name: shown for changes in results if changes for name, shown in changes.items()}
+        if changed:
+            await self._settle(self._status, changed, until)
 
         def paid() -> None:
             for caller in done:
@@ -550,7 +543,7 @@ class Naming:
         """Whether containerd's ImageStatus answer, for an image it holds under the name the
         caller sent, is the shim's answer too: containerd reads names by the grammar the shim
         does, and nothing is owed, waits for removal or goes into `info`."""
-        return not verbose and self.native and not self._removals.pending and not self._names.owing()
+        return not verbose and self.native and not self._deferred.pending and not self._names.owing()
 
     def status(self, response: cri.ImageStatusResponse, caller: str | None, verbose: bool) -> bool:
         """Name an ImageStatus answer; True if it changed."""
@@ -571,8 +564,8 @@ class Naming:
 
     def image(self, image: cri.Image) -> bool:
         """Without image records: the caller's names instead of the rewritten ones. With them the
-        runtime's answer is already true, once the pulled records are removed (`removals`)."""
-        if not self._names or (self.native and not self._removals.pending):
+        runtime's answer is already true, once renamed (`deferred`)."""
+        if not self._names or (self.native and not self._deferred.pending):
             return False
         tags, digests = translate(image.repo_tags, image.repo_digests, self._names)
         if self._mode == DOCKER:  # in Docker's own spelling of the names it holds
@@ -604,13 +597,18 @@ class Naming:
 
     async def create_container(self, upstream: Upstream, method: str, raw: bytes, context: Context) -> bytes:
         """Without image records the runtime knows only the pulled name: map the caller's to it.
-        Only the image field is decoded; everything else goes as it came."""
-        if self._names and not self.native:
+        With them, while the image's renaming waits (`deferred`), to the image's ID. Only the
+        image field is decoded; everything else goes as it came."""
+        if self._names and (not self.native or self._deferred.pending):
             try:
                 request = cri.CreateContainerRequest.FromString(raw)
             except DecodeError:
                 return await upstream.unary(method, raw, context)  # the runtime says what is wrong
-            pulled = self._mapped(request.config.image.image)
+            image = request.config.image.image
+            if self.native:
+                pulled = await self._waiting_id(upstream, method, image, context)
+            else:
+                pulled = self._mapped(image)
             if pulled is not None:
                 request.config.image.image = pulled
                 raw = request.SerializeToString()
@@ -620,6 +618,21 @@ class Naming:
         caller = reported_name(image)
         pulled = self._names.target(caller) if caller is not None else None
         return pulled if pulled != caller else None
+
+    async def _waiting_id(self, upstream: Upstream, method: str, image: str, context: Context) -> str | None:
+        """The ID of the image `image` names while its renaming waits: the pulled name may be
+        removed any moment, the ID stays. None otherwise, or when the runtime does not say."""
+        caller = reported_name(image)
+        pulled = self._mapped(image)
+        if caller is None or pulled is None or not self._deferred.holds(caller):
+            return None
+        status = method.replace("RuntimeService/CreateContainer", "ImageService/ImageStatus")
+        request = cri.ImageStatusRequest(image=cri.ImageSpec(image=pulled)).SerializeToString()
+        try:
+            answer = await upstream.call(status, request, context)
+        except grpc.RpcError:
+            return None  # the call goes as asked, and the runtime says what it says
+        return cri.ImageStatusResponse.FromString(answer).image.id or None
 
 
 def _unsaved(done: asyncio.Future[None]) -> None:

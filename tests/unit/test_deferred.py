@@ -1,5 +1,5 @@
-"""When the pulled records of an answered pull are removed (`removals`): the rule as a table, and
-the queue carrying it out with a stand-in for the runtime's records."""
+"""When an answered pull's records are renamed while other pulls run (`deferred`): the rule as a
+table, and the queue carrying it out with a stand-in for the runtime's records."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from image_cri_shim.workers.naming.removals import Removals, due, wait_for
+from image_cri_shim.workers.naming.deferred import Deferred, Queued, due, wait_for
 
 A, B, C = "docker.io/library/a:1", "docker.io/library/b:1", "docker.io/library/c:1"
 
@@ -26,7 +26,7 @@ A, B, C = "docker.io/library/a:1", "docker.io/library/b:1", "docker.io/library/c
     ],
     ids=["idle", "waited-long-enough", "not-yet", "pulled-again", "nothing"],
 )
-def test_what_is_removed_now(
+def test_what_is_renamed_now(
     queued: dict[str, float], pulling: tuple[str, ...], now: float, expected: list[str]
 ) -> None:
     assert due(queued, pulling, now, within=1.0) == expected
@@ -42,52 +42,53 @@ def test_how_long_the_queue_may_wait() -> None:
 
 
 class Runtime:
-    """The records removed, batch by batch; `pulling`: callers whose pull is not answered."""
+    """The renamings done, batch by batch, as caller -> (pulled name, since); `pulling`: callers
+    whose pull is not answered."""
 
     def __init__(self) -> None:
-        self.batches: list[dict[str, list[str]]] = []
+        self.batches: list[dict[str, tuple[str, float]]] = []
         self.pulling: set[str] = set()
 
-    async def remove(self, batch: dict[str, list[str]]) -> None:
+    async def rename(self, batch: dict[str, Queued]) -> None:
         await asyncio.sleep(0)
-        self.batches.append(batch)
+        self.batches.append({caller: (q.pulled, q.since) for caller, q in batch.items()})
 
 
-def test_removals_wait_for_the_pulls_around_them() -> None:
+def test_deferred_wait_for_the_pulls_around_them() -> None:
     async def scenario() -> None:
         runtime = Runtime()
-        removals = Removals(runtime.remove, lambda: runtime.pulling, within=5.0)
+        deferred = Deferred(runtime.rename, lambda: runtime.pulling, within=5.0)
         runtime.pulling.add(C)
-        removals.add(A, ["mirror/a:1", "mirror/a@sha256:1"])
-        removals.add(A, ["mirror/a:1"])  # queued twice: removed once
-        removals.add(B, ["mirror/b:1"])
+        deferred.add(A, "mirror/a:1", 20.0)
+        deferred.add(A, "mirror/a:1", 10.0)  # queued twice: renamed once, since the earlier pull
+        deferred.add(B, "mirror/b:1", 30.0)
         await asyncio.sleep(0.05)
         assert runtime.batches == [], "C's pull is not answered yet"
-        assert removals.pending and removals.holds(A) and not removals.holds(C)
+        assert deferred.pending and deferred.holds(A) and not deferred.holds(C)
         runtime.pulling.clear()
-        removals.wake()
+        deferred.wake()
         await asyncio.sleep(0.05)
-        assert runtime.batches == [{A: ["mirror/a:1", "mirror/a@sha256:1"], B: ["mirror/b:1"]}]
-        assert not removals.pending
-        await removals.close()
+        assert runtime.batches == [{A: ("mirror/a:1", 10.0), B: ("mirror/b:1", 30.0)}]
+        assert not deferred.pending
+        await deferred.close()
 
     asyncio.run(scenario())
 
 
-def test_a_removal_waits_no_longer_than_within_while_pulls_go_on() -> None:
+def test_a_renaming_waits_no_longer_than_within_while_pulls_go_on() -> None:
     async def scenario() -> None:
         runtime = Runtime()
-        removals = Removals(runtime.remove, lambda: runtime.pulling, within=0.1)
+        deferred = Deferred(runtime.rename, lambda: runtime.pulling, within=0.1)
         runtime.pulling.add(C)
-        removals.add(A, ["mirror/a:1"])
+        deferred.add(A, "mirror/a:1", 10.0)
         await asyncio.sleep(0.3)
-        assert runtime.batches == [{A: ["mirror/a:1"]}]
-        await removals.close()
+        assert runtime.batches == [{A: ("mirror/a:1", 10.0)}]
+        await deferred.close()
 
     asyncio.run(scenario())
 
 
-def test_a_removal_behind_a_pull_of_its_own_image_sleeps_until_that_pull_ends() -> None:
+def test_a_renaming_behind_a_pull_of_its_own_image_sleeps_until_that_pull_ends() -> None:
     async def scenario() -> None:
         runtime = Runtime()
         woken = 0
@@ -97,49 +98,49 @@ def test_a_removal_behind_a_pull_of_its_own_image_sleeps_until_that_pull_ends() 
             woken += 1
             return runtime.pulling
 
-        removals = Removals(runtime.remove, pulling, within=0.01)
+        deferred = Deferred(runtime.rename, pulling, within=0.01)
         runtime.pulling.update({A, C})
-        removals.add(A, ["mirror/a:1"])
+        deferred.add(A, "mirror/a:1", 10.0)
         await asyncio.sleep(0.2)
         assert runtime.batches == [] and woken <= 3, f"the queue looked {woken} times"
         runtime.pulling.discard(A)
-        removals.wake()
+        deferred.wake()
         await asyncio.sleep(0.05)
-        assert runtime.batches == [{A: ["mirror/a:1"]}]
-        await removals.close()
+        assert runtime.batches == [{A: ("mirror/a:1", 10.0)}]
+        await deferred.close()
 
     asyncio.run(scenario())
 
 
-def test_a_failed_removal_is_logged_and_the_queue_goes_on() -> None:
+def test_a_failed_renaming_is_logged_and_the_queue_goes_on() -> None:
     async def scenario() -> None:
         runtime = Runtime()
         failures = [OSError("names file: read-only file system")]
 
-        async def remove(batch: dict[str, list[str]]) -> None:
+        async def rename(batch: dict[str, Queued]) -> None:
             if failures:
                 raise failures.pop()
-            await runtime.remove(batch)
+            await runtime.rename(batch)
 
-        removals = Removals(remove, lambda: runtime.pulling, within=60.0)
-        removals.add(A, ["mirror/a:1"])
+        deferred = Deferred(rename, lambda: runtime.pulling, within=60.0)
+        deferred.add(A, "mirror/a:1", 10.0)
         await asyncio.sleep(0.05)
-        assert not removals.pending, "the failed batch is not retried here: it stays owed"
-        removals.add(B, ["mirror/b:1"])
-        await asyncio.wait_for(removals.close(), 1.0)
-        assert runtime.batches == [{B: ["mirror/b:1"]}]
+        assert not deferred.pending, "the failed batch is not retried here: it stays owed"
+        deferred.add(B, "mirror/b:1", 10.0)
+        await asyncio.wait_for(deferred.close(), 1.0)
+        assert runtime.batches == [{B: ("mirror/b:1", 10.0)}]
 
     asyncio.run(scenario())
 
 
-def test_closing_removes_what_is_queued_at_once() -> None:
+def test_closing_renames_what_is_queued_at_once() -> None:
     async def scenario() -> None:
         runtime = Runtime()
-        removals = Removals(runtime.remove, lambda: runtime.pulling, within=60.0)
+        deferred = Deferred(runtime.rename, lambda: runtime.pulling, within=60.0)
         runtime.pulling.add(C)
-        removals.add(A, ["mirror/a:1"])
-        await asyncio.wait_for(removals.close(), 1.0)
-        assert runtime.batches == [{A: ["mirror/a:1"]}]
-        assert not removals.pending
+        deferred.add(A, "mirror/a:1", 10.0)
+        await asyncio.wait_for(deferred.close(), 1.0)
+        assert runtime.batches == [{A: ("mirror/a:1", 10.0)}]
+        assert not deferred.pending
 
     asyncio.run(scenario())
