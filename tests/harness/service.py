@@ -102,6 +102,26 @@ def alive(pid: int) -> bool:
         return False
 
 
+def where(pids: list[int]) -> str:
+    """What each of `pids` still alive is doing (title, state, the kernel function it waits in,
+    its threads' kernel stacks): a wait for processes to exit that times out says why."""
+    lines = []
+    for pid in pids:
+        if not alive(pid):
+            continue
+        facts = []
+        for name in ("cmdline", "stat", "wchan"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/{name}", "rb") as f:
+                facts.append(f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200])
+        lines.append(f"pid {pid}: " + " | ".join(facts))
+        with contextlib.suppress(OSError):
+            for task in sorted(os.listdir(f"/proc/{pid}/task")):
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/stack") as f:
+                    top = f.read().splitlines()[:3]
+                    lines.append(f"  task {task}: " + " < ".join(t.split(" ", 1)[-1] for t in top))
+    return "\n".join(lines) or "none alive"
+
+
 def children(parent: int) -> dict[int, str]:
     """pid -> title of every process whose parent is `parent`."""
     found = {}

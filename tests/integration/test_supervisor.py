@@ -26,7 +26,7 @@ from tests.harness import Containerd, ImageBuilder, RegistryFactory, free_port
 from tests.harness.cri import CriClient
 from tests.harness.evidence import record
 from tests.harness.processes import wait_for
-from tests.harness.service import Load, Service, alive, base_config, title, wakeups
+from tests.harness.service import Load, Service, alive, base_config, title, wakeups, where
 from tests.harness.tcpproxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -365,7 +365,7 @@ def test_a_killed_master_leaves_no_child(
     def gone() -> bool:
         return not any(alive(pid) for pid in children)
 
-    wait_for(gone, 3, "the children to exit after the master was killed")
+    wait_for(gone, 3, "the children to exit after the master was killed", detail=lambda: where(children))
     record(
         "the master killed (SIGKILL)",
         load="none",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from image_cri_shim.workers.naming.renaming import Renaming, foreign_ref, renaming, reported_name
+from image_cri_shim.workers.naming.renaming import Renaming, When, foreign_ref, renaming, reported_name, when
 from image_cri_shim.workers.runtime.dockerapi import DockerImage, familiar
 
 D = "sha256:" + "cd" * 32
@@ -92,3 +92,25 @@ def test_docker_spells_docker_io_names_familiar_and_keeps_others() -> None:
 )
 def test_the_name_a_runtime_reports_for_an_image(image: str, expected: str | None) -> None:
     assert reported_name(image) == expected
+
+
+@pytest.mark.parametrize(
+    ("others", "owed", "other_images", "records", "expected"),
+    [
+        # the only pull of its name, nothing else running: renamed now, since its pull began
+        (0, None, False, True, When(100.0)),
+        # an older renaming of the name still owed: the records made since that pull go too
+        (0, 90.0, False, True, When(90.0)),
+        # other images' pulls unanswered: on containerd, after them (owed until then)
+        (0, None, True, True, When(100.0, defer=True)),
+        # ...not on Docker, whose record changes no pull queues behind
+        (0, None, True, False, When(100.0)),
+        # another pull of the name still in the runtime: it reads the pulled records, keep them
+        (1, 90.0, True, True, When()),
+    ],
+    ids=["alone", "owed-before", "others-running", "docker", "name-still-pulled"],
+)
+def test_when_an_answered_pull_is_renamed(
+    others: int, owed: float | None, other_images: bool, records: bool, expected: When
+) -> None:
+    assert when(others, 100.0, owed, other_images, records) == expected

@@ -48,7 +48,14 @@ from image_cri_shim.protos import cri_pb2 as cri
 from image_cri_shim.reference import Reference
 from image_cri_shim.workers.lookup.plan import Planner
 from image_cri_shim.workers.naming.deferred import Deferred, Queued
-from image_cri_shim.workers.naming.renaming import renames, renaming, reported, reported_name, repository
+from image_cri_shim.workers.naming.renaming import (
+    renames,
+    renaming,
+    reported,
+    reported_name,
+    repository,
+    when,
+)
 from image_cri_shim.workers.naming.store import NameStore
 from image_cri_shim.workers.runtime.calls import unary_call
 from image_cri_shim.workers.runtime.dockerapi import DockerError, DockerImages, familiar
@@ -269,9 +276,11 @@ class Naming:
         await self._record(caller, name)
         mode = await self.mode_by(until)
         async with self._gate(caller):  # no other pull of the name starts meanwhile
-            others, since = self._returned(pull)
-            last = None if others else min(since, self._names.owed(caller) or since)  # the last one renames
-            if last is not None and mode == CONTAINERD and any(c != caller for c in self._active):
+            others, began = self._returned(pull)
+            other_images = any(c != caller for c in self._active)
+            plan = when(others, began, self._names.owed(caller), other_images, mode == CONTAINERD)
+            last = plan.since
+            if plan.defer and last is not None:
                 self._defer(caller, name, last)
                 return
             changes = await self._rename(mode, caller, name, last, until)

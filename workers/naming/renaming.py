@@ -1,6 +1,7 @@
-"""Which image records a rewritten pull leaves behind, as a value: the records to create under the
-caller's name and the pulled ones to remove. `naming` carries it out on containerd's images API or
-Docker Engine's API; the rules are the same, only what a runtime can hold differs.
+"""Which image records a rewritten pull leaves behind, and when, as values: the records to create
+under the caller's name and the pulled ones to remove (`renaming`), now or later (`when`).
+`naming` carries them out on containerd's images API or Docker Engine's API; the rules are the
+same, only what a runtime can hold differs.
 
 A runtime's records of `registry.company.com/library/nginx:1.27` are the tag and, beside it,
 `registry.company.com/library/nginx@sha256:…`. containerd holds both kinds under any name, so
@@ -74,6 +75,27 @@ def renaming(
         else:
             remove.append(old)
     return Renaming(tuple(create), tuple(remove), tuple(kept))
+
+
+@dataclass(frozen=True)
+class When:
+    """When an answered rewritten pull's records are renamed: now, or after the pulls of other
+    images (`defer`, owed until then); `since`: pulled records made since then are removed (None:
+    none, another pull of the name is still in the runtime and the last of them removes them)."""
+
+    since: float | None = None
+    defer: bool = False
+
+
+def when(others: int, began: float, owed: float | None, other_images: bool, records: bool) -> When:
+    """`others`: pulls of the same name still in the runtime (it reads the pulled records to
+    finish); `began`: the earliest start of this name's pulls; `owed`: when the pull of a renaming
+    still owed began; `other_images`: pulls of other images not answered yet; `records`: the
+    runtime's records are containerd's, whose every write those pulls queue behind."""
+    if others:
+        return When()
+    since = began if owed is None else min(began, owed)
+    return When(since, defer=records and other_images)
 
 
 def reported_name(image: str) -> str | None:
