@@ -26,9 +26,9 @@ PR_SET_PDEATHSIG = 1
 
 def become_child(title: str, master_pid: int | None, death_signal: int = signal.SIGTERM) -> None:
     setproctitle(f"image-cri-shim: {title}")
-    # Until the process installs its own handlers, a stop request is a clean exit.
+    # Until the process installs its own handlers, a stop request ends it at once.
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _exit_cleanly)
+        signal.signal(signum, _exit_at_once)
     if master_pid is None:
         return
     libc = ctypes.CDLL(None, use_errno=True)
@@ -123,5 +123,9 @@ class HeapTrimmer:
             self._lock.release()
 
 
-def _exit_cleanly(_signum: int, _frame: object) -> None:
-    raise SystemExit(0)
+def _exit_at_once(_signum: int, _frame: object) -> None:
+    """A stop before the process's own handlers: it holds nothing to finish yet, so leave now.
+    Raising SystemExit here instead would unwind from whatever line was running, an import
+    halfway through taking a lock among them, and the exit could then wait on that lock forever
+    (seen: a syncer stopped amid its imports, left orphaned and asleep)."""
+    os._exit(0)

@@ -277,8 +277,11 @@ def test_a_pull_answered_while_another_runs_runs_its_pod_by_the_callers_name_at_
         assert_named_as_asked(client, names, image_id, renamed=False)
         container = run_container(client, pod, sandbox, names, "waiting")
         assert running.is_alive(), "all of it while the other pull still ran"
-        wait_for(lambda: direct.status(names.caller) is not None, 10, "containerd's records renamed")
-        assert direct.status(names.pushed.reference) is None
+        wait_for(
+            lambda: direct.status(names.caller) is not None and direct.status(names.pushed.reference) is None,
+            10,
+            "containerd's records renamed: the caller's written, the pulled ones removed",
+        )
         assert container_image(client, container)[0] == names.caller
         running.join(60)
         pb = client.pb
