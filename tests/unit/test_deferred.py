@@ -46,12 +46,12 @@ class Runtime:
     whose pull is not answered."""
 
     def __init__(self) -> None:
-        self.batches: list[dict[str, tuple[str, float]]] = []
+        self.batches: list[dict[str, tuple[list[str], float]]] = []
         self.pulling: set[str] = set()
 
     async def rename(self, batch: dict[str, Queued]) -> None:
         await asyncio.sleep(0)
-        self.batches.append({caller: (q.pulled, q.since) for caller, q in batch.items()})
+        self.batches.append({caller: (list(q.pulled), q.since) for caller, q in batch.items()})
 
 
 def test_deferred_wait_for_the_pulls_around_them() -> None:
@@ -61,6 +61,7 @@ def test_deferred_wait_for_the_pulls_around_them() -> None:
         runtime.pulling.add(C)
         deferred.add(A, "mirror/a:1", 20.0)
         deferred.add(A, "mirror/a:1", 10.0)  # queued twice: renamed once, since the earlier pull
+        deferred.add(A, "backup/a:1", 30.0)  # pulled through another registry too: both, latest last
         deferred.add(B, "mirror/b:1", 30.0)
         await asyncio.sleep(0.05)
         assert runtime.batches == [], "C's pull is not answered yet"
@@ -68,7 +69,7 @@ def test_deferred_wait_for_the_pulls_around_them() -> None:
         runtime.pulling.clear()
         deferred.wake()
         await asyncio.sleep(0.05)
-        assert runtime.batches == [{A: ("mirror/a:1", 10.0), B: ("mirror/b:1", 30.0)}]
+        assert runtime.batches == [{A: (["mirror/a:1", "backup/a:1"], 10.0), B: (["mirror/b:1"], 30.0)}]
         assert not deferred.pending
         await deferred.close()
 
@@ -82,7 +83,7 @@ def test_a_renaming_waits_no_longer_than_within_while_pulls_go_on() -> None:
         runtime.pulling.add(C)
         deferred.add(A, "mirror/a:1", 10.0)
         await asyncio.sleep(0.3)
-        assert runtime.batches == [{A: ("mirror/a:1", 10.0)}]
+        assert runtime.batches == [{A: (["mirror/a:1"], 10.0)}]
         await deferred.close()
 
     asyncio.run(scenario())
@@ -106,7 +107,7 @@ def test_a_renaming_behind_a_pull_of_its_own_image_sleeps_until_that_pull_ends()
         runtime.pulling.discard(A)
         deferred.wake()
         await asyncio.sleep(0.05)
-        assert runtime.batches == [{A: ("mirror/a:1", 10.0)}]
+        assert runtime.batches == [{A: (["mirror/a:1"], 10.0)}]
         await deferred.close()
 
     asyncio.run(scenario())
@@ -128,7 +129,7 @@ def test_a_failed_renaming_is_logged_and_the_queue_goes_on() -> None:
         assert not deferred.pending, "the failed batch is not retried here: it stays owed"
         deferred.add(B, "mirror/b:1", 10.0)
         await asyncio.wait_for(deferred.close(), 1.0)
-        assert runtime.batches == [{B: ("mirror/b:1", 10.0)}]
+        assert runtime.batches == [{B: (["mirror/b:1"], 10.0)}]
 
     asyncio.run(scenario())
 
@@ -140,7 +141,7 @@ def test_closing_renames_what_is_queued_at_once() -> None:
         runtime.pulling.add(C)
         deferred.add(A, "mirror/a:1", 10.0)
         await asyncio.wait_for(deferred.close(), 1.0)
-        assert runtime.batches == [{A: ("mirror/a:1", 10.0)}]
+        assert runtime.batches == [{A: (["mirror/a:1"], 10.0)}]
         assert not deferred.pending
 
     asyncio.run(scenario())

@@ -33,10 +33,11 @@ WITHIN = 1.0
 
 @dataclass
 class Queued:
-    """The renaming of one caller's image, pulled as `pulled` by pulls begun at `since` (wall
-    clock), waiting since `at` (time.monotonic())."""
+    """The renaming of one caller's image, pulled as each of `pulled` (oldest first: pulls of it
+    through different registries) by pulls begun at `since` (wall clock), waiting since `at`
+    (time.monotonic())."""
 
-    pulled: str
+    pulled: list[str]
     since: float
     at: float
 
@@ -90,13 +91,15 @@ class Deferred:
         return caller in self._queued or caller in self._renaming
 
     def add(self, caller: str, pulled: str, since: float) -> None:
-        """Queue the renaming of `caller`'s image; queued already, it keeps its place and the
-        earlier of the two pulls' starts."""
+        """Queue the renaming of `caller`'s image; queued already, it keeps its place, gains the
+        name pulled if it is another, and the earlier of the two pulls' starts."""
         entry = self._queued.get(caller)
         if entry is None:
-            self._queued[caller] = Queued(pulled, since, time.monotonic())
+            self._queued[caller] = Queued([pulled], since, time.monotonic())
         else:
-            entry.pulled, entry.since = pulled, min(entry.since, since)
+            if pulled not in entry.pulled:
+                entry.pulled.append(pulled)
+            entry.since = min(entry.since, since)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 

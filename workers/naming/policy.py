@@ -458,10 +458,16 @@ class Naming:
         until = time.monotonic() + SETTLE_TIMEOUT
 
         async def rename(caller: str, queued: Queued) -> dict[str, bool] | None:
+            changes: dict[str, bool] = {}
             async with self._gate(caller):
                 if caller in self._active:
                     return None
-                return await self._adopt(caller, queued.pulled, queued.since, until)
+                for pulled in queued.pulled:  # the latest last: the caller's name ends on its image
+                    adopted = await self._adopt(caller, pulled, queued.since, until)
+                    if adopted is None:
+                        return None
+                    changes.update(adopted)
+            return changes
 
         results = await asyncio.gather(*(rename(c, q) for c, q in batch.items()))
         done = [caller for caller, changes in zip(batch, results, strict=True) if changes is not None]
