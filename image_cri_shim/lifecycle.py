@@ -1,8 +1,9 @@
 """The life of every process of the service: its title, dying with the master, and stopping.
 
-`Stop` is the one way master, worker and syncer hear SIGTERM and SIGINT: an event each waits
-on, set from the signal handler, which may also wake the process's own queue. Nothing is
-raised out of a handler, so a stop never interrupts an import, a write or a cleanup halfway.
+Until a process installs its own way of hearing SIGTERM and SIGINT (the master's and the
+syncer's `Inbox`, the worker's loop), a stop request ends it at once: it holds nothing to
+finish yet. Afterwards nothing is raised out of a handler, so a stop never interrupts an
+import, a write or a cleanup halfway.
 
 PR_SET_PDEATHSIG makes the kernel send a signal when the parent thread that started us exits,
 including a SIGKILLed master. It is set in the child after exec (a preexec hook would run
@@ -17,7 +18,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 
 from setproctitle import setproctitle
 
@@ -36,32 +36,6 @@ def become_child(title: str, master_pid: int | None, death_signal: int = signal.
         print(f"image-cri-shim: prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}", file=sys.stderr)
     if os.getppid() != master_pid:
         raise SystemExit(0)
-
-
-class Stop:
-    """SIGTERM or SIGINT asks the process to stop (`requested`); SIGINT, or a second SIGTERM,
-    asks it to stop at once (`now`: a worker then drains without handing its clients over).
-    `wake(signum)` runs in the handler, for a process that sleeps on a queue of its own."""
-
-    def __init__(self, wake: Callable[[int], None] | None = None) -> None:
-        self.requested = threading.Event()
-        self.now = threading.Event()
-        self._wake = wake
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        if signum == signal.SIGINT or self.requested.is_set():
-            self.now.set()
-        self.requested.set()
-        if self._wake is not None:
-            self._wake(signum)
-
-    def wait(self) -> None:
-        # Linux delivers the signal to the main thread, whose wait it interrupts so that the
-        # handler runs at once; the long timeout only bounds a signal that another thread took.
-        while not self.requested.wait(60.0):
-            pass
 
 
 # mallopt(3) parameters of glibc.

@@ -1,8 +1,9 @@
 """The master's loop: the I/O around `machine.Machine`, which makes every decision.
 
 Signals, readiness reports, child exits, config-file events and `--reload` requests all become
-events in one queue; the loop takes them one at a time, hands each to the machine and carries
-out the actions it returns: start or signal a child, notify systemd, log, count, answer. After
+events in one inbox (`inbox.py`), which wakes the loop at once whichever thread took a signal;
+the loop takes them one at a time, hands each to the machine and carries out the actions it
+returns: start or signal a child, notify systemd, log, count, answer. After
 each wake-up it reaps the children that exited and lets the machine look at its deadlines,
 with the serving worker's heartbeat page in hand. It sleeps until the machine's next deadline
 or the next event, and wakes for nothing else. Nothing here imports grpc or kubernetes: the
@@ -13,14 +14,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import queue
 import signal
 import time
 from typing import TYPE_CHECKING, Any
 
 from image_cri_shim import logs
 from image_cri_shim.config import Config, ConfigError, read
-from image_cri_shim.lifecycle import Stop, trim_heap
+from image_cri_shim.inbox import Inbox
+from image_cri_shim.lifecycle import trim_heap
 from image_cri_shim.messages import Message, Reading
 from image_cri_shim.metrics import MasterMetrics, active
 from image_cri_shim.startup import remove_socket, use_config
@@ -37,6 +38,14 @@ if TYPE_CHECKING:
 
 log = logs.get("master")
 
+# What each signal the master listens for means; SIGCHLD only wakes the loop, which reaps.
+_SIGNALS: dict[int, ev.Event | None] = {
+    signal.SIGTERM: ev.Terminate(),
+    signal.SIGINT: ev.Terminate(),
+    signal.SIGHUP: ev.Hangup(),
+    signal.SIGCHLD: None,
+}
+
 
 class Master:
     def __init__(self, config_path: str, config: Config, metrics_dir: str | None = None) -> None:
@@ -47,16 +56,14 @@ class Master:
         self.control: ControlServer | None = None
         self.requests: dict[int, Request] = {}  # `--reload` clients waiting, by token
         self.tokens = itertools.count(1)
-        self.events: queue.SimpleQueue[ev.Event | None] = queue.SimpleQueue()  # None: just wake
+        self.inbox: Inbox[ev.Event | None]  # made by `run`, in the main thread
         self.notifier = Notifier()
-        self.watch = DirectoryWatch(config_path, lambda: self.events.put(ev.FileChanged()))
+        self.watch = DirectoryWatch(config_path, lambda: self.inbox.put(ev.FileChanged()))
         self.children: dict[ev.Ref, Child] = {}
         self.machine = Machine(config_path, config, self.notifier.watchdog_interval, time.monotonic())
 
     def run(self) -> int:
-        Stop(lambda _signum: self.events.put(ev.Terminate()))
-        signal.signal(signal.SIGHUP, lambda _n, _frame: self.events.put(ev.Hangup()))
-        signal.signal(signal.SIGCHLD, lambda _n, _frame: self.events.put(None))  # reap
+        self.inbox = Inbox(_SIGNALS)
         if not self.watch.start():
             log.warning(
                 "no inotify watch on the config directory: changes are noticed by the poll",
@@ -68,16 +75,14 @@ class Master:
         try:
             while not self.machine.finished:
                 wait = max(0.0, self.machine.deadline(self.reading()) - time.monotonic())
-                try:
-                    event = self.events.get(timeout=wait)
-                except queue.Empty:
-                    event = None
-                if event is not None:
-                    self.feed(event)
+                for event in self.inbox.get(timeout=wait):
+                    if event is not None:
+                        self.feed(event)
                 self.reap()
                 self.feed(ev.Tick(self.reading()))
         finally:
             self.watch.stop()
+            self.inbox.close()
             if self.control is not None:
                 self.control.close()
             if self.endpoint is not None:
@@ -108,7 +113,7 @@ class Master:
 
     def on_report(self, generation: int, message: Message | None) -> None:
         """Called from a pipe-reader thread: hand over to the loop."""
-        self.events.put(ev.Reported(generation, message))
+        self.inbox.put(ev.Reported(generation, message))
 
     def on_request(self, request: Request) -> None:
         """Called from the control socket's thread."""
@@ -117,7 +122,7 @@ class Master:
             return
         token = next(self.tokens)
         self.requests[token] = request
-        self.events.put(ev.ReloadAsked(token))
+        self.inbox.put(ev.ReloadAsked(token))
 
     # -- actions -------------------------------------------------------------------------------------
 

@@ -9,13 +9,13 @@ from the file, so turning the syncer off or pointing it elsewhere needs no resta
 A problem is logged once per ConfigMap version (a re-list or a reconnect that sees the same
 version says nothing new) and always leaves the file as it was.
 
-SIGTERM/SIGINT wake the main thread's queue (`lifecycle.Stop`), which leaves after the step it
+SIGTERM/SIGINT reach the main thread's inbox (`inbox.py`), which leaves after the step it
 is in: a step is local and short, and the file is only ever replaced by rename.
 """
 
 from __future__ import annotations
 
-import queue
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 from image_cri_shim import logs
 from image_cri_shim.atomic import remove_stale_temp_files
 from image_cri_shim.config import Config, ConfigError, ConfigMapRef, parse_bytes, read
-from image_cri_shim.lifecycle import Stop, trim_heap
+from image_cri_shim.inbox import Inbox
+from image_cri_shim.lifecycle import trim_heap
 from image_cri_shim.metrics import SyncerMetrics, active
 from image_cri_shim.startup import StartupError, configure, use_config
 from image_cri_shim.syncer.apply import NotApplied, apply
@@ -35,6 +36,13 @@ if TYPE_CHECKING:
 log = logs.get("syncer")
 
 
+class _StopAsked:
+    """SIGTERM or SIGINT: leave after the step in progress."""
+
+
+_STOP = _StopAsked()
+
+
 def run(config_path: str) -> int:
     """The syncer's main: 0 after SIGTERM/SIGINT, 78 when the local config is invalid at start."""
     try:
@@ -43,9 +51,8 @@ def run(config_path: str) -> int:
         print(err, file=sys.stderr)
         return err.code
     syncer = _Syncer(config_path)
-    stop = Stop(lambda _signum: syncer.wake())
     try:
-        syncer.run(config, stop)
+        syncer.run(config)
     finally:
         syncer.close()
     log.info("syncer stopped")
@@ -55,7 +62,9 @@ def run(config_path: str) -> int:
 class _Syncer:
     def __init__(self, path: str) -> None:
         self._path = path
-        self._queue: queue.SimpleQueue[tuple[int, Snapshot] | None] = queue.SimpleQueue()  # None: wake
+        self._inbox: Inbox[tuple[int, Snapshot] | _StopAsked] = Inbox(
+            {signal.SIGTERM: _STOP, signal.SIGINT: _STOP}
+        )  # snapshots by follower generation, and stop requests
         self._generation = 0  # snapshots of an earlier follower are dropped
         self._follower: Follower | None = None
         self._ref: ConfigMapRef | None = None  # what is followed; None: sync disabled
@@ -66,30 +75,24 @@ class _Syncer:
         self._reported: tuple[str, str] | None = None  # (ConfigMap state, problem) already logged
         self._metrics = SyncerMetrics(False)  # recording once the config asks for metrics
 
-    def run(self, config: Config, stop: Stop) -> None:
+    def run(self, config: Config) -> None:
         removed = remove_stale_temp_files(self._path)
         if removed:
             log.info("removed temp files left by an interrupted write", count=removed)
         self._use(config, config.source or None, first=True)  # the bytes it was parsed from
-        while not stop.requested.is_set():
-            try:
-                item = self._queue.get(timeout=self._interval)
-                while True:  # a burst of changes: only the latest matters
-                    if item is not None and item[0] == self._generation:
-                        self._seen = item[1]
-                    item = self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            if not stop.requested.is_set():
-                self._step()
-
-    def wake(self) -> None:
-        """From the signal handler: SimpleQueue.put may be called there."""
-        self._queue.put(None)
+        while True:
+            arrived = self._inbox.get(timeout=self._interval)
+            if _STOP in arrived:
+                return
+            for item in arrived:  # a burst of changes: only the latest matters
+                if isinstance(item, tuple) and item[0] == self._generation:
+                    self._seen = item[1]
+            self._step()
 
     def close(self) -> None:
         if self._follower is not None:
             self._follower.stop()
+        self._inbox.close()
 
     # ----------------------------------------------------------------- one step
 
@@ -166,7 +169,7 @@ class _Syncer:
         generation = self._generation
         self._follower = Follower(
             ref,
-            lambda snapshot: self._queue.put((generation, snapshot)),
+            lambda snapshot: self._inbox.put((generation, snapshot)),
             lambda: self._interval,
             metrics=self._metrics,
         )

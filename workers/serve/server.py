@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -34,7 +35,7 @@ import grpc.aio
 from image_cri_shim import logs
 from image_cri_shim.config import Config
 from image_cri_shim.heartbeat import RUNTIME_FAILED, RUNTIME_OK, Heartbeat
-from image_cri_shim.lifecycle import Stop, trim_heap
+from image_cri_shim.lifecycle import trim_heap
 from image_cri_shim.messages import Message, RuntimeUp, Serving, encode
 from image_cri_shim.metrics import WorkerMetrics, active
 from image_cri_shim.protos import cri_pb2 as cri
@@ -263,22 +264,29 @@ async def runtime_version(upstream: Upstream, timeout: float = 2.0) -> str | Non
 
 
 class Signals:
-    """SIGTERM and SIGINT (`Stop`) as events of the loop: `requested`, and `now` (drain at once)."""
+    """SIGTERM and SIGINT as events of the loop: `requested`, and `now` (drain at once), set by
+    SIGINT or a second SIGTERM. The loop's own signal handling wakes it through its self-pipe
+    whichever thread the kernel gave the signal to."""
 
     def __init__(self) -> None:
         self.requested = asyncio.Event()
         self.now = asyncio.Event()
         loop = asyncio.get_running_loop()
-        self._stop = Stop(wake=lambda _signum: self._wake(loop))
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
 
-    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.call_soon_threadsafe(self._mirror)
-
-    def _mirror(self) -> None:
-        if self._stop.requested.is_set():
-            self.requested.set()
-        if self._stop.now.is_set():
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGINT or self.requested.is_set():
             self.now.set()
+        self.requested.set()
+
+    def close(self) -> None:
+        """Once drained, a late SIGTERM has nothing left to hurry: ignore it until the exit (the
+        loop, closing, would otherwise restore the default action, which kills)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
 
 
 async def serve(
@@ -361,6 +369,7 @@ async def serve(
         await images.naming.close()  # removes the pulled records still queued, over the channel
         await upstream.close()
         await registries.close()
+        signals.close()
 
 
 async def wait_for_runtime(upstream: Upstream, ready: ReadyPipe, signals: Signals) -> None:
