@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from image_cri_shim.workers.naming.renaming import Renaming, When, foreign_ref, renaming, reported_name, when
+from image_cri_shim.workers.naming.renaming import (
+    PAID,
+    UNCHANGED,
+    Ledger,
+    Owe,
+    Renaming,
+    When,
+    foreign_ref,
+    ledger,
+    renaming,
+    reported_name,
+    when,
+)
 from image_cri_shim.workers.runtime.dockerapi import DockerImage, familiar
 
 D = "sha256:" + "cd" * 32
@@ -114,3 +126,26 @@ def test_when_an_answered_pull_is_renamed(
     others: int, owed: float | None, other_images: bool, records: bool, expected: When
 ) -> None:
     assert when(others, 100.0, owed, other_images, records) == expected
+
+
+@pytest.mark.parametrize(
+    ("since", "renamed", "owed", "queued", "expected"),
+    [
+        # nothing was tried (another pull of the name renames as it ends): as it was
+        (None, False, 90.0, False, UNCHANGED),
+        (None, True, None, False, UNCHANGED),
+        # could not be done now (runtime unreachable, out of time): owed, with its pull's start
+        (100.0, False, None, False, Owe(100.0)),
+        (90.0, False, 90.0, False, Owe(90.0)),
+        # done: an owed renaming is paid...
+        (90.0, True, 90.0, False, PAID),
+        # ...unless the name waits in the queue, whose renaming pays when it is done
+        (90.0, True, 90.0, True, UNCHANGED),
+        # done, and nothing was owed: nothing to write
+        (100.0, True, None, False, UNCHANGED),
+    ],
+)
+def test_what_is_owed_after_a_renaming_was_tried(
+    since: float | None, renamed: bool, owed: float | None, queued: bool, expected: Ledger
+) -> None:
+    assert ledger(since, renamed, owed, queued) == expected

@@ -49,6 +49,9 @@ from image_cri_shim.reference import Reference
 from image_cri_shim.workers.lookup.plan import Planner
 from image_cri_shim.workers.naming.deferred import Deferred, Queued
 from image_cri_shim.workers.naming.renaming import (
+    PAID,
+    Owe,
+    ledger,
     renames,
     renaming,
     reported,
@@ -284,14 +287,19 @@ class Naming:
                 self._defer(caller, name, last)
                 return
             changes = await self._rename(mode, caller, name, last, until)
-            if last is not None and changes is None:
-                await self._save(lambda: self._names.owe(caller, last))  # the next lookup renames it
-            elif (
-                last is not None and self._names.owed(caller) is not None and not self._deferred.holds(caller)
-            ):
-                await self._save(lambda: self._names.paid(caller))
+            await self._keep(caller, last, changes)
         if changes and mode == CONTAINERD:
             await self._settle(self._status, changes, until)
+
+    async def _keep(self, caller: str, since: float | None, changes: dict[str, bool] | None) -> None:
+        """Record what is owed after a renaming of the records made since `since` was tried
+        (`changes`: None when it could not be done now)."""
+        kept = ledger(since, changes is not None, self._names.owed(caller), self._deferred.holds(caller))
+        if isinstance(kept, Owe):
+            owed_since = kept.since
+            await self._save(lambda: self._names.owe(caller, owed_since))
+        elif kept == PAID:
+            await self._save(lambda: self._names.paid(caller))
 
     def _defer(self, caller: str, name: str, since: float) -> None:
         """Rename after the pulls of other images are answered (`deferred`), owed until then."""
@@ -356,10 +364,9 @@ class Naming:
             return False  # Docker makes no digest record on request: translated
         self._status = method.rsplit("/", 1)[0] + "/ImageStatus"
         changes = await self._rename(mode, caller, name, since, until)
+        await self._keep(caller, since, changes)
         if changes is None:
             return False
-        if since is not None:
-            await self._save(lambda: self._names.paid(caller))
         if changes and mode == CONTAINERD:
             await self._settle(self._status, changes, until)
         return bool(changes)

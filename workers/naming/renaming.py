@@ -1,5 +1,6 @@
 """Which image records a rewritten pull leaves behind, and when, as values: the records to create
-under the caller's name and the pulled ones to remove (`renaming`), now or later (`when`).
+under the caller's name and the pulled ones to remove (`renaming`), now or later (`when`), and
+what is owed once it was tried (`ledger`).
 `naming` carries them out on containerd's images API or Docker Engine's API; the rules are the
 same, only what a runtime can hold differs.
 
@@ -96,6 +97,31 @@ def when(others: int, began: float, owed: float | None, other_images: bool, reco
         return When()
     since = began if owed is None else min(began, owed)
     return When(since, defer=records and other_images)
+
+
+@dataclass(frozen=True)
+class Owe:
+    """The renaming is owed: the next lookup or full listing does it; `since`: when the pull
+    whose records it renames began (its records are told from others by their times)."""
+
+    since: float
+
+
+PAID = "paid"  # nothing is owed any more
+UNCHANGED = None  # what is owed stays as it was
+Ledger = Owe | str | None
+
+
+def ledger(since: float | None, renamed: bool, owed: float | None, queued: bool) -> Ledger:
+    """What is owed after a renaming was tried, kept across restarts. `since`: the pulled records
+    it was to take (None: none, nothing was tried); `renamed`: whether it was done (or found
+    nothing to do), not left for later; `owed`: when an owed renaming's pull began, if one is;
+    `queued`: the name waits in the renaming queue, which pays when it is done."""
+    if since is None:
+        return UNCHANGED
+    if not renamed:
+        return Owe(since)
+    return PAID if owed is not None and not queued else UNCHANGED
 
 
 def reported_name(image: str) -> str | None:
