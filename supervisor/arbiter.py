@@ -81,8 +81,7 @@ class Master:
                 self.reap()
                 self.feed(ev.Tick(self.reading()))
         finally:
-            self.watch.stop()
-            self.inbox.close()
+            self.watch.stop()  # the inbox stays: a late signal is read by no one, and kills no one
             if self.control is not None:
                 self.control.close()
             if self.endpoint is not None:
