@@ -24,6 +24,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 _ITEM = 0  # the byte of "an item was put"; no signal has the number 0
+_LONGEST = 2**31 - 1  # poll's longest timeout, in ms (24 days): a longer wait wakes early, harmlessly
 
 
 class Inbox(Generic[T]):
@@ -48,7 +49,7 @@ class Inbox(Generic[T]):
         """What arrived, in order of kind (signals first); waits up to `timeout` seconds (None:
         for ever) when nothing has; an empty list after the timeout."""
         if not self._items:
-            self._poll.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+            self._poll.poll(None if timeout is None else min(max(0, math.ceil(timeout * 1000)), _LONGEST))
         got: list[T] = []
         with contextlib.suppress(BlockingIOError):  # drained
             while chunk := os.read(self._read, 512):

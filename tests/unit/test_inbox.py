@@ -72,3 +72,9 @@ def test_close_puts_back_the_handlers_and_the_wakeup_descriptor() -> None:
     box.close()
     assert signal.getsignal(signal.SIGUSR2) is before[0]
     assert signal.set_wakeup_fd(before[1]) == before[1]
+
+
+def test_a_wait_longer_than_poll_can_take_is_no_error(inbox: Inbox[str]) -> None:
+    """`reloadInterval` may be set to weeks: the master's wait is then capped, not refused."""
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert inbox.get(timeout=float(2**40)) == ["hangup"]
