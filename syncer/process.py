@@ -91,8 +91,7 @@ class _Syncer:
 
     def close(self) -> None:
         if self._follower is not None:
-            self._follower.stop()
-        self._inbox.close()
+            self._follower.stop()  # the inbox stays, as the master's does: a late signal kills no one
 
     # ----------------------------------------------------------------- one step
 
