@@ -4,9 +4,10 @@ The four image methods the shim changes go to `ImageService`, and CreateContaine
 policy (which maps its image on runtimes without image records); every other method of the CRI
 image and runtime services, of both API versions, is forwarded as bytes, never decoded
 (docs/behaviour.md, "The methods served").
-Known methods are registered per service, so grpc matches them in its core; a method this
-table does not know (a newer CRI) reaches a generic handler and is forwarded as a
-bidirectional stream, which carries any cardinality on the wire.
+One generic handler finds each call's method in a table; a method the table does not know (a
+newer CRI) is forwarded as a bidirectional stream, which carries any cardinality on the wire.
+Not grpc.aio's registered methods: its server keeps one waiting task per registered method and,
+after every call, waits on all of them again, so 70 of them cost each call about 100 µs.
 
 The server is grpc.aio's: the CRI server, the channel to the runtime, the registry client and
 the naming I/O are one asyncio program on one thread, and nothing on it blocks (the names file
@@ -101,27 +102,36 @@ SERVER_OPTIONS = (
 def register(
     server: grpc.aio.Server, upstream: Upstream, images: ImageService, keeper: Keeper | None = None
 ) -> None:
-    """Every known method of both CRI versions, per service; a generic handler for the rest.
+    """Every known method of both CRI versions, and the stream forwarding of the rest.
     `keeper` hears of each RunPodSandbox and ListImages (it looks at the sandbox image then)."""
+    server.add_generic_rpc_handlers((Methods(routes(upstream, images, keeper), upstream),))
+
+
+def routes(
+    upstream: Upstream, images: ImageService, keeper: Keeper | None = None
+) -> dict[str, MethodHandler]:
+    """Method path (`/runtime.v1.ImageService/PullImage`) -> its handler."""
+    table: dict[str, MethodHandler] = {}
     for version in VERSIONS:
-        image_service = f"{version}.ImageService"
-        handlers = {m: _unary(upstream, f"/{image_service}/{m}") for m in IMAGE_METHODS}
-        served = images.handlers(image_service)
+        image_service = f"/{version}.ImageService/"
+        table.update({image_service + m: _unary(upstream, image_service + m) for m in IMAGE_METHODS})
+        served = images.handlers(image_service[1:-1])
         if keeper is not None:
             served["ListImages"] = _listing(served["ListImages"], keeper)
-        handlers.update({m: grpc.unary_unary_rpc_method_handler(h) for m, h in served.items()})
-        server.add_registered_method_handlers(image_service, handlers)
-        runtime_service = f"{version}.RuntimeService"
-        handlers = {m: _unary(upstream, f"/{runtime_service}/{m}") for m in RUNTIME_METHODS}
-        handlers.update({m: _unary_stream(upstream, f"/{runtime_service}/{m}") for m in RUNTIME_STREAMING})
-        create = functools.partial(
-            images.naming.create_container, upstream, f"/{runtime_service}/CreateContainer"
+        table.update({image_service + m: grpc.unary_unary_rpc_method_handler(h) for m, h in served.items()})
+        runtime_service = f"/{version}.RuntimeService/"
+        table.update({runtime_service + m: _unary(upstream, runtime_service + m) for m in RUNTIME_METHODS})
+        table.update(
+            {runtime_service + m: _unary_stream(upstream, runtime_service + m) for m in RUNTIME_STREAMING}
         )
-        handlers["CreateContainer"] = grpc.unary_unary_rpc_method_handler(create)
+        create = runtime_service + "CreateContainer"
+        table[create] = grpc.unary_unary_rpc_method_handler(
+            functools.partial(images.naming.create_container, upstream, create)
+        )
         if keeper is not None:
-            handlers["RunPodSandbox"] = _sandbox(upstream, f"/{runtime_service}/RunPodSandbox", keeper)
-        server.add_registered_method_handlers(runtime_service, handlers)
-    server.add_generic_rpc_handlers((Unknown(upstream),))
+            sandbox = runtime_service + "RunPodSandbox"
+            table[sandbox] = _sandbox(upstream, sandbox, keeper)
+    return table
 
 
 def _unary(upstream: Upstream, path: str) -> MethodHandler:
@@ -154,16 +164,19 @@ def _unary_stream(upstream: Upstream, path: str) -> MethodHandler:
     return grpc.unary_stream_rpc_method_handler(functools.partial(upstream.unary_stream, path))
 
 
-class Unknown(grpc.GenericRpcHandler):
-    """Methods of the CRI services this table does not know: forwarded as streams."""
+class Methods(grpc.GenericRpcHandler):
+    """The known methods by table; other methods of the CRI services, which this table does not
+    know, forwarded as streams; None (UNIMPLEMENTED) for any other service."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, table: dict[str, MethodHandler], upstream: Upstream) -> None:
+        self._table = table
         self._upstream = upstream
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> MethodHandler | None:
         method: str = handler_call_details.method
-        if not method.startswith(SERVICES):
-            return None
+        known = self._table.get(method)
+        if known is not None or not method.startswith(SERVICES):
+            return known
         return grpc.stream_stream_rpc_method_handler(functools.partial(self._upstream.stream_stream, method))
 
 
