@@ -41,7 +41,7 @@ from tests.harness.kubeapi import KubeApi
 from tests.harness.node import Stack
 from tests.harness.processes import ManagedProcess, start_shim, wait_for
 from tests.harness.pullfaults import delete_layer
-from tests.harness.service import Service, cpu_ticks, start_service, wakeups
+from tests.harness.service import CpuClock, Service, start_service, wakeups
 from tests.harness.tcpproxy import TcpProxy
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -682,13 +682,12 @@ def cpu_shares(
     pids: dict[str, int], during: Callable[[], None]
 ) -> tuple[dict[str, float], dict[str, float], float]:
     """% of a core and wake-ups a minute of each process while `during` runs, and how long it ran."""
-    ticks = {role: cpu_ticks(pid) for role, pid in pids.items()}
+    clocks = {role: CpuClock(pid) for role, pid in pids.items()}
     woke = {role: wakeups(pid) for role, pid in pids.items()}
     started = time.monotonic()
     during()
     elapsed = time.monotonic() - started
-    hz = os.sysconf("SC_CLK_TCK")
-    share = {role: (cpu_ticks(pid) - ticks[role]) / hz / elapsed * 100 for role, pid in pids.items()}
+    share = {role: clock.seconds() / elapsed * 100 for role, clock in clocks.items()}
     per_minute = {role: (wakeups(pid) - woke[role]) / elapsed * 60 for role, pid in pids.items()}
     return share, per_minute, elapsed
 

@@ -29,6 +29,7 @@ from tests.harness import (
 )
 from tests.harness.containerd import SUITES
 from tests.harness.registry import MANIFEST_TYPES
+from tests.harness.service import CpuClock
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -281,3 +282,32 @@ def test_containerd_start_failure_reports_the_log(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match=r"(?s)containerd exited during start-up.*last lines of") as err:
         daemon.start(timeout=10)
     print(err.value)
+
+
+SPIN = (
+    "import os, sys, threading, time\n"
+    "def spin(seconds):\n"
+    "    end = time.thread_time() + seconds\n"
+    "    while time.thread_time() < end: pass\n"
+    "def spin_then(seconds, rest):\n"
+    "    spin(seconds); spun.set(); time.sleep(rest)\n"
+    "spun = threading.Event()\n"
+    "while not os.path.exists(sys.argv[2]): time.sleep(0.01)\n"
+    "rest = 0 if sys.argv[1] == 'ends' else 30\n"
+    "threading.Thread(target=spin_then, args=(0.3, rest), daemon=True).start()\n"
+    "spin(0.2); spun.wait(); time.sleep(0.1); print('spun', flush=True); time.sleep(30)\n"
+)
+
+
+@pytest.mark.parametrize("thread", ["ends", "runs"])
+def test_the_cpu_clock_counts_every_thread_and_one_that_ended(tmp_path: Path, thread: str) -> None:
+    go = tmp_path / "go"
+    proc = ManagedProcess([sys.executable, "-c", SPIN, thread, go], tmp_path / "spin.log")
+    try:
+        time.sleep(0.2)  # the interpreter has started: what the clock counts from here is the spinning
+        clock = CpuClock(proc.popen.pid)
+        go.touch()
+        wait_for(lambda: "spun" in proc.log_text(), 20, "the child to spin", detail=proc.describe)
+        assert 0.48 <= clock.seconds() <= 0.6  # 0.5 s spun; after a thread ended, within two ticks
+    finally:
+        proc.stop()
