@@ -291,8 +291,10 @@ def test_a_killed_worker_is_replaced_at_once(
     service = service_factory(base_config(containerd, registry_factory()))
     # READY=1 follows the worker; the syncer takes its title once its imports are done.
     syncer = wait_for(lambda: service.child("image-cri-shim: syncer"), 30, "the syncer's title")
-    os.kill(service.child("image-cri-shim: worker gen=1"), signal.SIGKILL)
+    worker = service.child("image-cri-shim: worker gen=1")
+    # Read before the kill: the master may fork the replacement before this process runs again.
     killed, killed_since_boot = time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME)
+    os.kill(worker, signal.SIGKILL)
     with CriClient(service.socket, timeout=1) as client:
 
         def answers() -> bool:
@@ -309,7 +311,9 @@ def test_a_killed_worker_is_replaced_at_once(
     assert service.generation() == 2
     assert "restart_in=0s" in service.process.log_text(), service.process.log_tail()
     # The shortest backoff after repeated crashes is 2 s: the replacement was forked before it.
-    spawned = started_at(service.child("image-cri-shim: worker gen=2")) - killed_since_boot
+    # A start time is counted in clock ticks, cut down to one: the fork was within the tick after.
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    spawned = started_at(service.child("image-cri-shim: worker gen=2")) + tick - killed_since_boot
     assert spawned < 2.0, f"the replacement worker was forked {spawned:.2f}s after the kill"
     assert service.child("image-cri-shim: syncer") == syncer, "the syncer is not disturbed"
     record(
@@ -318,7 +322,7 @@ def test_a_killed_worker_is_replaced_at_once(
         faults="SIGKILL to the serving worker",
         failed="calls until the replacement serves (UNAVAILABLE)",
         lost="none",
-        result=f"replaced at once: forked {spawned * 1000:.0f} ms after the kill, served again after "
+        result=f"replaced at once: forked at most {spawned * 1000:.0f} ms after the kill, served again after "
         f"{recovered * 1000:.0f} ms; syncer untouched",
     )
 
