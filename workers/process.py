@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
+
+import uvloop
 
 from image_cri_shim.heartbeat import Heartbeat
 from image_cri_shim.lifecycle import tune_heap
@@ -29,7 +30,9 @@ def run(
         return err.code
     try:
         every = heartbeat_every if heartbeat_fd is not None else None
-        asyncio.run(serve(config, cri_socket, ReadyPipe(ready_fd), Heartbeat(heartbeat_fd), every))
+        # On libuv's loop: each call costs about 45 µs less of the loop's thread than on
+        # asyncio's own (docs/performance-notes.md).
+        uvloop.run(serve(config, cri_socket, ReadyPipe(ready_fd), Heartbeat(heartbeat_fd), every))
     except StartError as err:
         print(f"image-cri-shim: {err}", file=sys.stderr)
         return EX_FAILURE
