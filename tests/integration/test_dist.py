@@ -351,9 +351,9 @@ def test_bundled_txt_lists_every_package_with_its_version_and_licence(extracted:
 
 def test_every_elf_file_needs_at_most_the_manylinux2014_floor(extracted: Path) -> None:
     """Each undefined symbol's version is at most glibc 2.17's, libstdc++ 3.4.19's and CXXABI 1.3.7's;
-    and one without a version is defined by another file of the bundle: a function that a
-    compile-only configure check found in new headers would otherwise bind to whatever the
-    node's glibc has, or fail to load there."""
+    and one without a version is defined by another file of the bundle, or bound at a version of
+    the floor by the program itself: a function that a compile-only configure check found in new
+    headers would otherwise bind to whatever the node's glibc has, or fail to load there."""
     assert_manylinux2014(extracted)
 
 
