@@ -59,7 +59,7 @@ IDLE_SECONDS = 6.0 if QUICK else 60.0
 FLEET_NODES = 5000  # what the per-node figures are multiplied by
 SCALE = {
     "latency_calls": 200 if QUICK else 2400,  # per side, in blocks of 200
-    "pull_rounds": 1 if QUICK else 3,
+    "pull_rounds": 1 if QUICK else 7,  # single rounds spread by ±10 %
     "cold_rounds": 1 if QUICK else 5,
     "warm_calls": 2000 if QUICK else 100_000,
     "reloads": 3 if QUICK else 20,

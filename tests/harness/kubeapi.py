@@ -26,6 +26,7 @@ import itertools
 import json
 import select
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -321,6 +322,10 @@ class KubeApi:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionResetError):  # a client hanging up is no error
+            super().handle_error(request, client_address)
 
 
 _request_ids = itertools.count(1)

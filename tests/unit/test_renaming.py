@@ -107,13 +107,14 @@ def test_the_name_a_runtime_reports_for_an_image(image: str, expected: str | Non
 
 
 @pytest.mark.parametrize(
-    ("others", "owed", "other_images", "records", "expected"),
+    ("others", "owed", "busy", "records", "expected"),
     [
         # the only pull of its name, nothing else running: renamed now, since its pull began
         (0, None, False, True, When(100.0)),
         # an older renaming of the name still owed: the records made since that pull go too
         (0, 90.0, False, True, When(90.0)),
-        # other images' pulls unanswered: on containerd, after them (owed until then)
+        # other images' pulls unanswered or their renamings queued: on containerd, after them
+        # (owed until then)
         (0, None, True, True, When(100.0, defer=True)),
         # ...not on Docker, whose record changes no pull queues behind
         (0, None, True, False, When(100.0)),
@@ -123,9 +124,9 @@ def test_the_name_a_runtime_reports_for_an_image(image: str, expected: str | Non
     ids=["alone", "owed-before", "others-running", "docker", "name-still-pulled"],
 )
 def test_when_an_answered_pull_is_renamed(
-    others: int, owed: float | None, other_images: bool, records: bool, expected: When
+    others: int, owed: float | None, busy: bool, records: bool, expected: When
 ) -> None:
-    assert when(others, 100.0, owed, other_images, records) == expected
+    assert when(others, 100.0, owed, busy, records) == expected
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ spent behind other pulls' writes. The caller needs neither before its answer: th
 the image is named as asked by translation meanwhile (`Naming.image`), as on a runtime without
 records, and CreateContainer sent through the shim by the caller's name gets the image's ID. So
 while pulls of other images are not answered yet, the renaming waits here until they are, or
-`WITHIN` at most, and the renamings due go together. A pull that is the only one renames its
-records at once, before its answer.
+`WITHIN` at most, and the renamings due go together. The last of them joins the queue too while
+it holds renamings not done yet (its own would queue behind theirs). A pull with nothing around
+it renames its records at once, before its answer.
 The queue is in memory only: the renaming is recorded as owed in the name store until it is
 done, so a worker killed meanwhile leaves it to the next lookup or full listing, and a worker
 that stops does it first."""

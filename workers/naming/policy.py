@@ -273,15 +273,16 @@ class Naming:
         """A rewritten pull (`method`) succeeded: name it as asked, and return once the
         runtime's CRI answers under the new names, or when `until` (the caller's deadline,
         time.monotonic()) comes first: the pull succeeded all the same. While pulls of other
-        images are not answered yet, containerd's records are renamed after them (`deferred`)."""
+        images are not answered yet, or their renamings not done, containerd's records are renamed
+        after them (`deferred`)."""
         caller, name = pull.caller, reported(target)
         self._status = method.rsplit("/", 1)[0] + "/ImageStatus"
         await self._record(caller, name)
         mode = await self.mode_by(until)
         async with self._gate(caller):  # no other pull of the name starts meanwhile
             others, began = self._returned(pull)
-            other_images = any(c != caller for c in self._active)
-            plan = when(others, began, self._names.owed(caller), other_images, mode == CONTAINERD)
+            busy = self._deferred.pending or any(c != caller for c in self._active)
+            plan = when(others, began, self._names.owed(caller), busy, mode == CONTAINERD)
             last = plan.since
             if plan.defer and last is not None:
                 self._defer(caller, name, last)
@@ -493,7 +494,9 @@ class Naming:
         """containerd's CRI learns of record changes from its event stream, a moment later: wait
         (briefly, and never past `until`) until its ImageStatus shows each name present or
         absent as `wanted`, so the caller's next call already sees the image by the name it
-        asked for."""
+        asked for. A name whose record someone changed again meanwhile (an image removed as
+        soon as it was named) is waited for no more: the CRI follows the records, not this
+        renaming, and the renamings queued behind this one would wait for nothing."""
         call = unary_call(self._records.channel, status)
         deadline = min(time.monotonic() + SETTLE_TIMEOUT, until)
         pending = dict(wanted)
@@ -502,7 +505,9 @@ class Naming:
             request = cri.ImageStatusRequest(image=cri.ImageSpec(image=name)).SerializeToString()
             timeout = call_timeout(deadline, time.monotonic())
             answer = cri.ImageStatusResponse.FromString(await call(request, timeout=timeout))
-            return bool(answer.image.id) == pending[name]
+            if bool(answer.image.id) == pending[name]:
+                return True
+            return (await self._records.get(name, deadline) is not None) != pending[name]
 
         while pending and time.monotonic() < deadline:
             try:

@@ -80,23 +80,25 @@ def renaming(
 
 @dataclass(frozen=True)
 class When:
-    """When an answered rewritten pull's records are renamed: now, or after the pulls of other
-    images (`defer`, owed until then); `since`: pulled records made since then are removed (None:
-    none, another pull of the name is still in the runtime and the last of them removes them)."""
+    """When an answered rewritten pull's records are renamed: now, or after the pulls and the
+    renamings of other images (`defer`, owed until then); `since`: pulled records made since
+    then are removed (None: none, another pull of the name is still in the runtime and the last
+    of them removes them)."""
 
     since: float | None = None
     defer: bool = False
 
 
-def when(others: int, began: float, owed: float | None, other_images: bool, records: bool) -> When:
+def when(others: int, began: float, owed: float | None, busy: bool, records: bool) -> When:
     """`others`: pulls of the same name still in the runtime (it reads the pulled records to
     finish); `began`: the earliest start of this name's pulls; `owed`: when the pull of a renaming
-    still owed began; `other_images`: pulls of other images not answered yet; `records`: the
-    runtime's records are containerd's, whose every write those pulls queue behind."""
+    still owed began; `busy`: pulls of other images not answered yet, or renamings deferred and not
+    done yet; `records`: the runtime's records are containerd's, whose every write queues behind
+    theirs (the last of many pulls would wait for the renamings of all the others)."""
     if others:
         return When()
     since = began if owed is None else min(began, owed)
-    return When(since, defer=records and other_images)
+    return When(since, defer=records and busy)
 
 
 @dataclass(frozen=True)
