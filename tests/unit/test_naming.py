@@ -180,6 +180,25 @@ def test_look_asks_the_likely_names_in_order_and_prunes_what_is_gone(
     assert {c: naming._names.target(c) for c in pairs if naming._names.target(c)} == kept
 
 
+def test_a_pair_is_not_pruned_while_its_pull_is_answered_or_renamed(tmp_path: Path) -> None:
+    """While the records are renamed, a listing or a lookup may see the image under neither name
+    (the CRI follows a moment later): the pair is kept, and forgotten by the next look after."""
+    naming = translating(tmp_path, {CALLER: PULLED})
+    naming._mode = "containerd"
+    elsewhere = cri.ListImagesResponse(images=[cri.Image(id=D, repo_tags=["docker.io/library/y:1"])])
+
+    async def nowhere(name: str) -> tuple[bool, str]:
+        return False, name
+
+    naming._active[CALLER] = 1
+    asyncio.run(naming.prune(elsewhere))
+    asyncio.run(naming.look(reference.parse(CALLER), nowhere))
+    assert naming._names.target(CALLER) == PULLED
+    del naming._active[CALLER]
+    asyncio.run(naming.prune(elsewhere))
+    assert naming._names.target(CALLER) is None
+
+
 def test_first_names_and_verbose_origin(tmp_path: Path) -> None:
     naming = translating(tmp_path, {CALLER: PULLED})
     assert naming.first_names(CALLER) == [PULLED, CALLER]

@@ -378,6 +378,11 @@ class Naming:
         for caller in self._names.owing():
             await self.found(method, caller, caller, until)
 
+    def _in_hand(self, caller: str) -> bool:
+        """Whether a pull of `caller`'s image is still being answered, or its renaming is still to be
+        done: the runtime may show it under neither name for that moment, and its pair stays."""
+        return caller in self._active or self._deferred.holds(caller)
+
     def _owed(self, caller: str) -> float | None:
         """When the pull whose renaming is owed began; None while another pull of the name is
         in the runtime (it reads the pulled records, and renames when it is back)."""
@@ -543,7 +548,7 @@ class Naming:
             held, answer = await ask(name)
             if held:
                 return name, answer
-            if name == self._names.target(caller):
+            if name == self._names.target(caller) and not self._in_hand(caller):
                 await self._forget([caller])  # pruned: the image is gone
             first = answer if first is None else first
         return None, first
@@ -614,9 +619,17 @@ class Naming:
         return None
 
     async def prune(self, response: cri.ListImagesResponse) -> None:
-        """Forget the pairs of images no longer on the node (listed under neither name)."""
+        """Forget the pairs of images no longer on the node (listed under neither name). Not those
+        of a pull still being answered or renamed: a listing made while the records are renamed
+        may show the image under neither name, the CRI not having followed yet."""
         present = {name for image in response.images for name in (*image.repo_tags, *image.repo_digests)}
-        gone = [t for t in self._names.targets() if t not in present and not self._names.callers(t) & present]
+        gone = [
+            t
+            for t in self._names.targets()
+            if t not in present
+            and not self._names.callers(t) & present
+            and not any(self._in_hand(c) for c in self._names.callers(t))
+        ]
         if gone:
             await self._save(lambda: self._names.forget_targets(gone))
 
